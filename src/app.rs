@@ -1,0 +1,275 @@
+//! `Application`: connects to Postgres and Redis, wires the HTTP server,
+//! the pusher, the workers and their maintenance, and shuts them down in
+//! order.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::counters::Counters;
+use crate::http::{self, AppState, Surface};
+use crate::metrics::Metrics;
+use crate::queue::{Keys, Pusher, Queue};
+use crate::store;
+use crate::worker::{Maintenance, Worker, WorkerContext};
+
+/// What a `serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// HTTP ingest and reads only.
+    Api,
+    /// Workers and recovery only (health endpoints still served).
+    Worker,
+    /// Both.
+    All,
+}
+
+impl Role {
+    fn runs_api(self) -> bool {
+        matches!(self, Role::Api | Role::All)
+    }
+    fn runs_workers(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
+/// How long in-flight HTTP requests get to finish on shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(15);
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    shutdown: CancellationToken,
+    pusher: Option<Pusher>,
+    pusher_task: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+    maintenance: Option<Arc<Maintenance>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// A Redis connection that reconnects by itself; `response` bounds every
+/// command (a blocking reservation must fit inside it).
+pub async fn redis_connection(url: &str, response: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("REDIS_URL is not a valid redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(response)
+        .set_number_of_retries(2)
+        .set_max_delay(1000);
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .context("connecting to Redis")
+}
+
+impl Application {
+    /// Connects, migrates, seeds and binds; nothing is served until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((settings.host, settings.port))
+            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        Self::build_with_listener(settings, role, listener).await
+    }
+
+    pub async fn build_with_listener(
+        settings: Settings,
+        role: Role,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let port = listener
+            .local_addr()
+            .context("reading the bound port")?
+            .port();
+        let metrics = Arc::new(Metrics::new().context("creating metrics")?);
+        let pool_size = (settings.worker_count as u32 * 2 + 8).min(64);
+        let pool = store::connect(&settings.database_url, pool_size).await?;
+        if settings.seed_catalogue && role.runs_api() {
+            let seeded = store::seed_catalogue(&pool).await?;
+            if seeded > 0 {
+                tracing::info!(ads = seeded, "seeded the demo ad catalogue");
+            }
+        }
+        let redis = redis_connection(&settings.redis_url, Duration::from_secs(5)).await?;
+        let keys = Keys::new(&settings.redis_prefix);
+        let queue = Queue::new(keys.clone());
+        let counters = Counters::new(keys.clone());
+        let shutdown = CancellationToken::new();
+
+        let (pusher, pusher_task) = Pusher::start(redis.clone(), keys.queue(), metrics.clone());
+
+        let mut workers = Vec::new();
+        let mut maintenance = None;
+        let mut background = Vec::new();
+        if role.runs_workers() {
+            let ctx = Arc::new(WorkerContext {
+                pool: pool.clone(),
+                redis: redis.clone(),
+                queue: queue.clone(),
+                counters: counters.clone(),
+                metrics: metrics.clone(),
+                batch_size: settings.batch_size,
+                max_attempts: settings.max_attempts,
+                simulate_failures: settings.simulate_failures,
+            });
+            let process = process_id();
+            let ids: Vec<String> = (0..settings.worker_count)
+                .map(|i| format!("{process}-{i}"))
+                .collect();
+            let m = Arc::new(Maintenance {
+                ctx: ctx.clone(),
+                workers: ids.clone(),
+                heartbeat_ttl: settings.heartbeat_ttl,
+                info: serde_json::json!({ "pid": std::process::id(), "process": process })
+                    .to_string(),
+            });
+            // Register and beat before taking any item, so the reaper can
+            // always tell this process's lists are alive.
+            let mut conn = redis.clone();
+            m.ctx
+                .queue
+                .beat(&mut conn, &ids, &m.info, settings.heartbeat_ttl)
+                .await
+                .context("registering workers")?;
+            background.push(tokio::spawn(m.clone().heartbeat(shutdown.clone())));
+            background.push(tokio::spawn(m.clone().run(shutdown.clone())));
+            for id in ids {
+                let conn = redis_connection(&settings.redis_url, Duration::from_secs(10)).await?;
+                let worker = Worker::new(id, conn, ctx.clone());
+                workers.push(tokio::spawn(worker.run(shutdown.clone())));
+            }
+            maintenance = Some(m);
+        }
+
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            keys,
+            queue,
+            layout: counters.layout(),
+            pool,
+            redis,
+            pusher: pusher.clone(),
+            metrics,
+        });
+        let surface = if role.runs_api() {
+            Surface::Full
+        } else {
+            Surface::HealthOnly
+        };
+        let server = actix_web::HttpServer::new(move || http::app(state.clone(), surface))
+            .listen(listener)
+            .context("listening")?
+            .backlog(8192)
+            .max_connection_rate(4096)
+            .client_request_timeout(Duration::from_secs(30))
+            .keep_alive(Duration::from_secs(75))
+            .shutdown_timeout(HTTP_DRAIN.as_secs())
+            .disable_signals()
+            .run();
+
+        tracing::info!(port, ?role, workers = workers.len(), "adtrack is ready");
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+            pusher: Some(pusher),
+            pusher_task,
+            workers,
+            maintenance,
+            background,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A token that stops the application when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops in order:
+    /// HTTP (in-flight requests finish and are answered), the pusher (its
+    /// last group reaches Redis), the workers (each finishes its round),
+    /// then the heartbeats.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let stopper = {
+            let token = self.shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                handle.stop(true).await;
+            })
+        };
+        let served = (&mut self.server).await;
+        self.shutdown.cancel();
+        let _ = stopper.await;
+        drop(self.pusher.take());
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.pusher_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the pusher did not finish in time");
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.await;
+        }
+        for b in self.background.drain(..) {
+            let _ = b.await;
+        }
+        if let Some(m) = &self.maintenance {
+            m.retire().await;
+        }
+        tracing::info!("adtrack stopped");
+        served.context("the HTTP server failed")
+    }
+}
+
+/// A name for this process, unique across restarts: host, pid and a random
+/// suffix (containers often run as pid 1).
+fn process_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "adtrack".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(40)
+        .collect();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

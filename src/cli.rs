@@ -1,0 +1,34 @@
+//! The command line: `serve` (the default), `migrate`, `reconcile`.
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Role;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "adtrack",
+    version,
+    about = "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time analytics",
+    long_about = "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time analytics.\n\n\
+Configuration comes from the environment: HOST, PORT, DATABASE_URL, REDIS_URL, REDIS_PREFIX, \
+WORKER_COUNT, BATCH_SIZE, MAX_ATTEMPTS, SPOOL_DIR, SPOOL_MAX_BYTES, ADMIN_TOKEN, SIMULATE_FAILURES, \
+HEARTBEAT_TTL, RATE_LIMIT_PER_IP, RUST_LOG, LOG_FORMAT. See the README for defaults."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API and run the workers (the default).
+    Serve {
+        /// What this process runs.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate,
+    /// Rebuild every Redis counter from Postgres (safe while servers run).
+    Reconcile,
+}

@@ -1,0 +1,227 @@
+//! Typed settings read from the environment and validated at boot.
+//!
+//! Every variable is optional; the defaults are the SPEC's. A bad value stops
+//! start-up with a message that names the variable, never a silent fallback.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// How the service logs: human text or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub worker_count: usize,
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub admin_token: Option<String>,
+    pub simulate_failures: bool,
+    pub heartbeat_ttl: Duration,
+    pub rate_limit_per_ip: u32,
+    pub log_format: LogFormat,
+    /// Seed the demo ad catalogue when the `ads` table is empty.
+    pub seed_catalogue: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            database_url: "postgres://postgres@127.0.0.1:5432/adtrack".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "adtrack".into(),
+            worker_count: 4,
+            batch_size: 500,
+            max_attempts: 5,
+            spool_dir: PathBuf::from("./fallback"),
+            spool_max_bytes: 1 << 30,
+            admin_token: None,
+            simulate_failures: false,
+            heartbeat_ttl: Duration::from_secs(15),
+            rate_limit_per_ip: 0,
+            log_format: LogFormat::Text,
+            seed_catalogue: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can supply their own values.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let mut s = Self::default();
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        if let Some(v) = get("HOST") {
+            s.host = parse(&v, "HOST")?;
+        }
+        if let Some(v) = get("PORT") {
+            s.port = parse(&v, "PORT")?;
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            s.database_url = v;
+        }
+        if let Some(v) = get("REDIS_URL") {
+            s.redis_url = v;
+        }
+        if let Some(v) = get("REDIS_PREFIX") {
+            s.redis_prefix = v;
+        }
+        if let Some(v) = get("WORKER_COUNT") {
+            s.worker_count = parse(&v, "WORKER_COUNT")?;
+        }
+        if let Some(v) = get("BATCH_SIZE") {
+            s.batch_size = parse(&v, "BATCH_SIZE")?;
+        }
+        if let Some(v) = get("MAX_ATTEMPTS") {
+            s.max_attempts = parse(&v, "MAX_ATTEMPTS")?;
+        }
+        if let Some(v) = get("SPOOL_DIR") {
+            s.spool_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("SPOOL_MAX_BYTES") {
+            s.spool_max_bytes = parse(&v, "SPOOL_MAX_BYTES")?;
+        }
+        s.admin_token = get("ADMIN_TOKEN");
+        if let Some(v) = get("SIMULATE_FAILURES") {
+            s.simulate_failures = parse_bool(&v, "SIMULATE_FAILURES")?;
+        }
+        if let Some(v) = get("HEARTBEAT_TTL") {
+            s.heartbeat_ttl = humantime::parse_duration(&v)
+                .with_context(|| format!("HEARTBEAT_TTL: {v:?} is not a duration such as 15s"))?;
+        }
+        if let Some(v) = get("RATE_LIMIT_PER_IP") {
+            s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
+        }
+        if let Some(v) = get("LOG_FORMAT") {
+            s.log_format = match v.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => bail!("LOG_FORMAT: {v:?} must be text or json"),
+            };
+        }
+        if let Some(v) = get("SEED_CATALOGUE") {
+            s.seed_catalogue = parse_bool(&v, "SEED_CATALOGUE")?;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || self
+                .redis_prefix
+                .contains(['{', '}', ' ', '*', '?', '[', ']', '\\'])
+        {
+            bail!("REDIS_PREFIX: must be 1..64 characters without braces or spaces");
+        }
+        if !(1..=256).contains(&self.worker_count) {
+            bail!("WORKER_COUNT: must be between 1 and 256");
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            bail!("BATCH_SIZE: must be between 1 and 10000");
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            bail!("MAX_ATTEMPTS: must be between 1 and 100");
+        }
+        if self.heartbeat_ttl < Duration::from_secs(1) {
+            bail!("HEARTBEAT_TTL: must be at least 1s");
+        }
+        if self.spool_max_bytes < 4096 {
+            bail!("SPOOL_MAX_BYTES: must be at least 4096");
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                bail!("ADMIN_TOKEN: must be at least 16 characters");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: std::str::FromStr>(value: &str, name: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse::<T>()
+        .map_err(|e| anyhow::anyhow!("{name}: {value:?} is not valid ({e})"))
+}
+
+fn parse_bool(value: &str, name: &str) -> anyhow::Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => bail!("{name}: {value:?} must be true or false"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.worker_count, 4);
+        assert_eq!(s.batch_size, 500);
+        assert_eq!(s.max_attempts, 5);
+        assert_eq!(s.spool_max_bytes, 1_073_741_824);
+        assert_eq!(s.heartbeat_ttl, Duration::from_secs(15));
+        assert_eq!(s.redis_prefix, "adtrack");
+        assert!(s.admin_token.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("PORT", "eighty"),
+            ("WORKER_COUNT", "0"),
+            ("BATCH_SIZE", "-1"),
+            ("HEARTBEAT_TTL", "soon"),
+            ("SIMULATE_FAILURES", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("REDIS_PREFIX", "a{b}"),
+        ] {
+            let err = settings(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let s = settings(&[("HEARTBEAT_TTL", "2s")]).unwrap();
+        assert_eq!(s.heartbeat_ttl, Duration::from_secs(2));
+    }
+}

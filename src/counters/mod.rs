@@ -1,0 +1,479 @@
+//! Real-time counters in Redis and the analytics read from them.
+//!
+//! Layout (root `R` = `{P}:c:`; `<h>` = hours since the Unix epoch, `<m>` =
+//! minutes since the epoch, kind codes `i` impression, `c` click, `p` play,
+//! `v` conversion):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `R ad:<adId>` | hash | `<k>` all-time count; `<k>:h:<h>` count in hour `<h>` |
+//! | `R am:<h>:<adId>` | hash | `<k>:<m>` count in minute `<m>`; expires 2 h after hour `<h>` starts |
+//! | `R ua:<adId>` | HyperLogLog | distinct click IPs, all time |
+//! | `R uh:<h>:<adId>` | HyperLogLog | distinct click IPs in hour `<h>`; expires 7 days after the hour |
+//! | `R um:<m>:<adId>` | HyperLogLog | distinct click IPs in minute `<m>`; expires 1 h after the minute |
+//! | `R campaigns` | hash | campaignId → plays |
+//! | `R screens:<campaignId>` | hash | screenId → plays |
+//!
+//! The numeric bucket always comes before the id, so no two (id, bucket)
+//! pairs share a key even though ids may contain `:`. Keys that a window can no longer
+//! reach expire, so memory stays bounded by the live windows.
+//!
+//! One [`Ops`] builder serves both the workers (one unit per inserted event)
+//! and `reconcile` (counts from the Postgres rollups), so the two always
+//! agree on the layout.
+
+mod analytics;
+mod reconcile;
+
+pub use analytics::{
+    ad_analytics, campaign_screens, campaigns, AdAnalytics, CampaignPlays, ScreenPlays, Timeframe,
+};
+pub use reconcile::{reconcile, ReconcileReport};
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use crate::domain::Kind;
+use crate::queue::Keys;
+
+const HOUR: i64 = 3600;
+const MINUTE: i64 = 60;
+const DAY: i64 = 86_400;
+/// How long an applied-batch marker lives when its cleanup did not happen.
+const MARKER_TTL_SECS: u64 = 7 * 86_400;
+
+/// The fields of an event the counters use.
+#[derive(Debug, Clone)]
+pub struct CountedEvent {
+    pub kind: Kind,
+    pub ad_id: Option<String>,
+    pub campaign_id: Option<String>,
+    pub screen_id: Option<String>,
+    pub ip: Option<String>,
+    pub time: DateTime<Utc>,
+}
+
+impl From<&crate::domain::Event> for CountedEvent {
+    fn from(e: &crate::domain::Event) -> Self {
+        Self {
+            kind: e.kind,
+            ad_id: e.ad_id.as_ref().map(|v| v.to_string()),
+            campaign_id: e.campaign_id.as_ref().map(|v| v.to_string()),
+            screen_id: e.screen_id.as_ref().map(|v| v.to_string()),
+            ip: e.ip_address.map(|ip| ip.to_string()),
+            time: e.timestamp,
+        }
+    }
+}
+
+pub(crate) fn code(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Impression => "i",
+        Kind::Click => "c",
+        Kind::Play => "p",
+        Kind::Conversion => "v",
+    }
+}
+
+/// Key names under one counter root (live or staging).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    pub(crate) fn new(root: String) -> Self {
+        Self { root }
+    }
+    pub(crate) fn ad(&self, ad: &str) -> String {
+        format!("{}ad:{ad}", self.root)
+    }
+    pub(crate) fn ad_minutes(&self, hour: i64, ad: &str) -> String {
+        format!("{}am:{hour}:{ad}", self.root)
+    }
+    pub(crate) fn uniques_all(&self, ad: &str) -> String {
+        format!("{}ua:{ad}", self.root)
+    }
+    pub(crate) fn uniques_hour(&self, hour: i64, ad: &str) -> String {
+        format!("{}uh:{hour}:{ad}", self.root)
+    }
+    pub(crate) fn uniques_minute(&self, minute: i64, ad: &str) -> String {
+        format!("{}um:{minute}:{ad}", self.root)
+    }
+    pub(crate) fn campaigns(&self) -> String {
+        format!("{}campaigns", self.root)
+    }
+    pub(crate) fn screens(&self, campaign: &str) -> String {
+        format!("{}screens:{campaign}", self.root)
+    }
+}
+
+/// When the minute hash of hour `h` expires.
+fn minute_hash_expiry(hour: i64) -> i64 {
+    (hour + 2) * HOUR
+}
+fn hour_hll_expiry(hour: i64) -> i64 {
+    (hour + 1) * HOUR + 7 * DAY
+}
+fn minute_hll_expiry(minute: i64) -> i64 {
+    (minute + 1) * MINUTE + HOUR
+}
+
+/// A set of counter updates, merged so each key/field is touched once.
+#[derive(Debug)]
+pub struct Ops {
+    layout: Layout,
+    now: i64,
+    incr: BTreeMap<(String, String), i64>,
+    uniques: BTreeMap<String, BTreeSet<String>>,
+    expire: BTreeMap<String, i64>,
+}
+
+impl Ops {
+    pub(crate) fn new(layout: Layout, now: DateTime<Utc>) -> Self {
+        Self {
+            layout,
+            now: now.timestamp(),
+            incr: BTreeMap::new(),
+            uniques: BTreeMap::new(),
+            expire: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.incr.is_empty() && self.uniques.is_empty()
+    }
+
+    fn hincr(&mut self, key: String, field: String, n: i64) {
+        *self.incr.entry((key, field)).or_insert(0) += n;
+    }
+
+    /// One event's worth of updates.
+    pub fn add_event(&mut self, e: &CountedEvent) {
+        self.add_count(
+            e.kind,
+            e.ad_id.as_deref(),
+            e.campaign_id.as_deref(),
+            e.screen_id.as_deref(),
+            e.time,
+            1,
+        );
+        if let (Kind::Click, Some(ad), Some(ip)) = (e.kind, e.ad_id.as_deref(), e.ip.as_deref()) {
+            self.add_unique_click(ad, e.time, ip);
+        }
+    }
+
+    /// `n` events of one kind in the minute that holds `at`.
+    pub(crate) fn add_count(
+        &mut self,
+        kind: Kind,
+        ad: Option<&str>,
+        campaign: Option<&str>,
+        screen: Option<&str>,
+        at: DateTime<Utc>,
+        n: i64,
+    ) {
+        let k = code(kind);
+        let ts = at.timestamp();
+        let hour = ts.div_euclid(HOUR);
+        let minute = ts.div_euclid(MINUTE);
+        if let Some(ad) = ad {
+            let key = self.layout.ad(ad);
+            self.hincr(key.clone(), k.to_owned(), n);
+            self.hincr(key, format!("{k}:h:{hour}"), n);
+            let expiry = minute_hash_expiry(hour);
+            if expiry > self.now {
+                let key = self.layout.ad_minutes(hour, ad);
+                self.hincr(key.clone(), format!("{k}:{minute}"), n);
+                self.expire.insert(key, expiry);
+            }
+        }
+        if kind == Kind::Play {
+            if let Some(campaign) = campaign {
+                self.hincr(self.layout.campaigns(), campaign.to_owned(), n);
+                if let Some(screen) = screen {
+                    self.hincr(self.layout.screens(campaign), screen.to_owned(), n);
+                }
+            }
+        }
+    }
+
+    /// A click from `ip` on `ad`, for the all-time unique-click estimate.
+    pub(crate) fn add_unique_all_time(&mut self, ad: &str, ip: &str) {
+        self.uniques
+            .entry(self.layout.uniques_all(ad))
+            .or_default()
+            .insert(ip.to_owned());
+    }
+
+    /// A click from `ip` on `ad` at `at`, for the unique-click estimates.
+    pub(crate) fn add_unique_click(&mut self, ad: &str, at: DateTime<Utc>, ip: &str) {
+        let ts = at.timestamp();
+        let hour = ts.div_euclid(HOUR);
+        let minute = ts.div_euclid(MINUTE);
+        self.add_unique_all_time(ad, ip);
+        let expiry = hour_hll_expiry(hour);
+        if expiry > self.now {
+            let key = self.layout.uniques_hour(hour, ad);
+            self.uniques
+                .entry(key.clone())
+                .or_default()
+                .insert(ip.to_owned());
+            self.expire.insert(key, expiry);
+        }
+        let expiry = minute_hll_expiry(minute);
+        if expiry > self.now {
+            let key = self.layout.uniques_minute(minute, ad);
+            self.uniques
+                .entry(key.clone())
+                .or_default()
+                .insert(ip.to_owned());
+            self.expire.insert(key, expiry);
+        }
+    }
+
+    /// How many distinct updates are pending.
+    pub(crate) fn len(&self) -> usize {
+        self.incr.len() + self.uniques.values().map(|m| m.len()).sum::<usize>()
+    }
+
+    /// Every key these updates write.
+    pub(crate) fn keys(&self) -> BTreeSet<String> {
+        self.incr
+            .keys()
+            .map(|(k, _)| k.clone())
+            .chain(self.uniques.keys().cloned())
+            .collect()
+    }
+
+    /// The updates as the flat argument list of [`APPLY`], in chunks of
+    /// about `max_args` so no script call grows unbounded.
+    pub(crate) fn to_arg_chunks(&self, max_args: usize) -> Vec<Vec<String>> {
+        let mut chunks = vec![Vec::new()];
+        let mut push = |args: Vec<String>| {
+            let Some(last) = chunks.last_mut() else {
+                return;
+            };
+            if !last.is_empty() && last.len() + args.len() > max_args {
+                chunks.push(args);
+            } else {
+                last.extend(args);
+            }
+        };
+        for ((key, field), n) in &self.incr {
+            push(vec!["H".into(), key.clone(), field.clone(), n.to_string()]);
+        }
+        for (key, members) in &self.uniques {
+            let members: Vec<&String> = members.iter().collect();
+            for part in members.chunks(1000) {
+                let mut args = vec!["P".into(), key.clone(), part.len().to_string()];
+                args.extend(part.iter().map(|m| (*m).clone()));
+                push(args);
+            }
+        }
+        // Expiry last, so it applies to keys created above.
+        for (key, at) in &self.expire {
+            push(vec!["X".into(), key.clone(), at.to_string()]);
+        }
+        chunks.retain(|c| !c.is_empty());
+        chunks
+    }
+}
+
+/// Applies counter updates. With a marker key, the updates are applied only
+/// if the marker was not set yet (exactly-once per batch), and not at all
+/// while `reconcile` has paused the counters. The processing list, when
+/// given, is deleted in the same step: what it held is committed.
+///
+/// KEYS: processing list or '', marker or '', pause flag.
+/// ARGV: marker TTL, then ops: `H key field n` | `P key count m…` | `X key unixtime`.
+const APPLY: &str = r"
+local function ack() if KEYS[1] ~= '' then redis.call('DEL', KEYS[1]) end end
+if KEYS[2] ~= '' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then ack() return 'paused' end
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then ack() return 'seen' end
+end
+local i = 2
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'H' then
+    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'P' then
+    local n = tonumber(ARGV[i + 2])
+    redis.call('PFADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + n))
+    i = i + 3 + n
+  elseif op == 'X' then
+    redis.call('EXPIREAT', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  else
+    return redis.error_reply('unknown counter op ' .. tostring(op))
+  end
+end
+ack()
+return 'ok'
+";
+
+/// What [`Counters::apply_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The updates are in Redis now.
+    Applied,
+    /// They were applied before (the marker exists).
+    AlreadyApplied,
+    /// `reconcile` is running; the updates stay in the outbox.
+    Paused,
+}
+
+#[derive(Clone)]
+pub struct Counters {
+    keys: Keys,
+    apply: Script,
+}
+
+impl Counters {
+    pub fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            apply: Script::new(APPLY),
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.keys.counters_root())
+    }
+
+    pub fn ops_for(&self, events: &[CountedEvent], now: DateTime<Utc>) -> Ops {
+        let mut ops = Ops::new(self.layout(), now);
+        for e in events {
+            ops.add_event(e);
+        }
+        ops
+    }
+
+    /// Applies a committed batch's updates exactly once (guarded by the
+    /// batch's marker) and acknowledges `processing` in the same script.
+    pub async fn apply_batch(
+        &self,
+        conn: &mut ConnectionManager,
+        batch: &uuid::Uuid,
+        ops: &Ops,
+        processing: Option<&str>,
+    ) -> anyhow::Result<Applied> {
+        // The marker makes the whole update one unit, so it must be one
+        // script call: a batch is at most a few thousand events.
+        let mut args = vec![MARKER_TTL_SECS.to_string()];
+        for chunk in ops.to_arg_chunks(usize::MAX) {
+            args.extend(chunk);
+        }
+        let outcome: String = self
+            .apply
+            .key(processing.unwrap_or(""))
+            .key(self.keys.applied(batch))
+            .key(self.keys.counters_paused())
+            .arg(args)
+            .invoke_async(conn)
+            .await
+            .context("applying counter updates")?;
+        Ok(match outcome.as_str() {
+            "seen" => Applied::AlreadyApplied,
+            "paused" => Applied::Paused,
+            _ => Applied::Applied,
+        })
+    }
+
+    /// Acknowledges a processing list without any counter update.
+    pub async fn ack(&self, conn: &mut ConnectionManager, processing: &str) -> anyhow::Result<()> {
+        redis::cmd("DEL")
+            .arg(processing)
+            .query_async::<()>(conn)
+            .await
+            .context("acknowledging the processing list")
+    }
+
+    /// Drops applied-batch markers once their outbox rows are gone.
+    pub async fn forget_markers(
+        &self,
+        conn: &mut ConnectionManager,
+        batches: &[uuid::Uuid],
+    ) -> anyhow::Result<()> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = batches.iter().map(|b| self.keys.applied(b)).collect();
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(conn)
+            .await
+            .context("removing applied-batch markers")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn event(kind: Kind, ad: &str, ip: &str, at: DateTime<Utc>) -> CountedEvent {
+        CountedEvent {
+            kind,
+            ad_id: Some(ad.into()),
+            campaign_id: Some("camp".into()),
+            screen_id: Some("scr".into()),
+            ip: Some(ip.into()),
+            time: at,
+        }
+    }
+
+    #[test]
+    fn old_events_skip_expired_window_keys() {
+        let now = Utc::now();
+        let old = Utc
+            .with_ymd_and_hms(2025, 7, 2, 18, 30, 0)
+            .single()
+            .unwrap();
+        let layout = Layout::new("{t}:c:".into());
+        let mut ops = Ops::new(layout, now);
+        ops.add_event(&event(Kind::Click, "ad", "1.2.3.4", old));
+        let keys = ops.keys();
+        assert!(keys.contains("{t}:c:ad:ad"));
+        assert!(keys.contains("{t}:c:ua:ad"));
+        assert!(!keys
+            .iter()
+            .any(|k| k.contains(":am:") || k.contains(":uh:") || k.contains(":um:")));
+    }
+
+    #[test]
+    fn updates_merge_per_field() {
+        let now = Utc::now();
+        let mut ops = Ops::new(Layout::new("{t}:c:".into()), now);
+        for _ in 0..3 {
+            ops.add_event(&event(Kind::Click, "ad", "1.2.3.4", now));
+        }
+        ops.add_event(&event(Kind::Play, "ad", "1.2.3.4", now));
+        assert_eq!(ops.incr[&("{t}:c:ad:ad".to_string(), "c".to_string())], 3);
+        assert_eq!(
+            ops.incr[&("{t}:c:campaigns".to_string(), "camp".to_string())],
+            1
+        );
+        assert_eq!(ops.uniques["{t}:c:ua:ad"].len(), 1);
+    }
+
+    #[test]
+    fn chunks_respect_the_limit_without_splitting_ops() {
+        let now = Utc::now();
+        let mut ops = Ops::new(Layout::new("{t}:c:".into()), now);
+        for i in 0..50 {
+            ops.add_event(&event(Kind::Impression, &format!("ad{i}"), "1.1.1.1", now));
+        }
+        let chunks = ops.to_arg_chunks(40);
+        assert!(chunks.len() > 1);
+        for c in &chunks {
+            assert!(matches!(c[0].as_str(), "H" | "P" | "X"));
+        }
+    }
+}

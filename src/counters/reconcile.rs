@@ -1,0 +1,305 @@
+//! `adtrack reconcile`: rebuild every Redis counter from Postgres, safely
+//! while servers run.
+//!
+//! How it stays exact with workers running:
+//! 1. Set the pause flag: from now on no worker applies counter updates; a
+//!    worker that tries leaves its update in the Postgres outbox.
+//! 2. In one REPEATABLE READ transaction, lock the outbox table (so no batch
+//!    is between "committed" and "outbox row written"), read the rollups and
+//!    raw clicks, and delete every outbox row: the snapshot already counts
+//!    those batches.
+//! 3. Build the counters under a staging root, then swap them in, set the
+//!    applied-markers of the deleted outbox batches and clear the pause flag.
+//! 4. Commit. Should the commit fail, the outbox rows come back, but their
+//!    markers say they are applied, so recovery only deletes them.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Counters, Layout, Ops, HOUR};
+use crate::domain::Kind;
+use crate::queue::Keys;
+
+/// How long the pause flag lives if reconcile dies before clearing it.
+const PAUSE_SECS: u64 = 600;
+/// Pending updates applied to staging at a time.
+const FLUSH_AT: usize = 50_000;
+/// Keys per swap script call; a swap that fits in one call is atomic.
+const SWAP_CHUNK: usize = 20_000;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileReport {
+    pub keys_written: usize,
+    pub keys_removed: usize,
+    pub outbox_batches: usize,
+    pub elapsed_ms: u128,
+}
+
+/// Moves staging keys over live ones and sets markers. ARGV: number of keys
+/// to delete, those keys, number of renames, (from, to) pairs, marker TTL,
+/// markers…
+const SWAP: &str = r"
+local i = 1
+local del = tonumber(ARGV[i]); i = i + 1
+for j = 1, del do redis.call('DEL', ARGV[i]); i = i + 1 end
+local ren = tonumber(ARGV[i]); i = i + 1
+for j = 1, ren do
+  if redis.call('EXISTS', ARGV[i]) == 1 then redis.call('RENAME', ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+local ttl = ARGV[i]; i = i + 1
+while i <= #ARGV do redis.call('SET', ARGV[i], '1', 'EX', ttl); i = i + 1 end
+return 1
+";
+
+pub async fn reconcile(
+    pool: &PgPool,
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ReconcileReport> {
+    let started = Instant::now();
+    let run = Uuid::new_v4().simple().to_string();
+    let live_root = keys.counters_root();
+    let staging_root = keys.staging_root(&run);
+    let counters = Counters::new(keys.clone());
+
+    redis::cmd("SET")
+        .arg(keys.counters_paused())
+        .arg(&run)
+        .arg("EX")
+        .arg(PAUSE_SECS)
+        .query_async::<()>(conn)
+        .await
+        .context("pausing counter updates")?;
+
+    let result = rebuild(pool, conn, keys, &counters, &live_root, &staging_root, now).await;
+    if result.is_err() {
+        // Leave the live counters as they were and let workers resume.
+        let _ = redis::cmd("DEL")
+            .arg(keys.counters_paused())
+            .query_async::<()>(conn)
+            .await;
+    }
+    let mut report = result?;
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+async fn rebuild(
+    pool: &PgPool,
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    counters: &Counters,
+    live_root: &str,
+    staging_root: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ReconcileReport> {
+    let staging = Layout::new(staging_root.to_owned());
+    let mut written: BTreeSet<String> = BTreeSet::new();
+    let this_hour = now.timestamp().div_euclid(HOUR);
+    // Minute precision where a minute key can still be alive, hour
+    // precision where an hour key can, all-time only before that.
+    let minute_cut = DateTime::from_timestamp((this_hour - 1) * HOUR, 0).unwrap_or(now);
+    let hour_cut = DateTime::from_timestamp((this_hour - 168) * HOUR, 0).unwrap_or(now);
+
+    let mut tx = pool
+        .begin()
+        .await
+        .context("starting the reconcile transaction")?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await
+        .context("setting the isolation level")?;
+    sqlx::query("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .context("locking the counter outbox")?;
+
+    let mut ops = Ops::new(staging.clone(), now);
+    {
+        let mut rows = sqlx::query_as::<_, (String, String, String, String, DateTime<Utc>, i64)>(
+            "SELECT kind, ad_id, campaign_id, screen_id,
+                    CASE WHEN bucket >= $1 THEN bucket ELSE date_trunc('hour', bucket) END AS b,
+                    sum(events)::bigint
+             FROM rollup_minute GROUP BY 1, 2, 3, 4, 5",
+        )
+        .bind(minute_cut)
+        .fetch(&mut *tx);
+        while let Some((kind, ad, campaign, screen, at, n)) =
+            rows.try_next().await.context("reading rollups")?
+        {
+            let Some(kind) = Kind::parse(&kind) else {
+                continue;
+            };
+            let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+            ops.add_count(
+                kind,
+                opt(&ad).as_deref(),
+                opt(&campaign).as_deref(),
+                opt(&screen).as_deref(),
+                at,
+                n,
+            );
+            if ops.len() >= FLUSH_AT {
+                flush(conn, &mut ops, &mut written, &staging, now).await?;
+            }
+        }
+    }
+    {
+        let mut rows = sqlx::query_as::<_, (String, String, Option<DateTime<Utc>>)>(
+            "SELECT DISTINCT ad_id, host(ip),
+                    CASE WHEN event_time >= $1 THEN date_trunc('minute', event_time)
+                         WHEN event_time >= $2 THEN date_trunc('hour', event_time) END
+             FROM events
+             WHERE kind = 'click' AND ad_id IS NOT NULL AND ip IS NOT NULL",
+        )
+        .bind(minute_cut)
+        .bind(hour_cut)
+        .fetch(&mut *tx);
+        while let Some((ad, ip, at)) = rows.try_next().await.context("reading click IPs")? {
+            match at {
+                Some(at) => ops.add_unique_click(&ad, at, &ip),
+                None => ops.add_unique_all_time(&ad, &ip),
+            }
+            if ops.len() >= FLUSH_AT {
+                flush(conn, &mut ops, &mut written, &staging, now).await?;
+            }
+        }
+    }
+    flush(conn, &mut ops, &mut written, &staging, now).await?;
+
+    let outbox: Vec<(Uuid,)> = sqlx::query_as("DELETE FROM counter_outbox RETURNING batch_id")
+        .fetch_all(&mut *tx)
+        .await
+        .context("clearing the counter outbox")?;
+    let outbox: Vec<Uuid> = outbox.into_iter().map(|(b,)| b).collect();
+
+    // Live keys the rebuild does not write are stale: remove them.
+    let mut stale = Vec::new();
+    {
+        let pattern = format!("{live_root}*");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await
+                .context("listing live counter keys")?;
+            for key in batch {
+                let staged = format!(
+                    "{staging_root}{}",
+                    key.strip_prefix(live_root).unwrap_or(&key)
+                );
+                if !written.contains(&staged) {
+                    stale.push(key);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+
+    let renames: Vec<(String, String)> = written
+        .iter()
+        .map(|k| {
+            let live = format!("{live_root}{}", k.strip_prefix(staging_root).unwrap_or(k));
+            (k.clone(), live)
+        })
+        .collect();
+    let markers: Vec<String> = outbox.iter().map(|b| keys.applied(b)).collect();
+    swap(conn, &stale, &renames, &markers).await?;
+    redis::cmd("DEL")
+        .arg(keys.counters_paused())
+        .query_async::<()>(conn)
+        .await
+        .context("resuming counter updates")?;
+
+    tx.commit().await.context("committing the reconcile")?;
+    counters.forget_markers(conn, &outbox).await?;
+
+    Ok(ReconcileReport {
+        keys_written: renames.len(),
+        keys_removed: stale.len(),
+        outbox_batches: outbox.len(),
+        elapsed_ms: 0,
+    })
+}
+
+async fn flush(
+    conn: &mut ConnectionManager,
+    ops: &mut Ops,
+    written: &mut BTreeSet<String>,
+    staging: &Layout,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    written.extend(ops.keys());
+    for chunk in ops.to_arg_chunks(10_000) {
+        let mut args = vec!["0".to_string()];
+        args.extend(chunk);
+        redis::Script::new(super::APPLY)
+            .key("")
+            .key("")
+            .key("")
+            .arg(args)
+            .invoke_async::<String>(conn)
+            .await
+            .context("writing staged counters")?;
+    }
+    *ops = Ops::new(staging.clone(), now);
+    Ok(())
+}
+
+async fn swap(
+    conn: &mut ConnectionManager,
+    stale: &[String],
+    renames: &[(String, String)],
+    markers: &[String],
+) -> anyhow::Result<()> {
+    let script = redis::Script::new(SWAP);
+    let total = stale.len() + renames.len() * 2 + markers.len();
+    let chunks = total.div_ceil(SWAP_CHUNK).max(1);
+    let per = |len: usize| len.div_ceil(chunks).max(1);
+    let mut stale_parts = stale.chunks(per(stale.len()));
+    let mut rename_parts = renames.chunks(per(renames.len()));
+    let mut marker_parts = markers.chunks(per(markers.len()));
+    for _ in 0..chunks {
+        let del = stale_parts.next().unwrap_or(&[]);
+        let ren = rename_parts.next().unwrap_or(&[]);
+        let mk = marker_parts.next().unwrap_or(&[]);
+        let mut args: Vec<String> = Vec::with_capacity(3 + del.len() + ren.len() * 2 + mk.len());
+        args.push(del.len().to_string());
+        args.extend(del.iter().cloned());
+        args.push(ren.len().to_string());
+        for (from, to) in ren {
+            args.push(from.clone());
+            args.push(to.clone());
+        }
+        args.push(super::MARKER_TTL_SECS.to_string());
+        args.extend(mk.iter().cloned());
+        script
+            .arg(args)
+            .invoke_async::<i64>(conn)
+            .await
+            .context("swapping the rebuilt counters in")?;
+    }
+    Ok(())
+}

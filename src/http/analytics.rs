@@ -1,0 +1,79 @@
+//! Reads: `GET /ads`, `/ads/analytics`, `/campaigns`,
+//! `/campaigns/{id}/screens`, answered from the Redis counters (and the
+//! catalogue in Postgres).
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+
+use super::{ApiError, AppState};
+use crate::counters::{self, Timeframe};
+use crate::domain::Ident;
+use crate::store;
+
+pub(crate) fn query_map(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
+    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("the query string is invalid: {e}"))
+        })
+}
+
+fn ident_param(value: &str, name: &str) -> Result<Ident, ApiError> {
+    Ident::parse(value).map_err(|problem| ApiError::invalid_field(format!("{name} {problem}")))
+}
+
+pub async fn ad_analytics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let ad = q
+        .get("adId")
+        .or_else(|| q.get("ad_id"))
+        .ok_or_else(|| ApiError::invalid_field("adId is required"))?;
+    let ad = ident_param(ad, "adId")?;
+    let timeframe = match q.get("timeframe").map(String::as_str) {
+        None | Some("") => Timeframe::Day,
+        Some(t) => Timeframe::parse(t)
+            .ok_or_else(|| ApiError::invalid_field("timeframe must be one of 1h, 24h, 7d, all"))?,
+    };
+    let mut conn = state.redis.clone();
+    let result =
+        counters::ad_analytics(&mut conn, &state.layout, ad.as_str(), timeframe, Utc::now())
+            .await
+            .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(result))
+}
+
+pub async fn ads(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ads = store::catalogue(&state.pool)
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(ads))
+}
+
+pub async fn campaigns(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let known: Vec<String> = store::catalogue(&state.pool)
+        .await
+        .map(|ads| ads.into_iter().map(|a| a.campaign_id).collect())
+        .unwrap_or_default();
+    let mut conn = state.redis.clone();
+    let list = counters::campaigns(&mut conn, &state.layout, known)
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+pub async fn campaign_screens(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let campaign = ident_param(&path.into_inner(), "campaignId")?;
+    let mut conn = state.redis.clone();
+    let list = counters::campaign_screens(&mut conn, &state.layout, campaign.as_str())
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(list))
+}

@@ -1,0 +1,284 @@
+//! Ingestion: `POST /ads/click`, `/ads/impression`, `/events`,
+//! `/events/batch`. Each request is parsed into events, pushed to Redis
+//! through the group-commit pusher, and answered 202 only once Redis has it.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
+use crate::queue::PushError;
+
+/// Largest single-event body.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// Largest batch body and item count.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Longest `Idempotency-Key` header.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Namespace of the UUIDv5 made from a non-UUID `Idempotency-Key`.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6164_7472_6163_6b2d_6964_656d_706f_7465);
+
+pub async fn click(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    ingest_one(&req, body, &state, Some(Kind::Click)).await
+}
+
+pub async fn impression(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    ingest_one(&req, body, &state, Some(Kind::Impression)).await
+}
+
+pub async fn event(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    ingest_one(&req, body, &state, None).await
+}
+
+async fn ingest_one(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+    fixed_kind: Option<Kind>,
+) -> Result<HttpResponse, ApiError> {
+    if body_kind(req)? == BodyKind::Ndjson {
+        return Err(ApiError::UnsupportedMediaType(
+            "send one JSON event as application/json; NDJSON goes to /events/batch".into(),
+        ));
+    }
+    let bytes = read_body(body, req, MAX_EVENT_BYTES).await?;
+    let ctx = parse_context(req, state, fixed_kind, idempotency_key(req)?)?;
+    let event = parse_event(&bytes, &ctx).map_err(|e| rejected(state, e))?;
+    enqueue(state, std::slice::from_ref(&event)).await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "status": "accepted",
+        "eventId": event.event_id,
+    })))
+}
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+pub async fn batch(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let kind = body_kind(&req)?;
+    let bytes = read_body(body, &req, MAX_BATCH_BYTES).await?;
+    let key = idempotency_key(&req)?;
+    let items: Vec<&[u8]> = match kind {
+        BodyKind::Json => {
+            let parsed: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("a batch is {{\"events\": [ … ]}}: {e}"),
+                )
+            })?;
+            parsed
+                .events
+                .into_iter()
+                .map(|raw| raw.get().as_bytes())
+                .collect()
+        }
+        BodyKind::Ndjson => bytes[..]
+            .split(|b| *b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .collect(),
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "a batch needs at least one event",
+        ));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a batch holds at most {MAX_BATCH_ITEMS} events; this one has {}",
+            items.len()
+        )));
+    }
+
+    let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    let base = parse_context(&req, &state, None, None)?;
+    for (index, item) in items.iter().enumerate() {
+        let mut ctx = base.clone();
+        // A retried batch maps each item to the same eventId as before.
+        ctx.default_event_id = key.map(|k| Uuid::new_v5(&k, index.to_string().as_bytes()));
+        match parse_event(item, &ctx) {
+            Ok(event) => accepted.push(event),
+            Err(e) => {
+                let e = rejected_item(&state, e);
+                rejected.push(json!({ "index": index, "error": e.code, "message": e.message }));
+            }
+        }
+    }
+    enqueue(&state, &accepted).await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "accepted": accepted.len(),
+        "eventIds": accepted.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        "rejected": rejected,
+    })))
+}
+
+/// Pushes events to Redis; answers only after Redis has them.
+async fn enqueue(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut payloads = Vec::with_capacity(events.len());
+    for e in events {
+        payloads.push(serde_json::to_string(e).map_err(|e| ApiError::Unexpected(e.into()))?);
+    }
+    match state.pusher.push(payloads).await {
+        Ok(()) => {
+            for e in events {
+                state
+                    .metrics
+                    .events_enqueued
+                    .with_label_values(&[e.kind.as_str()])
+                    .inc();
+            }
+            Ok(())
+        }
+        Err(PushError::Unavailable(reason)) => {
+            tracing::warn!(reason, events = events.len(), "could not queue events");
+            Err(ApiError::Unavailable {
+                message: "the event queue is unavailable; retry shortly".into(),
+                retry_after_secs: 1,
+            })
+        }
+        Err(PushError::Closed) => Err(ApiError::Unavailable {
+            message: "the server is shutting down; retry shortly".into(),
+            retry_after_secs: 1,
+        }),
+    }
+}
+
+fn rejected(state: &AppState, e: EventError) -> ApiError {
+    rejected_item(state, e).into()
+}
+
+fn rejected_item(state: &AppState, e: EventError) -> EventError {
+    state
+        .metrics
+        .events_rejected
+        .with_label_values(&[e.code])
+        .inc();
+    e
+}
+
+fn parse_context(
+    req: &HttpRequest,
+    state: &AppState,
+    fixed_kind: Option<Kind>,
+    default_event_id: Option<Uuid>,
+) -> Result<ParseContext, ApiError> {
+    Ok(ParseContext {
+        fixed_kind,
+        default_kind: Kind::Play,
+        peer_ip: req.peer_addr().map(|a| a.ip()),
+        now: Utc::now(),
+        default_event_id,
+        allow_simulate_failure: state.settings.simulate_failures,
+    })
+}
+
+/// The `Idempotency-Key` header as an eventId: itself when it is a UUID,
+/// else a UUIDv5 of it.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<Uuid>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid_field("Idempotency-Key must be printable ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key must be 1 to 128 characters",
+        ));
+    }
+    Ok(Some(Uuid::parse_str(key).unwrap_or_else(|_| {
+        Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
+    })))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Ndjson,
+}
+
+/// JSON (also `text/plain`, which browser beacons send, and no header at
+/// all) or NDJSON; anything else is 415.
+fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(BodyKind::Json);
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" | "text/plain" | "" => Ok(BodyKind::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyKind::Ndjson),
+        m if m.starts_with("application/") && m.ends_with("+json") => Ok(BodyKind::Json),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "content type {other:?} is not accepted; send application/json"
+        ))),
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+async fn read_body(
+    mut body: web::Payload,
+    req: &HttpRequest,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}

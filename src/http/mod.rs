@@ -1,0 +1,110 @@
+//! The HTTP edge: routes, shared state, and the mapping of every error to
+//! the SPEC's JSON shape.
+
+mod analytics;
+mod error;
+mod health;
+mod ingest;
+mod ui;
+
+pub use error::ApiError;
+pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::{web, HttpResponse};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::counters::Layout;
+use crate::metrics::Metrics;
+use crate::queue::{Keys, Pusher, Queue};
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: Settings,
+    pub keys: Keys,
+    pub queue: Queue,
+    pub layout: Layout,
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub pusher: Pusher,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Which routes a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Ingest, reads and UI, plus health.
+    Full,
+    /// Health, readiness and metrics only (worker processes).
+    HealthOnly,
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Registers the routes; `surface` decides which.
+pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
+    let resource =
+        |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    cfg.service(resource("/health").route(web::get().to(health::health)))
+        .service(resource("/ready").route(web::get().to(health::ready)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)));
+    if surface == Surface::Full {
+        cfg.service(resource("/ads/click").route(web::post().to(ingest::click)))
+            .service(resource("/ads/impression").route(web::post().to(ingest::impression)))
+            .service(resource("/events").route(web::post().to(ingest::event)))
+            .service(resource("/events/batch").route(web::post().to(ingest::batch)))
+            .service(resource("/ads").route(web::get().to(analytics::ads)))
+            .service(resource("/ads/analytics").route(web::get().to(analytics::ad_analytics)))
+            .service(resource("/campaigns").route(web::get().to(analytics::campaigns)))
+            .service(
+                resource("/campaigns/{id}/screens")
+                    .route(web::get().to(analytics::campaign_screens)),
+            );
+    }
+    cfg.default_service(web::to(ui::asset_or_not_found));
+}
+
+/// Builds the actix `App` for `state`, with request metrics.
+pub fn app(
+    state: web::Data<AppState>,
+    surface: Surface,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let metrics = state.metrics.clone();
+    actix_web::App::new()
+        .app_data(state)
+        .configure(move |cfg| configure(cfg, surface))
+        .wrap_fn(move |req, srv| {
+            let started = Instant::now();
+            let method = req.method().as_str().to_owned();
+            let fut = srv.call(req);
+            let metrics = metrics.clone();
+            async move {
+                let res = fut.await?;
+                let route = res
+                    .request()
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".into());
+                let status = res.status().as_u16().to_string();
+                metrics
+                    .http_requests
+                    .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(res)
+            }
+        })
+}

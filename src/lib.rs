@@ -1,0 +1,28 @@
+//! adtrack: an ad-event tracking service.
+//!
+//! Events arrive over HTTP, are acknowledged once Redis holds them, and are
+//! moved by workers into PostgreSQL, the source of truth, while real-time
+//! counters in Redis answer the analytics.
+
+/// The running service: wiring, start-up and ordered shutdown.
+pub mod app;
+/// Command-line interface.
+pub mod cli;
+/// Typed settings from the environment.
+pub mod config;
+/// Real-time counters in Redis, the analytics read from them, reconcile.
+pub mod counters;
+/// The event model, parsed at the edge.
+pub mod domain;
+/// Routes, handlers and JSON errors.
+pub mod http;
+/// Prometheus metrics.
+pub mod metrics;
+/// The Redis list protocol: push, reserve, acknowledge, reap.
+pub mod queue;
+/// PostgreSQL: migrations, batched inserts with dedup and rollups, reads.
+pub mod store;
+/// Logging setup.
+pub mod telemetry;
+/// The workers and their maintenance duties.
+pub mod worker;

@@ -1,0 +1,62 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use adtrack::app::{self, Application, Role};
+use adtrack::cli::{Cli, Command};
+use adtrack::config::Settings;
+use adtrack::{counters, queue, store, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("adtrack: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    match run(cli, settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "adtrack failed");
+            eprintln!("adtrack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve { role: Role::All }) {
+        Command::Serve { role } => {
+            let app = Application::build(settings, role).await?;
+            let token = app.shutdown_token();
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                tracing::info!("shutdown signal received; finishing in-flight work");
+                token.cancel();
+            });
+            app.run_until_stopped().await
+        }
+        Command::Migrate => {
+            store::connect(&settings.database_url, 2).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Reconcile => {
+            let pool = store::connect(&settings.database_url, 2).await?;
+            let mut redis =
+                app::redis_connection(&settings.redis_url, Duration::from_secs(60)).await?;
+            let keys = queue::Keys::new(&settings.redis_prefix);
+            let report = counters::reconcile(&pool, &mut redis, &keys, chrono::Utc::now())
+                .await
+                .context("reconcile failed")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics, one registry per application instance so tests that
+//! run several apps in one process do not collide.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: HistogramVec,
+    pub events_enqueued: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub events_processed: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub queue_depth: IntGauge,
+    pub processing_depth: IntGauge,
+    pub outbox_depth: IntGauge,
+    pub batch_size: Histogram,
+    pub batch_duration: Histogram,
+    pub ingest_to_commit: Histogram,
+    pub push_group_size: Histogram,
+    pub push_duration: Histogram,
+    pub push_failures: IntCounter,
+    pub worker_errors: IntCounterVec,
+    pub requeued_items: IntCounter,
+    pub outbox_recovered: IntCounter,
+    pub dependency_up: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("adtrack".into()), None)?;
+        let latency = exponential_buckets(0.0005, 2.0, 16)?;
+        let m = Self {
+            http_requests: HistogramVec::new(
+                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                    .buckets(latency.clone()),
+                &["route", "method", "status"],
+            )?,
+            events_enqueued: IntCounterVec::new(
+                Opts::new(
+                    "events_enqueued_total",
+                    "Events accepted and queued, by type",
+                ),
+                &["type"],
+            )?,
+            events_rejected: IntCounterVec::new(
+                Opts::new(
+                    "events_rejected_total",
+                    "Events refused at ingest, by error code",
+                ),
+                &["error"],
+            )?,
+            events_processed: IntCounterVec::new(
+                Opts::new(
+                    "events_processed_total",
+                    "Events newly written to Postgres, by type",
+                ),
+                &["type"],
+            )?,
+            events_duplicate: IntCounter::new(
+                "events_duplicate_total",
+                "Events skipped because their eventId was already stored",
+            )?,
+            queue_depth: IntGauge::new("queue_depth", "Envelopes waiting on the Redis queue")?,
+            processing_depth: IntGauge::new(
+                "processing_depth",
+                "Envelopes held in worker processing lists",
+            )?,
+            outbox_depth: IntGauge::new(
+                "counter_outbox_depth",
+                "Committed batches whose Redis counter update is still pending",
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("batch_size", "Events per worker batch")
+                    .buckets(exponential_buckets(1.0, 2.0, 14)?),
+            )?,
+            batch_duration: Histogram::with_opts(
+                HistogramOpts::new("batch_duration_seconds", "Time to commit one worker batch")
+                    .buckets(latency.clone()),
+            )?,
+            ingest_to_commit: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ingest_to_commit_seconds",
+                    "From an event's receipt to its Postgres commit",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 18)?),
+            )?,
+            push_group_size: Histogram::with_opts(
+                HistogramOpts::new("push_group_size", "Envelopes per group-committed LPUSH")
+                    .buckets(exponential_buckets(1.0, 2.0, 14)?),
+            )?,
+            push_duration: Histogram::with_opts(
+                HistogramOpts::new("push_duration_seconds", "Round trip of one group LPUSH")
+                    .buckets(latency),
+            )?,
+            push_failures: IntCounter::new(
+                "push_failures_total",
+                "Group LPUSHes Redis did not take",
+            )?,
+            worker_errors: IntCounterVec::new(
+                Opts::new("worker_errors_total", "Worker rounds that failed, by stage"),
+                &["stage"],
+            )?,
+            requeued_items: IntCounter::new(
+                "requeued_items_total",
+                "Items returned to the queue from dead workers",
+            )?,
+            outbox_recovered: IntCounter::new(
+                "counter_outbox_recovered_total",
+                "Counter updates applied by recovery instead of their worker",
+            )?,
+            dependency_up: IntGaugeVec::new(
+                Opts::new(
+                    "dependency_up",
+                    "1 when a dependency answered its last check",
+                ),
+                &["dependency"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.http_requests.clone()))?;
+        m.registry.register(Box::new(m.events_enqueued.clone()))?;
+        m.registry.register(Box::new(m.events_rejected.clone()))?;
+        m.registry.register(Box::new(m.events_processed.clone()))?;
+        m.registry.register(Box::new(m.events_duplicate.clone()))?;
+        m.registry.register(Box::new(m.queue_depth.clone()))?;
+        m.registry.register(Box::new(m.processing_depth.clone()))?;
+        m.registry.register(Box::new(m.outbox_depth.clone()))?;
+        m.registry.register(Box::new(m.batch_size.clone()))?;
+        m.registry.register(Box::new(m.batch_duration.clone()))?;
+        m.registry.register(Box::new(m.ingest_to_commit.clone()))?;
+        m.registry.register(Box::new(m.push_group_size.clone()))?;
+        m.registry.register(Box::new(m.push_duration.clone()))?;
+        m.registry.register(Box::new(m.push_failures.clone()))?;
+        m.registry.register(Box::new(m.worker_errors.clone()))?;
+        m.registry.register(Box::new(m.requeued_items.clone()))?;
+        m.registry.register(Box::new(m.outbox_recovered.clone()))?;
+        m.registry.register(Box::new(m.dependency_up.clone()))?;
+        Ok(m)
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,316 @@
+//! The Redis list protocol: ingest pushes, worker reservations,
+//! acknowledgements, heartbeats and the reaper.
+//!
+//! Invariants kept here:
+//! - An item is always in exactly one place: the queue, one worker's
+//!   processing list, the retry set or the dead-letter list. Every move
+//!   between two of them is one `LMOVE`/`BLMOVE` or one Lua script.
+//! - A worker only ever removes its own processing list, and only after what
+//!   it held is committed to Postgres.
+//! - A processing list whose worker's heartbeat has expired is moved back to
+//!   the queue by one script that re-checks the heartbeat inside Redis.
+
+mod keys;
+mod pusher;
+
+pub use keys::Keys;
+pub use pusher::{PushError, Pusher};
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+/// Moves up to ARGV[1] items from the queue to a processing list, oldest first.
+const RESERVE: &str = r"
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[#out + 1] = v
+end
+return out
+";
+
+/// Returns a dead worker's processing list to the consuming end of the queue
+/// and forgets the worker; does nothing if its heartbeat came back.
+const REQUEUE_DEAD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT') do n = n + 1 end
+redis.call('SREM', KEYS[4], ARGV[1])
+return n
+";
+
+/// What one worker does to the queue.
+#[derive(Clone)]
+pub struct Queue {
+    keys: Keys,
+    reserve: Script,
+    requeue_dead: Script,
+}
+
+impl Queue {
+    pub fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            reserve: Script::new(RESERVE),
+            requeue_dead: Script::new(REQUEUE_DEAD),
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// What `worker` holds already (left over from an attempt that could not
+    /// finish), else up to `max` new items, blocking up to `wait` for the
+    /// first one. `conn` must be the worker's own connection: `BLMOVE` blocks it.
+    pub async fn reserve(
+        &self,
+        conn: &mut ConnectionManager,
+        worker: &str,
+        max: usize,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let processing = self.keys.processing(worker);
+        let held: Vec<String> = redis::cmd("LRANGE")
+            .arg(&processing)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .context("reading the processing list")?;
+        if !held.is_empty() {
+            return Ok(held);
+        }
+        let mut items = self.take(conn, &processing, max).await?;
+        if items.is_empty() {
+            let first: Option<String> = redis::cmd("BLMOVE")
+                .arg(self.keys.queue())
+                .arg(&processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(wait.as_secs_f64())
+                .query_async(conn)
+                .await
+                .context("waiting on the queue (BLMOVE)")?;
+            let Some(first) = first else {
+                return Ok(items);
+            };
+            items.push(first);
+            if max > 1 {
+                items.extend(self.take(conn, &processing, max - 1).await?);
+            }
+        }
+        Ok(items)
+    }
+
+    async fn take(
+        &self,
+        conn: &mut ConnectionManager,
+        processing: &str,
+        max: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        self.reserve
+            .key(self.keys.queue())
+            .key(processing)
+            .arg(max)
+            .invoke_async(conn)
+            .await
+            .context("moving items from the queue to the processing list")
+    }
+
+    /// Registers `worker` and refreshes its heartbeat.
+    pub async fn beat(
+        &self,
+        conn: &mut ConnectionManager,
+        workers: &[String],
+        info: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        if !workers.is_empty() {
+            pipe.cmd("SADD")
+                .arg(self.keys.workers())
+                .arg(workers)
+                .ignore();
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        for w in workers {
+            pipe.cmd("SET")
+                .arg(self.keys.heartbeat(w))
+                .arg(info)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn)
+            .await
+            .context("refreshing worker heartbeats")
+    }
+
+    /// Forgets workers that stopped cleanly with an empty processing list.
+    pub async fn retire(
+        &self,
+        conn: &mut ConnectionManager,
+        workers: &[String],
+    ) -> anyhow::Result<()> {
+        if workers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for w in workers {
+            pipe.cmd("DEL").arg(self.keys.heartbeat(w)).ignore();
+        }
+        // The reaper drops them from the set once their lists are empty.
+        pipe.query_async::<()>(conn)
+            .await
+            .context("removing worker heartbeats")
+    }
+
+    /// Returns the items of every worker whose heartbeat expired to the
+    /// queue. Returns how many items moved.
+    pub async fn reap(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(conn)
+            .await
+            .context("listing workers")?;
+        let mut moved = 0u64;
+        for w in workers {
+            let n: i64 = self
+                .requeue_dead
+                .key(self.keys.heartbeat(&w))
+                .key(self.keys.processing(&w))
+                .key(self.keys.queue())
+                .key(self.keys.workers())
+                .arg(&w)
+                .invoke_async(conn)
+                .await
+                .with_context(|| format!("requeueing the items of worker {w}"))?;
+            if n > 0 {
+                tracing::warn!(worker = %w, items = n, "worker heartbeat expired; its items are back on the queue");
+                moved += n as u64;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Queue depth and the number of items held by workers.
+    pub async fn depths(&self, conn: &mut ConnectionManager) -> anyhow::Result<(u64, u64)> {
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(conn)
+            .await
+            .context("listing workers")?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(self.keys.queue());
+        for w in &workers {
+            pipe.cmd("LLEN").arg(self.keys.processing(w));
+        }
+        let lens: Vec<u64> = pipe
+            .query_async(conn)
+            .await
+            .context("reading list lengths")?;
+        let queued = lens.first().copied().unwrap_or(0);
+        let processing = lens.iter().skip(1).sum();
+        Ok((queued, processing))
+    }
+}
+
+/// Moves items out of a processing list to the retry set or the
+/// dead-letter list, atomically per item. ARGV: triples of
+/// (original item, 'R' due-score | 'D' '', new payload).
+const DIVERT: &str = r"
+local moved = 0
+for i = 1, #ARGV, 4 do
+  local removed = redis.call('LREM', KEYS[1], 1, ARGV[i])
+  if removed > 0 then
+    if ARGV[i + 1] == 'R' then
+      redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i + 3])
+    else
+      redis.call('LPUSH', KEYS[3], ARGV[i + 3])
+    end
+    moved = moved + 1
+  end
+end
+return moved
+";
+
+/// Moves retries that are due back to the queue. ARGV: now (ms), max items.
+const PROMOTE_DUE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, item in ipairs(due) do
+  redis.call('ZREM', KEYS[1], item)
+  redis.call('LPUSH', KEYS[2], item)
+end
+return #due
+";
+
+/// Where a failed item goes.
+pub enum Divert {
+    /// Back to the queue at `due`.
+    Retry {
+        due: chrono::DateTime<chrono::Utc>,
+        payload: String,
+    },
+    /// To the dead-letter list, as `letter`.
+    Dead { letter: String },
+}
+
+impl Queue {
+    /// Takes `items` (by their original text) out of `worker`'s processing
+    /// list into the retry set or the dead-letter list.
+    pub async fn divert(
+        &self,
+        conn: &mut ConnectionManager,
+        worker: &str,
+        items: &[(String, Divert)],
+    ) -> anyhow::Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut args: Vec<String> = Vec::with_capacity(items.len() * 4);
+        for (original, divert) in items {
+            args.push(original.clone());
+            match divert {
+                Divert::Retry { due, payload } => {
+                    args.push("R".into());
+                    args.push(due.timestamp_millis().to_string());
+                    args.push(payload.clone());
+                }
+                Divert::Dead { letter } => {
+                    args.push("D".into());
+                    args.push(String::new());
+                    args.push(letter.clone());
+                }
+            }
+        }
+        Script::new(DIVERT)
+            .key(self.keys.processing(worker))
+            .key(self.keys.retry())
+            .key(self.keys.dlq())
+            .arg(args)
+            .invoke_async(conn)
+            .await
+            .context("moving failed items to the retry set or dead-letter list")
+    }
+
+    /// Moves due retries back to the queue; returns how many moved.
+    pub async fn promote_due(
+        &self,
+        conn: &mut ConnectionManager,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<u64> {
+        Script::new(PROMOTE_DUE)
+            .key(self.keys.retry())
+            .key(self.keys.queue())
+            .arg(now.timestamp_millis())
+            .arg(1000)
+            .invoke_async(conn)
+            .await
+            .context("moving due retries to the queue")
+    }
+}

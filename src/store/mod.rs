@@ -1,0 +1,311 @@
+//! PostgreSQL, the source of truth: connection and migrations, the batched
+//! insert with dedup and rollups, the counter outbox and the reads.
+//!
+//! Invariant: raw rows and the rollups derived from them are written by one
+//! statement, and rollups count only the rows that statement inserted, so a
+//! duplicate eventId can never be counted twice.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use uuid::Uuid;
+
+use crate::counters::CountedEvent;
+use crate::domain::{Event, Kind};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Creates the database if it is missing, connects and runs migrations.
+pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    ensure_database(database_url).await?;
+    let options = PgConnectOptions::from_str(database_url)
+        .context("DATABASE_URL is not a valid postgres URL")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("connecting to Postgres")?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Connects without creating or migrating anything.
+pub fn connect_lazy(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(database_url)
+        .context("DATABASE_URL is not a valid postgres URL")?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
+    let exists = Postgres::database_exists(database_url)
+        .await
+        .context("checking whether the database exists")?;
+    if !exists {
+        if let Err(e) = Postgres::create_database(database_url).await {
+            // Another process may have created it in the meantime.
+            let exists_now = Postgres::database_exists(database_url)
+                .await
+                .unwrap_or(false);
+            if !exists_now {
+                return Err(e).context("creating the database");
+            }
+        } else {
+            tracing::info!("created the database");
+        }
+    }
+    Ok(())
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("running migrations")
+}
+
+/// Whether a database error may go away by itself (connection loss,
+/// overload, lock conflicts) rather than being caused by the data.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                // 40xxx: serialization/deadlock; 53xxx: resources; 57xxx:
+                // operator intervention (shutdown); 08xxx: connection.
+                ["40", "53", "57", "08", "58"]
+                    .iter()
+                    .any(|p| code.starts_with(p))
+            }
+            Some(sqlx::Error::Protocol(_)) | Some(sqlx::Error::Decode(_)) => false,
+            Some(sqlx::Error::ColumnNotFound(_)) | Some(sqlx::Error::TypeNotFound { .. }) => false,
+            Some(sqlx::Error::Migrate(_)) => false,
+            Some(_) => true,
+            None => cause.downcast_ref::<std::io::Error>().is_some(),
+        })
+}
+
+const INSERT_BATCH: &str = r"
+WITH input AS (
+    SELECT * FROM UNNEST(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
+        $12::text[], $13::text[], $14::text[]
+    ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
+           received_at, playback_time, amount, variant, experiment_id, properties)
+),
+ins AS (
+    INSERT INTO events (event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
+                        event_time, received_at, playback_time, amount, variant,
+                        experiment_id, properties)
+    SELECT event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
+           received_at, playback_time, amount, variant, experiment_id, properties::jsonb
+    FROM input
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, kind, ad_id, campaign_id, screen_id, event_time, amount
+),
+rolled AS (
+    INSERT INTO rollup_minute AS r (bucket, kind, ad_id, campaign_id, screen_id, events, amount)
+    SELECT date_trunc('minute', event_time), kind, coalesce(ad_id, ''),
+           coalesce(campaign_id, ''), coalesce(screen_id, ''), count(*), coalesce(sum(amount), 0)
+    FROM ins
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (bucket, kind, ad_id, campaign_id, screen_id)
+    DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+),
+outbox AS (
+    INSERT INTO counter_outbox (batch_id, event_ids)
+    SELECT $15, array_agg(event_id) FROM ins HAVING count(*) > 0
+)
+SELECT event_id FROM ins
+";
+
+/// Inserts a batch in one statement: new raw rows, their rollups, and an
+/// outbox row (`batch_id`) naming them. Returns the eventIds that were new.
+pub async fn insert_batch(
+    pool: &PgPool,
+    events: &[&Event],
+    batch_id: Uuid,
+) -> anyhow::Result<Vec<Uuid>> {
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut ads = Vec::with_capacity(n);
+    let mut campaigns = Vec::with_capacity(n);
+    let mut screens = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut ips = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut received = Vec::with_capacity(n);
+    let mut playback = Vec::with_capacity(n);
+    let mut amounts = Vec::with_capacity(n);
+    let mut variants = Vec::with_capacity(n);
+    let mut experiments = Vec::with_capacity(n);
+    let mut properties = Vec::with_capacity(n);
+    for e in events {
+        ids.push(e.event_id);
+        kinds.push(e.kind.as_str());
+        ads.push(e.ad_id.as_ref().map(|v| v.as_str()));
+        campaigns.push(e.campaign_id.as_ref().map(|v| v.as_str()));
+        screens.push(e.screen_id.as_ref().map(|v| v.as_str()));
+        users.push(e.user_id.as_deref());
+        ips.push(e.ip_address.map(|ip| ip.to_string()));
+        times.push(e.timestamp);
+        received.push(e.received_at);
+        playback.push(e.video_playback_time);
+        amounts.push(e.amount);
+        variants.push(e.variant.as_deref());
+        experiments.push(e.experiment_id.as_deref());
+        properties.push(
+            e.properties
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .context("encoding properties")?,
+        );
+    }
+    let rows: Vec<(Uuid,)> = sqlx::query_as(INSERT_BATCH)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&ads)
+        .bind(&campaigns)
+        .bind(&screens)
+        .bind(&users)
+        .bind(&ips)
+        .bind(&times)
+        .bind(&received)
+        .bind(&playback)
+        .bind(&amounts)
+        .bind(&variants)
+        .bind(&experiments)
+        .bind(&properties)
+        .bind(batch_id)
+        .fetch_all(pool)
+        .await
+        .with_context(|| format!("inserting a batch of {n} events"))?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+type CountedRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+/// The fields the counters need, for stored events.
+pub async fn counted_events<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    ids: &[Uuid],
+) -> anyhow::Result<Vec<CountedEvent>> {
+    let rows: Vec<CountedRow> = sqlx::query_as(
+        "SELECT kind, ad_id, campaign_id, screen_id, host(ip), event_time
+         FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(executor)
+    .await
+    .context("reading stored events for their counters")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, ad, campaign, screen, ip, time)| {
+            Some(CountedEvent {
+                kind: Kind::parse(&kind)?,
+                ad_id: ad,
+                campaign_id: campaign,
+                screen_id: screen,
+                ip,
+                time,
+            })
+        })
+        .collect())
+}
+
+/// One ad of the catalogue.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Ad {
+    pub id: String,
+    pub title: String,
+    pub video_url: String,
+    pub target_url: String,
+    pub campaign_id: String,
+}
+
+pub async fn catalogue(pool: &PgPool) -> anyhow::Result<Vec<Ad>> {
+    sqlx::query_as(
+        "SELECT id, title, video_url, target_url, campaign_id FROM ads ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading the ad catalogue")
+}
+
+/// Fills an empty catalogue with demo ads; does nothing otherwise.
+pub async fn seed_catalogue(pool: &PgPool) -> anyhow::Result<u64> {
+    const DEMO: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "11111111-1111-1111-1111-111111111111",
+            "Aurora Sparkling Water",
+            "/assets/ads/aurora.mp4",
+            "https://example.com/aurora",
+            "summer-refresh",
+        ),
+        (
+            "22222222-2222-2222-2222-222222222222",
+            "Summit Trail Shoes",
+            "/assets/ads/summit.mp4",
+            "https://example.com/summit",
+            "outdoor-2026",
+        ),
+        (
+            "33333333-3333-3333-3333-333333333333",
+            "Nimbus Cloud Storage",
+            "/assets/ads/nimbus.mp4",
+            "https://example.com/nimbus",
+            "b2b-launch",
+        ),
+        (
+            "44444444-4444-4444-4444-444444444444",
+            "Harbor Coffee Roasters",
+            "/assets/ads/harbor.mp4",
+            "https://example.com/harbor",
+            "summer-refresh",
+        ),
+    ];
+    let mut tx = pool.begin().await.context("starting the catalogue seed")?;
+    // Serialise concurrent starters so the emptiness check holds.
+    sqlx::query("LOCK TABLE ads IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .context("locking the catalogue")?;
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM ads")
+        .fetch_one(&mut *tx)
+        .await
+        .context("counting the catalogue")?;
+    if count > 0 {
+        return Ok(0);
+    }
+    for (id, title, video, target, campaign) in DEMO {
+        sqlx::query("INSERT INTO ads (id, title, video_url, target_url, campaign_id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(title)
+            .bind(video)
+            .bind(target)
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await
+            .context("seeding the catalogue")?;
+    }
+    tx.commit().await.context("committing the catalogue seed")?;
+    Ok(DEMO.len() as u64)
+}

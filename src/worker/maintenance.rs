@@ -1,0 +1,164 @@
+//! Background duties of a worker process: heartbeats, the reaper of dead
+//! workers' items, promotion of due retries, counter-outbox recovery, and
+//! the queue-depth gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::WorkerContext;
+use crate::counters::{Applied, Counters};
+use crate::store;
+
+/// Outbox rows younger than this are left to their own worker.
+const OUTBOX_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Maintenance {
+    pub ctx: Arc<WorkerContext>,
+    /// The workers of this process, kept alive by the heartbeat.
+    pub workers: Vec<String>,
+    pub heartbeat_ttl: Duration,
+    /// What the heartbeat value says about this process.
+    pub info: String,
+}
+
+impl Maintenance {
+    /// Heartbeats until `shutdown`, then retires this process's workers.
+    pub async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut conn = self.ctx.redis.clone();
+        let period = self.heartbeat_ttl / 3;
+        loop {
+            if let Err(e) = self
+                .ctx
+                .queue
+                .beat(&mut conn, &self.workers, &self.info, self.heartbeat_ttl)
+                .await
+            {
+                tracing::warn!(error = format!("{e:#}"), "heartbeat failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Deletes this process's heartbeats after its workers stopped.
+    pub async fn retire(&self) {
+        let mut conn = self.ctx.redis.clone();
+        if let Err(e) = self.ctx.queue.retire(&mut conn, &self.workers).await {
+            tracing::warn!(error = format!("{e:#}"), "removing heartbeats failed");
+        }
+    }
+
+    /// Reaper, retry promotion, outbox recovery and gauges, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut conn = self.ctx.redis.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reap_every = (self.heartbeat_ttl / 2).max(Duration::from_secs(1));
+        let mut last_reap = tokio::time::Instant::now() - reap_every;
+        let mut last_outbox = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            if let Err(e) = self.ctx.queue.promote_due(&mut conn, Utc::now()).await {
+                tracing::debug!(error = format!("{e:#}"), "retry promotion failed");
+            }
+            if last_reap.elapsed() >= reap_every {
+                last_reap = tokio::time::Instant::now();
+                match self.ctx.queue.reap(&mut conn).await {
+                    Ok(n) => self.ctx.metrics.requeued_items.inc_by(n),
+                    Err(e) => tracing::debug!(error = format!("{e:#}"), "reaper round failed"),
+                }
+            }
+            if last_outbox.elapsed() >= Duration::from_secs(2) {
+                last_outbox = tokio::time::Instant::now();
+                match recover_outbox(&self.ctx.pool, &mut conn, &self.ctx.counters, OUTBOX_GRACE)
+                    .await
+                {
+                    Ok(n) if n > 0 => {
+                        self.ctx.metrics.outbox_recovered.inc_by(n as u64);
+                        tracing::info!(
+                            batches = n,
+                            "applied counter updates left by an interrupted worker"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = format!("{e:#}"), "outbox recovery failed"),
+                }
+                if let Ok((depth,)) =
+                    sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM counter_outbox")
+                        .fetch_one(&self.ctx.pool)
+                        .await
+                {
+                    self.ctx.metrics.outbox_depth.set(depth);
+                }
+            }
+        }
+    }
+}
+
+/// Applies counter updates whose outbox rows are older than `grace`.
+/// Returns the number of batches applied.
+pub async fn recover_outbox(
+    pool: &PgPool,
+    conn: &mut ConnectionManager,
+    counters: &Counters,
+    grace: Duration,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await.context("starting outbox recovery")?;
+    let rows: Vec<(Uuid, Vec<Uuid>)> = sqlx::query_as(
+        "DELETE FROM counter_outbox WHERE batch_id IN (
+             SELECT batch_id FROM counter_outbox
+             WHERE created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at LIMIT 20 FOR UPDATE SKIP LOCKED)
+         RETURNING batch_id, event_ids",
+    )
+    .bind(grace.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await
+    .context("claiming outbox rows")?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut applied = Vec::with_capacity(rows.len());
+    for (batch, ids) in &rows {
+        let events = store::counted_events(&mut *tx, ids).await?;
+        let ops = counters.ops_for(&events, Utc::now());
+        if counters.apply_batch(conn, batch, &ops, None).await? == Applied::Paused {
+            // Reconcile is rebuilding; leave the rest for later.
+            break;
+        }
+        applied.push(*batch);
+    }
+    if applied.len() < rows.len() {
+        // Only some were applied: keep the others' rows by undoing the
+        // claim and deleting just the applied ones.
+        tx.rollback().await.context("releasing outbox rows")?;
+        if !applied.is_empty() {
+            sqlx::query("DELETE FROM counter_outbox WHERE batch_id = ANY($1)")
+                .bind(&applied)
+                .execute(pool)
+                .await
+                .context("deleting applied outbox rows")?;
+        }
+    } else {
+        tx.commit().await.context("committing outbox recovery")?;
+    }
+    if let Err(e) = counters.forget_markers(conn, &applied).await {
+        tracing::debug!(
+            error = format!("{e:#}"),
+            "marker cleanup deferred to its TTL"
+        );
+    }
+    Ok(applied.len())
+}

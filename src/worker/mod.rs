@@ -1,0 +1,435 @@
+//! The worker: moves events from the Redis queue into Postgres and updates
+//! the real-time counters, exactly once.
+//!
+//! One round ([`Worker::step`]):
+//! 1. Reserve: what this worker's processing list still holds (a round that
+//!    could not finish), else up to `BATCH_SIZE` items moved from the queue.
+//! 2. Commit the batch to Postgres in one statement: new raw rows, their
+//!    rollups and an outbox row naming them (see `store`). Events that fail
+//!    on their own are isolated by splitting the batch, and sent to the retry
+//!    set or, after `MAX_ATTEMPTS`, the dead-letter list; the rest commit.
+//! 3. Apply the counters: claim the outbox row in a transaction, apply the
+//!    updates in one Redis script guarded by the batch's marker, which also
+//!    deletes the processing list, then commit the claim.
+//!
+//! A crash anywhere leaves either the items in the processing list (the
+//! reaper returns them to the queue; re-processing inserts nothing twice) or
+//! an outbox row (recovery applies it; the marker prevents a double apply).
+//! Connection errors never count as attempts: the round fails as a whole,
+//! the items stay where they are, and the worker backs off.
+
+mod maintenance;
+
+pub use maintenance::{recover_outbox, Maintenance};
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::counters::{Applied, CountedEvent, Counters};
+use crate::domain::Event;
+use crate::metrics::Metrics;
+use crate::queue::{Divert, Queue};
+use crate::store;
+
+/// How long a reservation blocks on an empty queue.
+const RESERVE_WAIT: Duration = Duration::from_secs(1);
+
+/// Everything the workers of one process share.
+pub struct WorkerContext {
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub queue: Queue,
+    pub counters: Counters,
+    pub metrics: Arc<Metrics>,
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub simulate_failures: bool,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Nothing was waiting.
+    Idle,
+    Processed {
+        /// Items taken off the queue.
+        items: usize,
+        /// Events newly stored (the rest were duplicates or failed).
+        inserted: usize,
+        /// Events sent to the retry set or dead-letter list.
+        failed: usize,
+    },
+}
+
+pub struct Worker {
+    id: String,
+    conn: ConnectionManager,
+    ctx: Arc<WorkerContext>,
+}
+
+struct Failure {
+    raw: String,
+    event: Option<Event>,
+    error: String,
+}
+
+impl Worker {
+    /// `conn` must be this worker's own connection: reservations block it.
+    pub fn new(id: String, conn: ConnectionManager, ctx: Arc<WorkerContext>) -> Self {
+        Self { id, conn, ctx }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs rounds until `shutdown`; a round in progress always finishes.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        tracing::info!(worker = %self.id, "worker started");
+        while !shutdown.is_cancelled() {
+            match self.step().await {
+                Ok(_) => backoff.reset(),
+                Err(e) => {
+                    let stage = if store::is_transient(&e) || is_redis(&e) {
+                        "outage"
+                    } else {
+                        "other"
+                    };
+                    self.ctx
+                        .metrics
+                        .worker_errors
+                        .with_label_values(&[stage])
+                        .inc();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(worker = %self.id, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "worker round failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(worker = %self.id, "worker stopped");
+    }
+
+    /// One round: reserve, commit, count, acknowledge.
+    #[tracing::instrument(skip_all, fields(worker = %self.id))]
+    pub async fn step(&mut self) -> anyhow::Result<StepOutcome> {
+        let ctx = self.ctx.clone();
+        let items = ctx
+            .queue
+            .reserve(&mut self.conn, &self.id, ctx.batch_size, RESERVE_WAIT)
+            .await?;
+        if items.is_empty() {
+            return Ok(StepOutcome::Idle);
+        }
+        let started = Instant::now();
+        let processing = ctx.queue.keys().processing(&self.id);
+
+        let mut failures = Vec::new();
+        let mut events: Vec<(String, Event)> = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        for raw in items.iter() {
+            match serde_json::from_str::<Event>(raw) {
+                Ok(event) if ctx.simulate_failures && event.simulate_failure => {
+                    failures.push(Failure {
+                        raw: raw.clone(),
+                        event: Some(event),
+                        error: "simulated failure (simulateFailure=true)".into(),
+                    })
+                }
+                // A second copy of an eventId in one batch adds nothing.
+                Ok(event) => {
+                    if seen.insert(event.event_id) {
+                        events.push((raw.clone(), event));
+                    }
+                }
+                Err(e) => failures.push(Failure {
+                    raw: raw.clone(),
+                    event: None,
+                    error: format!("undecodable envelope: {e}"),
+                }),
+            }
+        }
+
+        let (committed, failed_here) = self.commit_isolating(&events).await?;
+        failures.extend(failed_here);
+        let failed = failures.len();
+        if !failures.is_empty() {
+            self.divert(failures).await?;
+        }
+
+        let mut inserted = 0;
+        let last = committed.len().saturating_sub(1);
+        let mut acked = false;
+        for (i, (batch, ids)) in committed.iter().enumerate() {
+            inserted += ids.len();
+            let ids: HashSet<&Uuid> = ids.iter().collect();
+            let counted: Vec<CountedEvent> = events
+                .iter()
+                .filter(|(_, e)| ids.contains(&e.event_id))
+                .map(|(_, e)| CountedEvent::from(e))
+                .collect();
+            let now = Utc::now();
+            for (_, e) in events.iter().filter(|(_, e)| ids.contains(&e.event_id)) {
+                ctx.metrics
+                    .events_processed
+                    .with_label_values(&[e.kind.as_str()])
+                    .inc();
+                let lag = (now - e.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+                ctx.metrics.ingest_to_commit.observe(lag);
+            }
+            // The last apply also acknowledges the processing list.
+            let ack = (i == last).then_some(processing.as_str());
+            self.apply_committed(batch, &counted, ack).await?;
+            acked |= ack.is_some();
+        }
+        if !acked {
+            ctx.counters.ack(&mut self.conn, &processing).await?;
+        }
+
+        let good = events.len();
+        ctx.metrics
+            .events_duplicate
+            .inc_by(good.saturating_sub(inserted + failed).min(good) as u64);
+        ctx.metrics.batch_size.observe(items.len() as f64);
+        ctx.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            batch_size = items.len(),
+            inserted,
+            failed,
+            "batch committed"
+        );
+        Ok(StepOutcome::Processed {
+            items: items.len(),
+            inserted,
+            failed,
+        })
+    }
+
+    /// Commits `events`, splitting the batch to isolate events that fail on
+    /// their own. Returns the committed sub-batches (batch id, new eventIds)
+    /// and the failed events. A transient error fails the whole round.
+    async fn commit_isolating(
+        &self,
+        events: &[(String, Event)],
+    ) -> anyhow::Result<(Vec<(Uuid, Vec<Uuid>)>, Vec<Failure>)> {
+        let mut committed = Vec::new();
+        let mut failures = Vec::new();
+        let mut pending: Vec<&[(String, Event)]> = if events.is_empty() {
+            vec![]
+        } else {
+            vec![events]
+        };
+        while let Some(part) = pending.pop() {
+            let batch = Uuid::now_v7();
+            let refs: Vec<&Event> = part.iter().map(|(_, e)| e).collect();
+            match store::insert_batch(&self.ctx.pool, &refs, batch).await {
+                Ok(ids) => {
+                    if !ids.is_empty() {
+                        committed.push((batch, ids));
+                    }
+                }
+                Err(e) if store::is_transient(&e) => return Err(e),
+                Err(e) if part.len() == 1 => {
+                    let (raw, event) = &part[0];
+                    tracing::warn!(worker = %self.id, event_id = %event.event_id, error = format!("{e:#}"), "event failed to store");
+                    failures.push(Failure {
+                        raw: raw.clone(),
+                        event: Some(event.clone()),
+                        error: format!("{:#}", e.root_cause()),
+                    });
+                }
+                Err(_) => {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                }
+            }
+        }
+        Ok((committed, failures))
+    }
+
+    /// Sends failed events to the retry set with backoff, or to the
+    /// dead-letter list once they have used up their attempts.
+    async fn divert(&mut self, failures: Vec<Failure>) -> anyhow::Result<()> {
+        let max = self.ctx.max_attempts;
+        let now = Utc::now();
+        let mut moves = Vec::with_capacity(failures.len());
+        for f in failures {
+            let divert = match f.event {
+                Some(mut event) => {
+                    event.attempts += 1;
+                    if event.attempts >= max {
+                        tracing::warn!(worker = %self.id, event_id = %event.event_id, attempts = event.attempts, error = %f.error, "event dead-lettered");
+                        Divert::Dead {
+                            letter: dead_letter(json!(event), &f.error, event.attempts, now),
+                        }
+                    } else {
+                        let due = now + retry_delay(event.attempts);
+                        Divert::Retry {
+                            due,
+                            payload: serde_json::to_string(&event).context("encoding a retry")?,
+                        }
+                    }
+                }
+                None => Divert::Dead {
+                    letter: dead_letter(json!(f.raw), &f.error, 1, now),
+                },
+            };
+            moves.push((f.raw, divert));
+        }
+        self.ctx
+            .queue
+            .divert(&mut self.conn, &self.id, &moves)
+            .await?;
+        Ok(())
+    }
+
+    /// Step 3 of a round for one committed sub-batch.
+    async fn apply_committed(
+        &mut self,
+        batch: &Uuid,
+        counted: &[CountedEvent],
+        processing: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let ctx = self.ctx.clone();
+        let mut tx = ctx
+            .pool
+            .begin()
+            .await
+            .context("starting the counter claim")?;
+        let claimed = sqlx::query("DELETE FROM counter_outbox WHERE batch_id = $1")
+            .bind(batch)
+            .execute(&mut *tx)
+            .await
+            .context("claiming the counter outbox row")?
+            .rows_affected();
+        if claimed == 0 {
+            // Recovery or reconcile already accounted for this batch.
+            drop(tx);
+            if let Some(p) = processing {
+                ctx.counters.ack(&mut self.conn, p).await?;
+            }
+            return Ok(());
+        }
+        let ops = ctx.counters.ops_for(counted, Utc::now());
+        match ctx
+            .counters
+            .apply_batch(&mut self.conn, batch, &ops, processing)
+            .await?
+        {
+            Applied::Paused => {
+                // Reconcile is running; recovery applies this row later.
+                tx.rollback().await.context("releasing the counter claim")?;
+            }
+            Applied::Applied | Applied::AlreadyApplied => {
+                tx.commit().await.context("committing the counter claim")?;
+                if let Err(e) = ctx.counters.forget_markers(&mut self.conn, &[*batch]).await {
+                    tracing::debug!(
+                        error = format!("{e:#}"),
+                        "marker cleanup deferred to its TTL"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A dead letter as the SPEC shows it.
+pub fn dead_letter(
+    event: serde_json::Value,
+    error: &str,
+    attempts: u32,
+    at: chrono::DateTime<Utc>,
+) -> String {
+    json!({
+        "event": event,
+        "error": error,
+        "attempts": attempts,
+        "failedAt": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+    .to_string()
+}
+
+/// Exponential backoff with jitter before retry `attempt` (1-based):
+/// about 1 s, 2 s, 4 s … capped at 5 minutes.
+pub fn retry_delay(attempt: u32) -> chrono::Duration {
+    let base_ms = 1000u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let capped = base_ms.min(300_000);
+    let jittered = capped / 2 + rand::rng().random_range(0..=capped / 2);
+    chrono::Duration::milliseconds(jittered as i64)
+}
+
+fn is_redis(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| c.downcast_ref::<redis::RedisError>().is_some())
+}
+
+/// Capped exponential backoff for outages.
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            current: first,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        for attempt in 1..40 {
+            let d = retry_delay(attempt).num_milliseconds();
+            assert!(d <= 300_000, "{attempt}: {d}");
+            let base = 1000i64
+                .saturating_mul(1 << (attempt - 1).min(20))
+                .min(300_000);
+            assert!(d >= base / 2, "{attempt}: {d}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+        assert_eq!(b.next_delay(), Duration::from_millis(350));
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+}
