@@ -140,6 +140,7 @@ impl Worker {
         let mut failures = Vec::new();
         let mut events: Vec<(String, Event)> = Vec::with_capacity(items.len());
         let mut seen = HashSet::with_capacity(items.len());
+        let mut duplicates = 0usize;
         for raw in items.iter() {
             match serde_json::from_str::<Event>(raw) {
                 Ok(event) if ctx.simulate_failures && event.simulate_failure => {
@@ -153,6 +154,8 @@ impl Worker {
                 Ok(event) => {
                     if seen.insert(event.event_id) {
                         events.push((raw.clone(), event));
+                    } else {
+                        duplicates += 1;
                     }
                 }
                 Err(e) => failures.push(Failure {
@@ -164,6 +167,7 @@ impl Worker {
         }
 
         let (committed, failed_here) = self.commit_isolating(&events).await?;
+        let failed_to_store = failed_here.len();
         failures.extend(failed_here);
         let failed = failures.len();
         if !failures.is_empty() {
@@ -199,10 +203,8 @@ impl Worker {
             ctx.counters.ack(&mut self.conn, &processing).await?;
         }
 
-        let good = events.len();
-        ctx.metrics
-            .events_duplicate
-            .inc_by(good.saturating_sub(inserted + failed).min(good) as u64);
+        duplicates += events.len().saturating_sub(inserted + failed_to_store);
+        ctx.metrics.events_duplicate.inc_by(duplicates as u64);
         ctx.metrics.batch_size.observe(items.len() as f64);
         ctx.metrics
             .batch_duration
