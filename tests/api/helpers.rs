@@ -290,6 +290,7 @@ impl PrivateRedis {
 
     /// Starts again on the same port and directory (with AOF, the data
     /// written before the kill comes back).
+    #[allow(dead_code)]
     pub async fn restart(&mut self) {
         self.kill();
         self.child = Some(spawn_redis(self.port, &self.dir));

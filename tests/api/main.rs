@@ -1,5 +1,7 @@
 //! Integration tests against real PostgreSQL and Redis.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod analytics;
 mod helpers;
 mod ingest;
