@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+
+# --- build ------------------------------------------------------------------
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# No query needs a live database at compile time; migrations are embedded.
+ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
+
+# Dependencies first, in their own layer: rebuilt only when Cargo.* change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src
+
+COPY src src
+COPY migrations migrations
+COPY web web
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+# --- runtime ----------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin adtrack \
+ && mkdir -p /app/fallback \
+ && chown adtrack:adtrack /app/fallback
+WORKDIR /app
+COPY --from=build /src/target/release/adtrack /usr/local/bin/adtrack
+USER adtrack
+ENV PORT=8080 SPOOL_DIR=/app/fallback
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["adtrack"]
+CMD ["serve"]
