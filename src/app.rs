@@ -17,6 +17,7 @@ use crate::counters::Counters;
 use crate::http::{self, AppState, Surface};
 use crate::metrics::Metrics;
 use crate::queue::{Keys, Pusher, Queue};
+use crate::spool::{RedisDown, Replayer, Spool};
 use crate::store;
 use crate::worker::{Maintenance, Worker, WorkerContext};
 
@@ -49,6 +50,8 @@ pub struct Application {
     shutdown: CancellationToken,
     pusher: Option<Pusher>,
     pusher_task: JoinHandle<()>,
+    spool: Option<Spool>,
+    spool_thread: Option<std::thread::JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     maintenance: Option<Arc<Maintenance>>,
     background: Vec<JoinHandle<()>>,
@@ -101,7 +104,9 @@ impl Application {
         let counters = Counters::new(keys.clone());
         let shutdown = CancellationToken::new();
 
-        let (pusher, pusher_task) = Pusher::start(redis.clone(), keys.queue(), metrics.clone());
+        let (pusher, pusher_task) = Pusher::start(redis.clone(), &keys, metrics.clone());
+        let (spool, spool_thread) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
+        let redis_down = Arc::new(RedisDown::default());
 
         let mut workers = Vec::new();
         let mut maintenance = None;
@@ -145,6 +150,16 @@ impl Application {
             }
             maintenance = Some(m);
         }
+        if role.runs_api() {
+            let replayer = Replayer {
+                spool: spool.clone(),
+                redis: redis.clone(),
+                keys: keys.clone(),
+                metrics: metrics.clone(),
+                redis_down: redis_down.clone(),
+            };
+            background.push(tokio::spawn(replayer.run(shutdown.clone())));
+        }
 
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -154,7 +169,10 @@ impl Application {
             pool,
             redis,
             pusher: pusher.clone(),
+            spool: spool.clone(),
+            redis_down,
             metrics,
+            shutdown: shutdown.clone(),
         });
         let surface = if role.runs_api() {
             Surface::Full
@@ -179,6 +197,8 @@ impl Application {
             shutdown,
             pusher: Some(pusher),
             pusher_task,
+            spool: Some(spool),
+            spool_thread: Some(spool_thread),
             workers,
             maintenance,
             background,
@@ -198,32 +218,58 @@ impl Application {
     /// HTTP (in-flight requests finish and are answered), the pusher (its
     /// last group reaches Redis), the workers (each finishes its round),
     /// then the heartbeats.
-    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            server,
+            shutdown,
+            pusher,
+            pusher_task,
+            spool,
+            spool_thread,
+            workers,
+            maintenance,
+            background,
+            ..
+        } = self;
+        let handle = server.handle();
         let stopper = {
-            let token = self.shutdown.clone();
+            let token = shutdown.clone();
             tokio::spawn(async move {
                 token.cancelled().await;
                 handle.stop(true).await;
             })
         };
-        let served = (&mut self.server).await;
-        self.shutdown.cancel();
+        // Awaiting by value drops the app factory, and with it the handlers'
+        // clones of the pusher and the spool.
+        let served = server.await;
+        shutdown.cancel();
         let _ = stopper.await;
-        drop(self.pusher.take());
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.pusher_task)
+        drop(pusher);
+        if tokio::time::timeout(Duration::from_secs(5), pusher_task)
             .await
             .is_err()
         {
             tracing::warn!("the pusher did not finish in time");
         }
-        for w in self.workers.drain(..) {
+        for w in workers {
             let _ = w.await;
         }
-        for b in self.background.drain(..) {
+        for b in background {
             let _ = b.await;
         }
-        if let Some(m) = &self.maintenance {
+        // Every append was synced before it was answered; this closes the
+        // segment being written.
+        drop(spool);
+        if let Some(t) = spool_thread {
+            let joined = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || t.join()),
+            );
+            if joined.await.is_err() {
+                tracing::warn!("the spool writer did not finish in time");
+            }
+        }
+        if let Some(m) = &maintenance {
             m.retire().await;
         }
         tracing::info!("adtrack stopped");

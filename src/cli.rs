@@ -31,4 +31,23 @@ pub enum Command {
     Migrate,
     /// Rebuild every Redis counter from Postgres (safe while servers run).
     Reconcile,
+    /// Inspect or act on the dead-letter list.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Print dead letters, newest first, one JSON object per line.
+    List {
+        /// How many to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move every dead letter back to the queue, attempts reset.
+    Replay,
+    /// Delete every dead letter.
+    Purge,
 }

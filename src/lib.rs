@@ -20,6 +20,8 @@ pub mod http;
 pub mod metrics;
 /// The Redis list protocol: push, reserve, acknowledge, reap.
 pub mod queue;
+/// The on-disk spool used while Redis is down, and its replay.
+pub mod spool;
 /// PostgreSQL: migrations, batched inserts with dedup and rollups, reads.
 pub mod store;
 /// Logging setup.

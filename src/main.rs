@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use adtrack::app::{self, Application, Role};
-use adtrack::cli::{Cli, Command};
+use adtrack::cli::{Cli, Command, DlqAction};
 use adtrack::config::Settings;
 use adtrack::{counters, queue, store, telemetry};
 
@@ -56,6 +56,27 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("reconcile failed")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Dlq { action } => {
+            let mut redis =
+                app::redis_connection(&settings.redis_url, Duration::from_secs(30)).await?;
+            let queue = queue::Queue::new(queue::Keys::new(&settings.redis_prefix));
+            match action {
+                DlqAction::List { limit } => {
+                    let (total, items) = queue.dlq_list(&mut redis, limit).await?;
+                    for item in items {
+                        println!("{item}");
+                    }
+                    eprintln!("{total} dead letter(s) in total");
+                }
+                DlqAction::Replay => {
+                    println!("{{\"moved\":{}}}", queue.dlq_replay(&mut redis).await?)
+                }
+                DlqAction::Purge => {
+                    println!("{{\"purged\":{}}}", queue.dlq_purge(&mut redis).await?)
+                }
+            }
             Ok(())
         }
     }

@@ -26,6 +26,14 @@ pub struct Metrics {
     pub requeued_items: IntCounter,
     pub outbox_recovered: IntCounter,
     pub dependency_up: IntGaugeVec,
+    pub events_spooled: IntCounter,
+    pub spool_bytes: IntGauge,
+    pub spool_events: IntGauge,
+    pub spool_replayed: IntCounter,
+    pub spool_skipped_lines: IntCounterVec,
+    pub spool_full: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub retried: IntCounter,
 }
 
 impl Metrics {
@@ -118,6 +126,35 @@ impl Metrics {
                 ),
                 &["dependency"],
             )?,
+            events_spooled: IntCounter::new(
+                "events_spooled_total",
+                "Events accepted into the disk spool because Redis could not take them",
+            )?,
+            spool_bytes: IntGauge::new("spool_bytes", "Bytes waiting in the disk spool")?,
+            spool_events: IntGauge::new("spool_events", "Events waiting in the disk spool")?,
+            spool_replayed: IntCounter::new(
+                "spool_replayed_total",
+                "Spooled events replayed into Redis",
+            )?,
+            spool_skipped_lines: IntCounterVec::new(
+                Opts::new(
+                    "spool_skipped_lines_total",
+                    "Spool lines skipped on replay, by kind",
+                ),
+                &["kind"],
+            )?,
+            spool_full: IntCounter::new(
+                "spool_full_total",
+                "Requests refused with 503 because the spool was full",
+            )?,
+            dead_lettered: IntCounter::new(
+                "dead_lettered_total",
+                "Events moved to the dead-letter list",
+            )?,
+            retried: IntCounter::new(
+                "retried_total",
+                "Failed events scheduled for another attempt",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -138,6 +175,15 @@ impl Metrics {
         m.registry.register(Box::new(m.requeued_items.clone()))?;
         m.registry.register(Box::new(m.outbox_recovered.clone()))?;
         m.registry.register(Box::new(m.dependency_up.clone()))?;
+        m.registry.register(Box::new(m.events_spooled.clone()))?;
+        m.registry.register(Box::new(m.spool_bytes.clone()))?;
+        m.registry.register(Box::new(m.spool_events.clone()))?;
+        m.registry.register(Box::new(m.spool_replayed.clone()))?;
+        m.registry
+            .register(Box::new(m.spool_skipped_lines.clone()))?;
+        m.registry.register(Box::new(m.spool_full.clone()))?;
+        m.registry.register(Box::new(m.dead_lettered.clone()))?;
+        m.registry.register(Box::new(m.retried.clone()))?;
         Ok(m)
     }
 

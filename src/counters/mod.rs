@@ -352,6 +352,10 @@ impl Counters {
         for e in events {
             ops.add_event(e);
         }
+        if !events.is_empty() {
+            // Running total for the UI's commit rate, applied with the batch.
+            ops.hincr(self.keys.stats(), "committed".into(), events.len() as i64);
+        }
         ops
     }
 

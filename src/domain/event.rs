@@ -346,9 +346,12 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
                         format!("JSON is nested deeper than {MAX_DEPTH} levels"),
                     ));
                 }
-                let size = serde_json::to_vec(&map)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX);
+                let encoded = serde_json::to_string(&map).unwrap_or_default();
+                // PostgreSQL's jsonb cannot hold U+0000.
+                if encoded.contains("\\u0000") {
+                    return Err(EventError::field(name, "must not contain NUL characters"));
+                }
+                let size = encoded.len();
                 if size > MAX_PROPERTIES_BYTES {
                     return Err(EventError::body(
                         "properties_too_large",
@@ -576,6 +579,10 @@ mod tests {
             (br#"{"adId":"a","properties":[1]}"#, "properties"),
             (br#"{"adId":"a","simulateFailure":true}"#, "simulateFailure"),
             (br#"{"adId":"a","userId":"a\u0000b"}"#, "userId"),
+            (
+                br#"{"adId":"a","properties":{"k":"a\u0000b"}}"#,
+                "properties",
+            ),
             (br#"{"timestamp":"2026-01-01T00:00:00Z"}"#, "adId"),
         ];
         for (body, field) in cases {

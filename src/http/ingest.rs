@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
 use crate::queue::PushError;
+use crate::spool::SpoolError;
 
 /// Largest single-event body.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
@@ -140,7 +141,8 @@ pub async fn batch(
     })))
 }
 
-/// Pushes events to Redis; answers only after Redis has them.
+/// Queues events: on Redis when it takes them, else in the synced disk
+/// spool. Answers only once one of the two holds them.
 async fn enqueue(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
     if events.is_empty() {
         return Ok(());
@@ -149,28 +151,65 @@ async fn enqueue(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
     for e in events {
         payloads.push(serde_json::to_string(e).map_err(|e| ApiError::Unexpected(e.into()))?);
     }
-    match state.pusher.push(payloads).await {
-        Ok(()) => {
-            for e in events {
-                state
-                    .metrics
-                    .events_enqueued
-                    .with_label_values(&[e.kind.as_str()])
-                    .inc();
+    if !state.redis_down.is_down() {
+        match state.pusher.push(payloads).await {
+            Ok(()) => {
+                count_enqueued(state, events);
+                return Ok(());
             }
+            Err((PushError::Unavailable(reason), back)) => {
+                // Send the next requests straight to the spool until the
+                // replayer sees Redis answer again.
+                state.redis_down.set(true);
+                tracing::warn!(
+                    reason,
+                    events = back.len(),
+                    "redis refused a push; spooling"
+                );
+                payloads = back;
+            }
+            Err((PushError::Closed, _)) => return Err(shutting_down()),
+        }
+    }
+    match state.spool.append(payloads).await {
+        Ok(()) => {
+            state.metrics.events_spooled.inc_by(events.len() as u64);
+            count_enqueued(state, events);
             Ok(())
         }
-        Err(PushError::Unavailable(reason)) => {
-            tracing::warn!(reason, events = events.len(), "could not queue events");
+        Err(SpoolError::Full(bytes)) => {
+            state.metrics.spool_full.inc();
+            tracing::error!(bytes, "the spool is full; refusing events");
+            Err(ApiError::Unavailable {
+                message: "the event queue is unavailable and the spool is full; retry later".into(),
+                retry_after_secs: 5,
+            })
+        }
+        Err(SpoolError::Closed) => Err(shutting_down()),
+        Err(SpoolError::Io(e)) => {
+            tracing::error!(error = e, "spooling failed");
             Err(ApiError::Unavailable {
                 message: "the event queue is unavailable; retry shortly".into(),
                 retry_after_secs: 1,
             })
         }
-        Err(PushError::Closed) => Err(ApiError::Unavailable {
-            message: "the server is shutting down; retry shortly".into(),
-            retry_after_secs: 1,
-        }),
+    }
+}
+
+fn count_enqueued(state: &AppState, events: &[Event]) {
+    for e in events {
+        state
+            .metrics
+            .events_enqueued
+            .with_label_values(&[e.kind.as_str()])
+            .inc();
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable {
+        message: "the server is shutting down; retry shortly".into(),
+        retry_after_secs: 1,
     }
 }
 

@@ -1,10 +1,12 @@
 //! The HTTP edge: routes, shared state, and the mapping of every error to
 //! the SPEC's JSON shape.
 
+mod admin;
 mod analytics;
 mod error;
 mod health;
 mod ingest;
+mod live;
 mod ui;
 
 pub use error::ApiError;
@@ -22,6 +24,8 @@ use crate::config::Settings;
 use crate::counters::Layout;
 use crate::metrics::Metrics;
 use crate::queue::{Keys, Pusher, Queue};
+use crate::spool::{RedisDown, Spool};
+use tokio_util::sync::CancellationToken;
 
 /// What every handler shares.
 pub struct AppState {
@@ -32,7 +36,11 @@ pub struct AppState {
     pub pool: PgPool,
     pub redis: ConnectionManager,
     pub pusher: Pusher,
+    pub spool: Spool,
+    pub redis_down: Arc<RedisDown>,
     pub metrics: Arc<Metrics>,
+    /// Cancelled on shutdown; ends long-lived streams.
+    pub shutdown: CancellationToken,
 }
 
 /// Which routes a process serves.
@@ -66,7 +74,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
             .service(
                 resource("/campaigns/{id}/screens")
                     .route(web::get().to(analytics::campaign_screens)),
-            );
+            )
+            .service(resource("/live").route(web::get().to(live::live)))
+            .service(resource("/admin/queue").route(web::get().to(admin::queue)))
+            .service(
+                resource("/admin/dlq")
+                    .route(web::get().to(admin::dlq))
+                    .route(web::delete().to(admin::dlq_purge)),
+            )
+            .service(resource("/admin/dlq/replay").route(web::post().to(admin::dlq_replay)));
     }
     cfg.default_service(web::to(ui::asset_or_not_found));
 }

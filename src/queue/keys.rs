@@ -64,6 +64,11 @@ impl Keys {
         format!("{}:counters-paused", self.tag)
     }
 
+    /// Hash of cluster-wide running totals (`ingested`, `committed`).
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.tag)
+    }
+
     /// Marker that a batch's counter update was applied (see `worker`).
     pub fn applied(&self, batch: &uuid::Uuid) -> String {
         format!("{}:applied:{batch}", self.tag)

@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use super::Keys;
 use crate::metrics::Metrics;
 
 /// Most envelopes sent in one `LPUSH`.
@@ -33,9 +34,12 @@ pub enum PushError {
     Closed,
 }
 
+/// A failed push hands its envelopes back, so the caller can spool them.
+pub type PushFailure = (PushError, Vec<String>);
+
 struct Pending {
     payloads: Vec<String>,
-    done: oneshot::Sender<Result<(), PushError>>,
+    done: oneshot::Sender<Result<(), PushFailure>>,
 }
 
 #[derive(Clone)]
@@ -48,33 +52,34 @@ impl Pusher {
     /// all pending pushes are answered; await the handle to wait for that.
     pub fn start(
         conn: ConnectionManager,
-        queue_key: String,
+        keys: &Keys,
         metrics: Arc<Metrics>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = tokio::spawn(flusher(rx, conn, queue_key, metrics));
+        let handle = tokio::spawn(flusher(rx, conn, keys.clone(), metrics));
         (Self { tx }, handle)
     }
 
     /// Pushes envelopes; returns once Redis has them all (one `LPUSH`, so
-    /// all or none).
-    pub async fn push(&self, payloads: Vec<String>) -> Result<(), PushError> {
+    /// all or none). On failure the envelopes come back with the error.
+    pub async fn push(&self, payloads: Vec<String>) -> Result<(), PushFailure> {
         if payloads.is_empty() {
             return Ok(());
         }
         let (done, answer) = oneshot::channel();
-        self.tx
-            .send(Pending { payloads, done })
+        if let Err(e) = self.tx.send(Pending { payloads, done }).await {
+            return Err((PushError::Closed, e.0.payloads));
+        }
+        answer
             .await
-            .map_err(|_| PushError::Closed)?;
-        answer.await.map_err(|_| PushError::Closed)?
+            .unwrap_or_else(|_| Err((PushError::Closed, Vec::new())))
     }
 }
 
 async fn flusher(
     mut rx: mpsc::Receiver<Pending>,
     conn: ConnectionManager,
-    queue_key: String,
+    keys: Keys,
     metrics: Arc<Metrics>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -96,11 +101,11 @@ async fn flusher(
             }
         }
         let mut conn = conn.clone();
-        let key = queue_key.clone();
+        let keys = keys.clone();
         let metrics = metrics.clone();
         in_flight.spawn(async move {
             let started = Instant::now();
-            let result = flush(&mut conn, &key, &group, count).await;
+            let result = flush(&mut conn, &keys, &group, count).await;
             metrics.push_group_size.observe(count as f64);
             metrics
                 .push_duration
@@ -110,7 +115,11 @@ async fn flusher(
                 tracing::warn!(error = %e, events = count, "push to redis failed");
             }
             for p in group {
-                let _ = p.done.send(result.clone());
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err((e.clone(), p.payloads)),
+                };
+                let _ = p.done.send(answer);
             }
             drop(permit);
         });
@@ -122,18 +131,24 @@ async fn flusher(
 
 async fn flush(
     conn: &mut ConnectionManager,
-    key: &str,
+    keys: &Keys,
     group: &[Pending],
     count: usize,
 ) -> Result<(), PushError> {
-    let mut cmd = redis::cmd("LPUSH");
-    cmd.arg(key);
+    let mut pipe = redis::pipe();
+    let push = pipe.cmd("LPUSH").arg(keys.queue()).ignore();
     for p in group {
         for payload in &p.payloads {
-            cmd.arg(payload.as_str());
+            push.arg(payload.as_str());
         }
     }
-    match tokio::time::timeout(PUSH_TIMEOUT, cmd.query_async::<u64>(conn)).await {
+    // A running total for the UI's ingest rate; same round trip.
+    pipe.cmd("HINCRBY")
+        .arg(keys.stats())
+        .arg("ingested")
+        .arg(count)
+        .ignore();
+    match tokio::time::timeout(PUSH_TIMEOUT, pipe.query_async::<()>(conn)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(PushError::Unavailable(e.to_string())),
         Err(_) => Err(PushError::Unavailable(format!(

@@ -78,14 +78,26 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
             Some(sqlx::Error::Database(db)) => {
                 let code = db.code().unwrap_or_default();
                 // 40xxx: serialization/deadlock; 53xxx: resources; 57xxx:
-                // operator intervention (shutdown); 08xxx: connection.
+                // operator intervention (shutdown); 08xxx: connection; 58xxx:
+                // system errors.
                 ["40", "53", "57", "08", "58"]
                     .iter()
                     .any(|p| code.starts_with(p))
             }
-            Some(sqlx::Error::Protocol(_)) | Some(sqlx::Error::Decode(_)) => false,
-            Some(sqlx::Error::ColumnNotFound(_)) | Some(sqlx::Error::TypeNotFound { .. }) => false,
-            Some(sqlx::Error::Migrate(_)) => false,
+            // Errors in what adtrack sent or expected: retrying cannot help.
+            Some(
+                sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::RowNotFound
+                | sqlx::Error::Configuration(_)
+                | sqlx::Error::Migrate(_),
+            ) => false,
+            // I/O, TLS, protocol breakage mid-stream, pool time-outs, a closed
+            // pool: the connection, not the data.
             Some(_) => true,
             None => cause.downcast_ref::<std::io::Error>().is_some(),
         })

@@ -276,11 +276,13 @@ impl Worker {
                 Some(mut event) => {
                     event.attempts += 1;
                     if event.attempts >= max {
+                        self.ctx.metrics.dead_lettered.inc();
                         tracing::warn!(worker = %self.id, event_id = %event.event_id, attempts = event.attempts, error = %f.error, "event dead-lettered");
                         Divert::Dead {
                             letter: dead_letter(json!(event), &f.error, event.attempts, now),
                         }
                     } else {
+                        self.ctx.metrics.retried.inc();
                         let due = now + retry_delay(event.attempts);
                         Divert::Retry {
                             due,
@@ -288,9 +290,13 @@ impl Worker {
                         }
                     }
                 }
-                None => Divert::Dead {
-                    letter: dead_letter(json!(f.raw), &f.error, 1, now),
-                },
+                None => {
+                    self.ctx.metrics.dead_lettered.inc();
+                    tracing::warn!(worker = %self.id, error = %f.error, "undecodable item dead-lettered");
+                    Divert::Dead {
+                        letter: dead_letter(json!(f.raw), &f.error, 1, now),
+                    }
+                }
             };
             moves.push((f.raw, divert));
         }

@@ -290,7 +290,6 @@ impl PrivateRedis {
 
     /// Starts again on the same port and directory (with AOF, the data
     /// written before the kill comes back).
-    #[allow(dead_code)]
     pub async fn restart(&mut self) {
         self.kill();
         self.child = Some(spawn_redis(self.port, &self.dir));
@@ -365,4 +364,334 @@ pub async fn private_redis() -> Option<PrivateRedis> {
         dir,
         child: Some(child),
     })
+}
+
+/// A TCP proxy in front of Postgres that a test can cut and restore, so the
+/// service sees Postgres vanish mid-connection.
+pub struct PgProxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PgProxy {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target =
+            std::env::var("TEST_POSTGRES_ADDR").unwrap_or_else(|_| "127.0.0.1:5432".into());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let cut = cut.clone();
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(task.abort_handle());
+                }
+            })
+        };
+        Self {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    /// A URL for `db` through the proxy.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// The environment that makes the real binary use `settings`.
+pub fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("HOST", settings.host.to_string()),
+        ("PORT", settings.port.to_string()),
+        ("DATABASE_URL", settings.database_url.clone()),
+        ("REDIS_URL", settings.redis_url.clone()),
+        ("REDIS_PREFIX", settings.redis_prefix.clone()),
+        ("WORKER_COUNT", settings.worker_count.to_string()),
+        ("BATCH_SIZE", settings.batch_size.to_string()),
+        ("MAX_ATTEMPTS", settings.max_attempts.to_string()),
+        ("SPOOL_DIR", settings.spool_dir.display().to_string()),
+        ("SPOOL_MAX_BYTES", settings.spool_max_bytes.to_string()),
+        ("SIMULATE_FAILURES", settings.simulate_failures.to_string()),
+        (
+            "HEARTBEAT_TTL",
+            format!("{}ms", settings.heartbeat_ttl.as_millis()),
+        ),
+        ("RUST_LOG", "warn".into()),
+    ];
+    if let Some(t) = &settings.admin_token {
+        env.push(("ADMIN_TOKEN", t.clone()));
+    }
+    env
+}
+
+/// The real `adtrack serve` binary, started with `settings` (a fixed port).
+pub struct Binary {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl Binary {
+    pub async fn start(settings: &Settings) -> Self {
+        assert_ne!(settings.port, 0, "the binary needs a fixed port");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_adtrack"))
+            .arg("serve")
+            .envs(env_of(settings))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start adtrack");
+        let address = format!("http://127.0.0.1:{}", settings.port);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{address}/health")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "adtrack did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, address }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Connections to the database and Redis of `settings`, without an app:
+/// for tests that run the real binary.
+pub struct Backends {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+}
+
+impl Backends {
+    pub async fn connect(settings: &Settings) -> Self {
+        adtrack::store::ensure_database(&settings.database_url)
+            .await
+            .unwrap();
+        Self {
+            settings: settings.clone(),
+            pool: PgPool::connect(&settings.database_url).await.unwrap(),
+            redis: redis_connection(&settings.redis_url, Duration::from_secs(10))
+                .await
+                .unwrap(),
+            keys: Keys::new(&settings.redis_prefix),
+        }
+    }
+
+    /// Runs a query, retrying while a restarted Redis reconnects.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut c = self.redis.clone();
+        for _ in 0..20 {
+            match cmd.query_async(&mut c).await {
+                Ok(v) => return v,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        cmd.query_async(&mut c).await.expect("redis answers")
+    }
+
+    pub async fn llen(&self, key: &str) -> i64 {
+        self.query(redis::cmd("LLEN").arg(key)).await
+    }
+
+    pub async fn processing_len(&self) -> i64 {
+        let keys: Vec<String> = self
+            .query(redis::cmd("KEYS").arg(self.keys.processing_pattern()))
+            .await;
+        let mut total = 0;
+        for k in keys {
+            total += self.llen(&k).await;
+        }
+        total
+    }
+
+    pub async fn stored_ids(&self) -> std::collections::HashSet<Uuid> {
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM events")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        ids.into_iter().collect()
+    }
+
+    pub async fn wait_drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut calm = 0;
+        while calm < 3 {
+            assert!(Instant::now() < deadline, "the queue did not drain in 90 s");
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM counter_outbox")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(1);
+            let spooled = std::fs::read_dir(&self.settings.spool_dir)
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if self.llen(&self.keys.queue()).await == 0
+                && self.processing_len().await == 0
+                && outbox == 0
+                && spooled == 0
+            {
+                calm += 1;
+            } else {
+                calm = 0;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn cleanup(self) {
+        cleanup(&self.settings, &self.pool, &self.redis).await;
+    }
+}
+
+/// What happened to each event a load generator sent.
+#[derive(Default)]
+pub struct Outcome {
+    pub accepted: std::collections::HashSet<Uuid>,
+    pub sent: std::collections::HashSet<Uuid>,
+    pub refused: usize,
+    pub failed: usize,
+}
+
+/// Posts `count` clicks on `ad`, each with its own eventId, from
+/// `concurrency` tasks; a request that fails outright is recorded, not
+/// retried. `base` may change between calls (a restarted server).
+pub async fn send_clicks(base: &str, ad: &str, count: usize, concurrency: usize) -> Outcome {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let per = count.div_ceil(concurrency);
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let client = client.clone();
+        let url = format!("{base}/ads/click");
+        let ad = ad.to_owned();
+        let n = per.min(count.saturating_sub(t * per));
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            for i in 0..n {
+                let id = Uuid::now_v7();
+                out.sent.insert(id);
+                let body = serde_json::json!({"adId": ad, "eventId": id, "ipAddress": format!("10.{}.{}.{}", t % 250, i / 250 % 250, i % 250)});
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                        out.accepted.insert(id);
+                    }
+                    Ok(_) => out.refused += 1,
+                    Err(_) => out.failed += 1,
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Outcome::default();
+    for t in tasks {
+        let o = t.await.unwrap();
+        all.accepted.extend(o.accepted);
+        all.sent.extend(o.sent);
+        all.refused += o.refused;
+        all.failed += o.failed;
+    }
+    all
+}
+
+/// Asserts the two invariants: every accepted event is stored, nothing that
+/// was not sent is, and the ad's click counter equals the stored rows.
+pub async fn assert_exactly_once(b: &Backends, ad: &str, outcome: &Outcome, base: &str) {
+    let stored = b.stored_ids().await;
+    let lost: Vec<_> = outcome.accepted.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} accepted events were lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert!(
+        stored.is_subset(&outcome.sent),
+        "stored events that were never sent"
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE ad_id = $1 AND kind = 'click'")
+            .bind(ad)
+            .fetch_one(&b.pool)
+            .await
+            .unwrap();
+    let rolled: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(events)::bigint FROM rollup_minute WHERE ad_id = $1 AND kind = 'click'",
+    )
+    .bind(ad)
+    .fetch_one(&b.pool)
+    .await
+    .unwrap();
+    assert_eq!(rolled.unwrap_or(0), rows, "rollups differ from raw rows");
+    let res: Value = reqwest::get(format!("{base}/ads/analytics?adId={ad}&timeframe=all"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        res["totalClicks"].as_i64().unwrap(),
+        rows,
+        "counter differs from Postgres: {res}"
+    );
 }

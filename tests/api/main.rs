@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod analytics;
 mod helpers;
 mod ingest;
 mod pipeline;
+mod reliability;

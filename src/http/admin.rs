@@ -1,0 +1,109 @@
+//! `/admin/*`: the queue overview and the dead-letter list, behind the
+//! bearer token `ADMIN_TOKEN`. Without a configured token the admin API does
+//! not exist (404); a missing or wrong token is 401. Tokens are compared in
+//! constant time.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::analytics::query_map;
+use super::{ApiError, AppState};
+
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(expected) = state.settings.admin_token.as_deref() else {
+        return Err(ApiError::NotFound(
+            "the admin API is disabled; start adtrack with ADMIN_TOKEN set".into(),
+        ));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "a valid bearer token is required".into(),
+        ))
+    }
+}
+
+pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let mut conn = state.redis.clone();
+    let o = state
+        .queue
+        .overview(&mut conn)
+        .await
+        .map_err(ApiError::dependency)?;
+    let spool = state.spool.stats();
+    Ok(HttpResponse::Ok().json(json!({
+        "queued": o.queued,
+        "processing": o.processing,
+        "retrying": o.retrying,
+        "deadLettered": o.dead_lettered,
+        "spooledEvents": spool.events.load(Ordering::Relaxed),
+        "spoolBytes": spool.bytes.load(Ordering::Relaxed),
+        "workers": o.workers,
+    })))
+}
+
+pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let q = query_map(&req)?;
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::invalid_field("limit must be an integer from 1 to 1000"))?,
+    };
+    let mut conn = state.redis.clone();
+    let (total, items) = state
+        .queue
+        .dlq_list(&mut conn, limit)
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
+}
+
+pub async fn dlq_replay(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let mut conn = state.redis.clone();
+    let moved = state
+        .queue
+        .dlq_replay(&mut conn)
+        .await
+        .map_err(ApiError::dependency)?;
+    tracing::info!(moved, "dead letters replayed");
+    Ok(HttpResponse::Ok().json(json!({ "moved": moved })))
+}
+
+pub async fn dlq_purge(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let mut conn = state.redis.clone();
+    let purged = state
+        .queue
+        .dlq_purge(&mut conn)
+        .await
+        .map_err(ApiError::dependency)?;
+    tracing::warn!(purged, "dead letters purged");
+    Ok(HttpResponse::Ok().json(json!({ "purged": purged })))
+}

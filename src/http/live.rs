@@ -1,0 +1,108 @@
+//! `GET /live`: server-sent events for the UI. About once a second it sends
+//! `pipeline` (queue overview and running totals), `analytics` (for the
+//! `adId`/`timeframe` asked for) and `campaigns`. The stream ends when the
+//! client goes away or the server shuts down.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde_json::json;
+
+use super::analytics::query_map;
+use super::{ApiError, AppState};
+use crate::counters::{self, Timeframe};
+use crate::domain::Ident;
+use crate::store;
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let ad = match q.get("adId").filter(|v| !v.is_empty()) {
+        Some(v) => Some(Ident::parse(v).map_err(|p| ApiError::invalid_field(format!("adId {p}")))?),
+        None => None,
+    };
+    let timeframe = match q.get("timeframe").map(String::as_str) {
+        None | Some("") => Timeframe::Day,
+        Some(t) => Timeframe::parse(t)
+            .ok_or_else(|| ApiError::invalid_field("timeframe must be one of 1h, 24h, 7d, all"))?,
+    };
+    let stream = futures_util::stream::unfold((state, true), move |(state, first)| {
+        let ad = ad.clone();
+        async move {
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(PERIOD) => {}
+                    _ = state.shutdown.cancelled() => return None,
+                }
+            }
+            let chunk = frame(&state, ad.as_ref(), timeframe).await;
+            Some((
+                Ok::<_, actix_web::Error>(Bytes::from(chunk)),
+                (state, false),
+            ))
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+/// One round of events; a part whose source is down is left out, and a
+/// comment line keeps the connection alive.
+async fn frame(state: &AppState, ad: Option<&Ident>, timeframe: Timeframe) -> String {
+    let mut out = String::new();
+    let mut conn = state.redis.clone();
+    if let Ok(o) = state.queue.overview(&mut conn).await {
+        let spool = state.spool.stats();
+        let data = json!({
+            "queued": o.queued,
+            "processing": o.processing,
+            "retrying": o.retrying,
+            "deadLettered": o.dead_lettered,
+            "spooledEvents": spool.events.load(Ordering::Relaxed),
+            "spoolBytes": spool.bytes.load(Ordering::Relaxed),
+            "workers": o.workers,
+            "ingested": o.ingested,
+            "committed": o.committed,
+            "ts": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        push_event(&mut out, "pipeline", &data.to_string());
+    }
+    if let Some(ad) = ad {
+        if let Ok(a) =
+            counters::ad_analytics(&mut conn, &state.layout, ad.as_str(), timeframe, Utc::now())
+                .await
+        {
+            if let Ok(text) = serde_json::to_string(&a) {
+                push_event(&mut out, "analytics", &text);
+            }
+        }
+    }
+    let known: Vec<String> = store::catalogue(&state.pool)
+        .await
+        .map(|ads| ads.into_iter().map(|a| a.campaign_id).collect())
+        .unwrap_or_default();
+    if let Ok(list) = counters::campaigns(&mut conn, &state.layout, known).await {
+        if let Ok(text) = serde_json::to_string(&list) {
+            push_event(&mut out, "campaigns", &text);
+        }
+    }
+    if out.is_empty() {
+        out.push_str(": waiting for redis\n\n");
+    }
+    out
+}
+
+fn push_event(out: &mut String, name: &str, data: &str) {
+    out.push_str("event: ");
+    out.push_str(name);
+    out.push_str("\ndata: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+}

@@ -1,0 +1,160 @@
+//! Replays closed spool segments into Redis once it answers again.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use super::{decode_line, segments, sync_dir, Spool};
+use crate::metrics::Metrics;
+use crate::queue::Keys;
+
+/// Envelopes per pipelined `LPUSH` during replay.
+const REPLAY_CHUNK: usize = 1000;
+
+/// Whether ingestion should skip Redis and spool directly. Set when a push
+/// fails; cleared by the replayer once Redis answers again.
+#[derive(Debug, Default)]
+pub struct RedisDown(AtomicBool);
+
+impl RedisDown {
+    pub fn is_down(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn set(&self, down: bool) {
+        self.0.store(down, Ordering::Relaxed);
+    }
+}
+
+pub struct Replayer {
+    pub spool: Spool,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub metrics: Arc<Metrics>,
+    pub redis_down: Arc<RedisDown>,
+}
+
+impl Replayer {
+    /// Checks Redis twice a second; when it answers and the spool holds
+    /// anything, replays everything.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let pending = self.spool.stats().bytes.load(Ordering::Relaxed) > 0;
+            self.update_gauges();
+            if !pending && !self.redis_down.is_down() {
+                continue;
+            }
+            if !self.ping().await {
+                self.redis_down.set(true);
+                continue;
+            }
+            self.redis_down.set(false);
+            if pending {
+                match self.replay_all().await {
+                    Ok(n) if n > 0 => tracing::info!(events = n, "replayed the spool into Redis"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "spool replay paused"),
+                }
+                self.update_gauges();
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let stats = self.spool.stats();
+        self.metrics
+            .spool_bytes
+            .set(stats.bytes.load(Ordering::Relaxed) as i64);
+        self.metrics
+            .spool_events
+            .set(stats.events.load(Ordering::Relaxed) as i64);
+    }
+
+    async fn ping(&mut self) -> bool {
+        let cmd = redis::cmd("PING");
+        let check = cmd.query_async::<String>(&mut self.redis);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), check).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Closes the active segment and replays every closed one, oldest
+    /// first. Returns the envelopes pushed.
+    pub async fn replay_all(&mut self) -> anyhow::Result<u64> {
+        self.spool
+            .rotate()
+            .await
+            .context("closing the spool segment")?;
+        let mut total = 0;
+        for seg in segments(self.spool.dir())? {
+            total += self.replay_segment(&seg).await?;
+        }
+        Ok(total)
+    }
+
+    async fn replay_segment(&mut self, path: &Path) -> anyhow::Result<u64> {
+        let data = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let pieces: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+        let complete = data.last() == Some(&b'\n');
+        let count = pieces.len() - usize::from(complete);
+        let mut good: Vec<&str> = Vec::with_capacity(count);
+        for (i, piece) in pieces.iter().take(count).enumerate() {
+            match decode_line(piece) {
+                Ok(line) => good.push(line),
+                Err(reason) => {
+                    let torn = i + 1 == count && !complete;
+                    let kind = if torn { "torn" } else { "corrupt" };
+                    self.metrics
+                        .spool_skipped_lines
+                        .with_label_values(&[kind])
+                        .inc();
+                    tracing::warn!(segment = %path.display(), line = i + 1, reason, kind, "skipping a spool line");
+                }
+            }
+        }
+        for chunk in good.chunks(REPLAY_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("LPUSH").arg(self.keys.queue()).arg(chunk).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(self.keys.stats())
+                .arg("ingested")
+                .arg(chunk.len())
+                .ignore();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                pipe.query_async::<()>(&mut self.redis),
+            )
+            .await
+            .context("replaying into Redis timed out")?
+            .context("replaying into Redis")?;
+            self.metrics.spool_replayed.inc_by(chunk.len() as u64);
+        }
+        tokio::fs::remove_file(path)
+            .await
+            .with_context(|| format!("removing the replayed segment {}", path.display()))?;
+        sync_dir(self.spool.dir())?;
+        let stats = self.spool.stats();
+        sub(&stats.bytes, data.len() as u64);
+        sub(&stats.events, count as u64);
+        Ok(good.len() as u64)
+    }
+}
+
+fn sub(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
