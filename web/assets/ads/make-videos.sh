@@ -27,9 +27,9 @@ ADS=(
 
 for spec in "${ADS[@]}"; do
   IFS='|' read -r name headline tagline bg accent tone <<<"$spec"
-  # Headline fades in, tagline follows, an accent bar fills along the bottom
+  # Headline fades in, tagline follows, an accent bar fills along the top
   # as the clip plays, and a small "Ad" label sits in the corner.
-  vf="[0:v][1:v]overlay=x='-w+w*t/${DURATION}':y=H-h:shortest=1"
+  vf="[0:v][1:v]overlay=x='-w+w*t/${DURATION}':y=0:shortest=1"
   vf+=",drawbox=x=40:y=92:w=60:h=6:color=${accent}:t=fill"
   vf+=",drawtext=fontfile=${FONT_BOLD}:text='${headline}':fontcolor=white:fontsize=58:x=40:y=108:alpha='min(1,t/0.8)'"
   vf+=",drawtext=fontfile=${FONT}:text='${tagline}':fontcolor=${accent}:fontsize=20:x=42:y=180:alpha='max(0,min(1,(t-0.8)/0.8))'"
