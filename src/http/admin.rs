@@ -38,16 +38,13 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+/// The queue overview with this process's spool, as `/admin/queue` and the
+/// live stream show it.
+pub(crate) async fn queue_status(state: &AppState) -> anyhow::Result<serde_json::Value> {
     let mut conn = state.redis.clone();
-    let o = state
-        .queue
-        .overview(&mut conn)
-        .await
-        .map_err(ApiError::dependency)?;
+    let o = state.queue.overview(&mut conn).await?;
     let spool = state.spool.stats();
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(json!({
         "queued": o.queued,
         "processing": o.processing,
         "retrying": o.retrying,
@@ -55,7 +52,15 @@ pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         "spooledEvents": spool.events.load(Ordering::Relaxed),
         "spoolBytes": spool.bytes.load(Ordering::Relaxed),
         "workers": o.workers,
-    })))
+        "ingested": o.ingested,
+        "committed": o.committed,
+    }))
+}
+
+pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let status = queue_status(&state).await.map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(status))
 }
 
 pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

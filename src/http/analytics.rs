@@ -20,6 +20,15 @@ pub(crate) fn query_map(req: &HttpRequest) -> Result<HashMap<String, String>, Ap
         })
 }
 
+/// The `timeframe` query parameter; `24h` when absent.
+pub(crate) fn timeframe_param(q: &HashMap<String, String>) -> Result<Timeframe, ApiError> {
+    match q.get("timeframe").map(String::as_str) {
+        None | Some("") => Ok(Timeframe::Day),
+        Some(t) => Timeframe::parse(t)
+            .ok_or_else(|| ApiError::invalid_field("timeframe must be one of 1h, 24h, 7d, all")),
+    }
+}
+
 fn ident_param(value: &str, name: &str) -> Result<Ident, ApiError> {
     Ident::parse(value).map_err(|problem| ApiError::invalid_field(format!("{name} {problem}")))
 }
@@ -34,11 +43,7 @@ pub async fn ad_analytics(
         .or_else(|| q.get("ad_id"))
         .ok_or_else(|| ApiError::invalid_field("adId is required"))?;
     let ad = ident_param(ad, "adId")?;
-    let timeframe = match q.get("timeframe").map(String::as_str) {
-        None | Some("") => Timeframe::Day,
-        Some(t) => Timeframe::parse(t)
-            .ok_or_else(|| ApiError::invalid_field("timeframe must be one of 1h, 24h, 7d, all"))?,
-    };
+    let timeframe = timeframe_param(&q)?;
     let mut conn = state.redis.clone();
     let result =
         counters::ad_analytics(&mut conn, &state.layout, ad.as_str(), timeframe, Utc::now())

@@ -3,7 +3,6 @@
 //! `adId`/`timeframe` asked for) and `campaigns`. The stream ends when the
 //! client goes away or the server shuts down.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -11,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde_json::json;
 
-use super::analytics::query_map;
+use super::analytics::{query_map, timeframe_param};
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
 use crate::domain::Ident;
@@ -25,11 +24,7 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         Some(v) => Some(Ident::parse(v).map_err(|p| ApiError::invalid_field(format!("adId {p}")))?),
         None => None,
     };
-    let timeframe = match q.get("timeframe").map(String::as_str) {
-        None | Some("") => Timeframe::Day,
-        Some(t) => Timeframe::parse(t)
-            .ok_or_else(|| ApiError::invalid_field("timeframe must be one of 1h, 24h, 7d, all"))?,
-    };
+    let timeframe = timeframe_param(&q)?;
     let stream = futures_util::stream::unfold((state, true), move |(state, first)| {
         let ad = ad.clone();
         async move {
@@ -58,21 +53,9 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 async fn frame(state: &AppState, ad: Option<&Ident>, timeframe: Timeframe) -> String {
     let mut out = String::new();
     let mut conn = state.redis.clone();
-    if let Ok(o) = state.queue.overview(&mut conn).await {
-        let spool = state.spool.stats();
-        let data = json!({
-            "queued": o.queued,
-            "processing": o.processing,
-            "retrying": o.retrying,
-            "deadLettered": o.dead_lettered,
-            "spooledEvents": spool.events.load(Ordering::Relaxed),
-            "spoolBytes": spool.bytes.load(Ordering::Relaxed),
-            "workers": o.workers,
-            "ingested": o.ingested,
-            "committed": o.committed,
-            "ts": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        });
-        push_event(&mut out, "pipeline", &data.to_string());
+    if let Ok(mut status) = super::admin::queue_status(state).await {
+        status["ts"] = json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        push_event(&mut out, "pipeline", &status.to_string());
     }
     if let Some(ad) = ad {
         if let Ok(a) =
