@@ -130,6 +130,7 @@ impl Application {
                 ctx: ctx.clone(),
                 workers: ids.clone(),
                 heartbeat_ttl: settings.heartbeat_ttl,
+                event_retention: settings.event_retention,
                 info: serde_json::json!({ "pid": std::process::id(), "process": process })
                     .to_string(),
             });

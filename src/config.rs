@@ -32,6 +32,8 @@ pub struct Settings {
     pub simulate_failures: bool,
     pub heartbeat_ttl: Duration,
     pub rate_limit_per_ip: u32,
+    /// How long raw events are kept (whole UTC days); `None` keeps them forever.
+    pub event_retention: Option<Duration>,
     pub log_format: LogFormat,
     /// Seed the demo ad catalogue when the `ads` table is empty.
     pub seed_catalogue: bool,
@@ -54,6 +56,7 @@ impl Default for Settings {
             simulate_failures: false,
             heartbeat_ttl: Duration::from_secs(15),
             rate_limit_per_ip: 0,
+            event_retention: None,
             log_format: LogFormat::Text,
             seed_catalogue: true,
         }
@@ -112,6 +115,11 @@ impl Settings {
         if let Some(v) = get("RATE_LIMIT_PER_IP") {
             s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
         }
+        if let Some(v) = get("EVENT_RETENTION") {
+            let d = humantime::parse_duration(&v)
+                .with_context(|| format!("EVENT_RETENTION: {v:?} is not a duration such as 90d"))?;
+            s.event_retention = (!d.is_zero()).then_some(d);
+        }
         if let Some(v) = get("LOG_FORMAT") {
             s.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
@@ -146,6 +154,12 @@ impl Settings {
         }
         if self.heartbeat_ttl < Duration::from_secs(1) {
             bail!("HEARTBEAT_TTL: must be at least 1s");
+        }
+        if self
+            .event_retention
+            .is_some_and(|d| d < Duration::from_secs(86_400))
+        {
+            bail!("EVENT_RETENTION: must be at least 1d (or 0 to keep events forever)");
         }
         if self.spool_max_bytes < 4096 {
             bail!("SPOOL_MAX_BYTES: must be at least 4096");

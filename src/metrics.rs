@@ -34,6 +34,10 @@ pub struct Metrics {
     pub spool_full: IntCounter,
     pub dead_lettered: IntCounter,
     pub retried: IntCounter,
+    pub event_partitions: IntGauge,
+    pub event_partitions_dropped: IntCounter,
+    pub event_keys_purged: IntCounter,
+    pub partition_maintenance_errors: IntCounter,
 }
 
 impl Metrics {
@@ -155,6 +159,22 @@ impl Metrics {
                 "retried_total",
                 "Failed events scheduled for another attempt",
             )?,
+            event_partitions: IntGauge::new(
+                "event_partitions",
+                "Day partitions of the raw events table",
+            )?,
+            event_partitions_dropped: IntCounter::new(
+                "event_partitions_dropped_total",
+                "Day partitions dropped by EVENT_RETENTION",
+            )?,
+            event_keys_purged: IntCounter::new(
+                "event_keys_purged_total",
+                "Idempotency keys of dropped days deleted",
+            )?,
+            partition_maintenance_errors: IntCounter::new(
+                "partition_maintenance_errors_total",
+                "Failed partition creation or retention passes",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -184,6 +204,12 @@ impl Metrics {
         m.registry.register(Box::new(m.spool_full.clone()))?;
         m.registry.register(Box::new(m.dead_lettered.clone()))?;
         m.registry.register(Box::new(m.retried.clone()))?;
+        m.registry.register(Box::new(m.event_partitions.clone()))?;
+        m.registry
+            .register(Box::new(m.event_partitions_dropped.clone()))?;
+        m.registry.register(Box::new(m.event_keys_purged.clone()))?;
+        m.registry
+            .register(Box::new(m.partition_maintenance_errors.clone()))?;
         Ok(m)
     }
 

@@ -126,6 +126,9 @@ pub struct ParseContext {
     /// From the `Idempotency-Key` header; used when the body has no eventId.
     pub default_event_id: Option<Uuid>,
     pub allow_simulate_failure: bool,
+    /// Event times before this are refused (raw events that old are no
+    /// longer kept: `EVENT_RETENTION`).
+    pub oldest: Option<DateTime<Utc>>,
 }
 
 impl ParseContext {
@@ -137,6 +140,7 @@ impl ParseContext {
             now,
             default_event_id: None,
             allow_simulate_failure: false,
+            oldest: None,
         }
     }
 }
@@ -321,7 +325,7 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
                         .map_err(|_| EventError::field(name, "must be an IPv4 or IPv6 address"))?,
                 );
             }
-            Field::Timestamp => timestamp = Some(time(&value, name, ctx.now)?),
+            Field::Timestamp => timestamp = Some(time(&value, name, ctx)?),
             Field::PlaybackTime => {
                 let n = value
                     .as_f64()
@@ -448,7 +452,8 @@ fn text(value: &Value, name: &str, max: usize) -> Result<String, EventError> {
     Ok(s.to_owned())
 }
 
-fn time(value: &Value, name: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, EventError> {
+fn time(value: &Value, name: &str, ctx: &ParseContext) -> Result<DateTime<Utc>, EventError> {
+    let now = ctx.now;
     let s = string(value, name)?;
     let t = DateTime::parse_from_rfc3339(s)
         .map_err(|_| {
@@ -466,6 +471,15 @@ fn time(value: &Value, name: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, 
     }
     if t < earliest() {
         return Err(EventError::field(name, "is before 2000-01-01"));
+    }
+    if let Some(oldest) = ctx.oldest.filter(|oldest| t < *oldest) {
+        return Err(EventError::field(
+            name,
+            format!(
+                "is older than the event retention allows (oldest accepted: {})",
+                oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ));
     }
     Ok(t)
 }

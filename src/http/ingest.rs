@@ -232,13 +232,18 @@ fn parse_context(
     fixed_kind: Option<Kind>,
     default_event_id: Option<Uuid>,
 ) -> Result<ParseContext, ApiError> {
+    let now = Utc::now();
     Ok(ParseContext {
         fixed_kind,
         default_kind: Kind::Play,
         peer_ip: req.peer_addr().map(|a| a.ip()),
-        now: Utc::now(),
+        now,
         default_event_id,
         allow_simulate_failure: state.settings.simulate_failures,
+        oldest: state
+            .settings
+            .event_retention
+            .map(|keep| crate::store::retention_cutoff(now, keep)),
     })
 }
 

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -18,6 +18,12 @@ use uuid::Uuid;
 
 use crate::counters::CountedEvent;
 use crate::domain::{Event, Kind};
+
+mod partitions;
+
+pub use partitions::{
+    ensure_partitions, is_missing_partition, list_partitions, prune, retention_cutoff, Pruned,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -112,14 +118,19 @@ WITH input AS (
     ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
            received_at, playback_time, amount, variant, experiment_id, properties)
 ),
+claimed AS (
+    INSERT INTO event_keys (event_id, event_time)
+    SELECT event_id, event_time FROM input
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+),
 ins AS (
     INSERT INTO events (event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
                         event_time, received_at, playback_time, amount, variant,
                         experiment_id, properties)
     SELECT event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
            received_at, playback_time, amount, variant, experiment_id, properties::jsonb
-    FROM input
-    ON CONFLICT (event_id) DO NOTHING
+    FROM input JOIN claimed USING (event_id)
     RETURNING event_id, kind, ad_id, campaign_id, screen_id, event_time, amount
 ),
 rolled AS (
@@ -183,25 +194,36 @@ pub async fn insert_batch(
                 .context("encoding properties")?,
         );
     }
-    let rows: Vec<(Uuid,)> = sqlx::query_as(INSERT_BATCH)
-        .bind(&ids)
-        .bind(&kinds)
-        .bind(&ads)
-        .bind(&campaigns)
-        .bind(&screens)
-        .bind(&users)
-        .bind(&ips)
-        .bind(&times)
-        .bind(&received)
-        .bind(&playback)
-        .bind(&amounts)
-        .bind(&variants)
-        .bind(&experiments)
-        .bind(&properties)
-        .bind(batch_id)
-        .fetch_all(pool)
-        .await
-        .with_context(|| format!("inserting a batch of {n} events"))?;
+    let query = || {
+        sqlx::query_as::<_, (Uuid,)>(INSERT_BATCH)
+            .bind(&ids)
+            .bind(&kinds)
+            .bind(&ads)
+            .bind(&campaigns)
+            .bind(&screens)
+            .bind(&users)
+            .bind(&ips)
+            .bind(&times)
+            .bind(&received)
+            .bind(&playback)
+            .bind(&amounts)
+            .bind(&variants)
+            .bind(&experiments)
+            .bind(&properties)
+            .bind(batch_id)
+    };
+    let rows = match query().fetch_all(pool).await {
+        Err(e) if is_missing_partition(&e) => {
+            // A day with no partition yet: create it and try once more.
+            let mut days: Vec<NaiveDate> = times.iter().map(|t| t.date_naive()).collect();
+            days.sort_unstable();
+            days.dedup();
+            ensure_partitions(pool, &days).await?;
+            query().fetch_all(pool).await
+        }
+        other => other,
+    }
+    .with_context(|| format!("inserting a batch of {n} events"))?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 

@@ -26,7 +26,14 @@ pub struct Maintenance {
     pub heartbeat_ttl: Duration,
     /// What the heartbeat value says about this process.
     pub info: String,
+    /// `EVENT_RETENTION`: raw events older than this are dropped by day.
+    pub event_retention: Option<Duration>,
 }
+
+/// How often partitions are created ahead and retention runs.
+const PARTITION_EVERY: Duration = Duration::from_secs(600);
+/// Days of partitions created ahead of the current one.
+const PARTITIONS_AHEAD: i64 = 2;
 
 impl Maintenance {
     /// Heartbeats until `shutdown`, then retires this process's workers.
@@ -65,6 +72,7 @@ impl Maintenance {
         let reap_every = (self.heartbeat_ttl / 2).max(Duration::from_secs(1));
         let mut last_reap = tokio::time::Instant::now() - reap_every;
         let mut last_outbox = tokio::time::Instant::now();
+        let mut last_partitions: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -72,6 +80,13 @@ impl Maintenance {
             }
             if let Err(e) = self.ctx.queue.promote_due(&mut conn, Utc::now()).await {
                 tracing::debug!(error = format!("{e:#}"), "retry promotion failed");
+            }
+            if last_partitions.is_none_or(|at| at.elapsed() >= PARTITION_EVERY) {
+                last_partitions = Some(tokio::time::Instant::now());
+                if let Err(e) = self.partitions().await {
+                    self.ctx.metrics.partition_maintenance_errors.inc();
+                    tracing::warn!(error = format!("{e:#}"), "partition maintenance failed");
+                }
             }
             if last_reap.elapsed() >= reap_every {
                 last_reap = tokio::time::Instant::now();
@@ -104,6 +119,39 @@ impl Maintenance {
                 }
             }
         }
+    }
+}
+
+impl Maintenance {
+    /// Creates the partitions of today and the next days, drops the days
+    /// `EVENT_RETENTION` no longer keeps, and updates the partition gauge.
+    pub async fn partitions(&self) -> anyhow::Result<()> {
+        let pool = &self.ctx.pool;
+        let today = Utc::now().date_naive();
+        let days: Vec<_> = (0..=PARTITIONS_AHEAD)
+            .filter_map(|ahead| today.checked_add_signed(chrono::Duration::days(ahead)))
+            .collect();
+        store::ensure_partitions(pool, &days).await?;
+        if let Some(keep) = self.event_retention {
+            if let Some(pruned) = store::prune(pool, Utc::now(), keep).await? {
+                let m = &self.ctx.metrics;
+                m.event_partitions_dropped.inc_by(pruned.partitions_dropped);
+                m.event_keys_purged.inc_by(pruned.keys_purged);
+                if pruned.partitions_dropped > 0 || pruned.keys_purged > 0 {
+                    tracing::info!(
+                        partitions_dropped = pruned.partitions_dropped,
+                        keys_purged = pruned.keys_purged,
+                        "event retention pass"
+                    );
+                }
+            }
+        }
+        let partitions = store::list_partitions(pool).await?;
+        self.ctx
+            .metrics
+            .event_partitions
+            .set(partitions.len() as i64);
+        Ok(())
     }
 }
 

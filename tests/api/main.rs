@@ -8,3 +8,4 @@ mod helpers;
 mod ingest;
 mod pipeline;
 mod reliability;
+mod storage;

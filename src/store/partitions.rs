@@ -1,0 +1,160 @@
+//! Day partitions of the raw `events` table: created ahead of time and on
+//! demand, and dropped whole once older than `EVENT_RETENTION`. Rollups are
+//! never touched, so aggregates and analytics keep every day.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgPool;
+
+/// Keys of dropped days are deleted in chunks this size, so one purge never
+/// holds a long transaction.
+const PURGE_CHUNK: i64 = 10_000;
+
+/// Session-level advisory lock: one retention pass at a time across every
+/// process sharing the database.
+const RETENTION_LOCK: i64 = 0x6164_7472_6574_6e00; // "adtretn\0"
+
+/// Whether an insert failed because no partition holds one of its rows
+/// (SQLSTATE 23514 raised on the partitioned `events` table).
+pub fn is_missing_partition(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23514") && db.message().contains("no partition")
+        }
+        _ => false,
+    }
+}
+
+/// Creates the partitions for `days` that do not exist yet; returns how many
+/// it created.
+pub async fn ensure_partitions(pool: &PgPool, days: &[NaiveDate]) -> anyhow::Result<i32> {
+    let (created,): (i32,) = sqlx::query_as("SELECT ensure_event_partitions($1::date[])")
+        .bind(days)
+        .fetch_one(pool)
+        .await
+        .context("creating event partitions")?;
+    if created > 0 {
+        tracing::info!(created, first_day = %days[0], "created event partitions");
+    }
+    Ok(created)
+}
+
+/// The day partitions of `events`, oldest first.
+pub async fn list_partitions(pool: &PgPool) -> anyhow::Result<Vec<(String, NaiveDate)>> {
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'events'::regclass
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .context("listing event partitions")?;
+    Ok(names
+        .into_iter()
+        .filter_map(|(name,)| {
+            let day = NaiveDate::parse_from_str(name.strip_prefix("events_p")?, "%Y%m%d").ok()?;
+            Some((name, day))
+        })
+        .collect())
+}
+
+/// What one retention pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub partitions_dropped: u64,
+    pub keys_purged: u64,
+}
+
+/// The oldest event time still kept under `retention` at `now`: the start
+/// of the oldest UTC day that is not wholly older than the retention.
+pub fn retention_cutoff(now: DateTime<Utc>, retention: Duration) -> DateTime<Utc> {
+    let keep = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let edge = now
+        .checked_sub_signed(keep)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    edge.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(edge)
+}
+
+/// Drops the day partitions that end at or before the retention cutoff and
+/// purges their idempotency keys. Returns `None` when another process holds
+/// the retention lock.
+pub async fn prune(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    retention: Duration,
+) -> anyhow::Result<Option<Pruned>> {
+    let cutoff = retention_cutoff(now, retention);
+    let mut conn = pool.acquire().await.context("connecting for retention")?;
+    let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(RETENTION_LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .context("taking the retention lock")?;
+    if !locked {
+        return Ok(None);
+    }
+    let result = prune_locked(pool, cutoff).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(RETENTION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .context("releasing the retention lock");
+    let pruned = result?;
+    unlocked?;
+    Ok(Some(pruned))
+}
+
+async fn prune_locked(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pruned> {
+    let mut pruned = Pruned::default();
+    let cutoff_day = cutoff.date_naive();
+    for (name, day) in list_partitions(pool).await? {
+        if day >= cutoff_day {
+            break;
+        }
+        // The name comes from the catalogue and matched events_pYYYYMMDD.
+        sqlx::query(&format!("DROP TABLE IF EXISTS \"{name}\""))
+            .execute(pool)
+            .await
+            .with_context(|| format!("dropping partition {name}"))?;
+        pruned.partitions_dropped += 1;
+        tracing::info!(partition = %name, %day, "dropped an expired event partition");
+    }
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM event_keys WHERE event_id IN (
+                 SELECT event_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PURGE_CHUNK)
+        .execute(pool)
+        .await
+        .context("purging expired idempotency keys")?
+        .rows_affected();
+        pruned.keys_purged += done;
+        if done < PURGE_CHUNK as u64 {
+            break;
+        }
+    }
+    Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_cutoff_keeps_the_whole_day_that_holds_the_edge() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 10, 15, 30, 0).unwrap();
+        let cutoff = retention_cutoff(now, Duration::from_secs(2 * 86_400));
+        assert_eq!(cutoff, Utc.with_ymd_and_hms(2026, 3, 8, 0, 0, 0).unwrap());
+        let cutoff = retention_cutoff(now, Duration::from_secs(86_400));
+        assert_eq!(cutoff, Utc.with_ymd_and_hms(2026, 3, 9, 0, 0, 0).unwrap());
+    }
+}
