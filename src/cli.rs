@@ -12,7 +12,7 @@ use crate::app::Role;
     long_about = "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time analytics.\n\n\
 Configuration comes from the environment: HOST, PORT, DATABASE_URL, REDIS_URL, REDIS_PREFIX, \
 WORKER_COUNT, BATCH_SIZE, MAX_ATTEMPTS, SPOOL_DIR, SPOOL_MAX_BYTES, ADMIN_TOKEN, SIMULATE_FAILURES, \
-HEARTBEAT_TTL, RATE_LIMIT_PER_IP, RUST_LOG, LOG_FORMAT. See the README for defaults."
+HEARTBEAT_TTL, RATE_LIMIT_PER_IP, EVENT_RETENTION, RUST_LOG, LOG_FORMAT. See the README for defaults."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,6 +31,16 @@ pub enum Command {
     Migrate,
     /// Rebuild every Redis counter from Postgres (safe while servers run).
     Reconcile,
+    /// Exit 0 when the server on this machine answers `GET /health` (for
+    /// container health checks; needs no curl).
+    Healthcheck {
+        /// Port to ask; defaults to PORT.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// Inspect or act on the dead-letter list.
     Dlq {
         #[command(subcommand)]

@@ -14,6 +14,8 @@ pub mod config;
 pub mod counters;
 /// The event model, parsed at the edge.
 pub mod domain;
+/// The container health probe.
+pub mod health;
 /// Routes, handlers and JSON errors.
 pub mod http;
 /// Prometheus metrics.

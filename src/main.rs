@@ -58,6 +58,12 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Command::Healthcheck { port, timeout } => {
+            let port = port.unwrap_or(settings.port);
+            adtrack::health::probe(port, Duration::from_secs(timeout)).await?;
+            println!("healthy");
+            Ok(())
+        }
         Command::Dlq { action } => {
             let mut redis =
                 app::redis_connection(&settings.redis_url, Duration::from_secs(30)).await?;

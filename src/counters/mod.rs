@@ -289,15 +289,20 @@ impl Ops {
 /// while `reconcile` has paused the counters. The processing list, when
 /// given, is deleted in the same step: what it held is committed.
 ///
-/// KEYS: processing list or '', marker or '', pause flag.
-/// ARGV: marker TTL, then ops: `H key field n` | `P key count m…` | `X key unixtime`.
+/// KEYS: processing list, marker, pause flag — always real keys of the
+/// prefix, so the call is routed to (and stays in) the prefix's Cluster slot;
+/// which of the first two are used is said by the mode.
+/// ARGV: marker TTL, mode (`a` = delete the processing list, `m` = use the
+/// marker, `-` = neither), then ops: `H key field n` | `P key count m…` |
+/// `X key unixtime`.
 const APPLY: &str = r"
-local function ack() if KEYS[1] ~= '' then redis.call('DEL', KEYS[1]) end end
-if KEYS[2] ~= '' then
+local mode = ARGV[2]
+local function ack() if string.find(mode, 'a', 1, true) then redis.call('DEL', KEYS[1]) end end
+if string.find(mode, 'm', 1, true) then
   if redis.call('EXISTS', KEYS[3]) == 1 then ack() return 'paused' end
   if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then ack() return 'seen' end
 end
-local i = 2
+local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'H' then
@@ -370,13 +375,15 @@ impl Counters {
     ) -> anyhow::Result<Applied> {
         // The marker makes the whole update one unit, so it must be one
         // script call: a batch is at most a few thousand events.
-        let mut args = vec![MARKER_TTL_SECS.to_string()];
+        let mode = if processing.is_some() { "am" } else { "m" };
+        let mut args = vec![MARKER_TTL_SECS.to_string(), mode.to_owned()];
         for chunk in ops.to_arg_chunks(usize::MAX) {
             args.extend(chunk);
         }
+        let paused = self.keys.counters_paused();
         let outcome: String = self
             .apply
-            .key(processing.unwrap_or(""))
+            .key(processing.unwrap_or(&paused))
             .key(self.keys.applied(batch))
             .key(self.keys.counters_paused())
             .arg(args)

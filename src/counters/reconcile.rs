@@ -223,7 +223,7 @@ async fn rebuild(
         })
         .collect();
     let markers: Vec<String> = outbox.iter().map(|b| keys.applied(b)).collect();
-    swap(conn, &stale, &renames, &markers).await?;
+    swap(conn, &keys.counters_paused(), &stale, &renames, &markers).await?;
     redis::cmd("DEL")
         .arg(keys.counters_paused())
         .query_async::<()>(conn)
@@ -253,12 +253,14 @@ async fn flush(
     }
     written.extend(ops.keys());
     for chunk in ops.to_arg_chunks(10_000) {
-        let mut args = vec!["0".to_string()];
+        let mut args = vec!["0".to_string(), "-".to_string()];
         args.extend(chunk);
+        // No processing list and no marker: the keys only route the call.
+        let anchor = staging.campaigns();
         redis::Script::new(super::APPLY)
-            .key("")
-            .key("")
-            .key("")
+            .key(&anchor)
+            .key(&anchor)
+            .key(&anchor)
             .arg(args)
             .invoke_async::<String>(conn)
             .await
@@ -268,8 +270,11 @@ async fn flush(
     Ok(())
 }
 
+/// `anchor` is a key of the prefix: every key the script touches is in its
+/// Cluster slot, and declaring one routes the call there.
 async fn swap(
     conn: &mut ConnectionManager,
+    anchor: &str,
     stale: &[String],
     renames: &[(String, String)],
     markers: &[String],
@@ -296,6 +301,7 @@ async fn swap(
         args.push(super::MARKER_TTL_SECS.to_string());
         args.extend(mk.iter().cloned());
         script
+            .key(anchor)
             .arg(args)
             .invoke_async::<i64>(conn)
             .await

@@ -366,6 +366,63 @@ pub async fn private_redis() -> Option<PrivateRedis> {
     })
 }
 
+/// A private redis-server in Cluster mode that owns every slot: one node,
+/// but with Cluster's rules (a multi-key command or script whose keys are in
+/// different slots fails with CROSSSLOT). `None` when the binary is missing.
+pub async fn private_cluster_redis() -> Option<PrivateRedis> {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("adtrack-redis-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+        .arg(dir.join("nodes.conf"))
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    wait_for_port(port).await;
+    let redis = PrivateRedis {
+        port,
+        dir,
+        child: Some(child),
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") {
+            return Some(redis);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the private cluster node did not become ready");
+}
+
 /// A TCP proxy in front of Postgres that a test can cut and restore, so the
 /// service sees Postgres vanish mid-connection.
 pub struct PgProxy {
@@ -471,9 +528,14 @@ pub struct Binary {
 
 impl Binary {
     pub async fn start(settings: &Settings) -> Self {
+        Self::start_role(settings, "all").await
+    }
+
+    /// `adtrack serve --role <role>`.
+    pub async fn start_role(settings: &Settings, role: &str) -> Self {
         assert_ne!(settings.port, 0, "the binary needs a fixed port");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_adtrack"))
-            .arg("serve")
+            .args(["serve", "--role", role])
             .envs(env_of(settings))
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -4,6 +4,7 @@
 
 mod admin;
 mod analytics;
+mod deploy;
 mod helpers;
 mod ingest;
 mod pipeline;
