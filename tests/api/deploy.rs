@@ -156,6 +156,32 @@ async fn the_whole_pipeline_runs_on_redis_in_cluster_mode() {
     assert_eq!(a["impressions"], 1, "{a}");
     assert_eq!(app.metric("adtrack_worker_errors_total").await, 0.0);
 
+    // Outbox recovery: a batch committed to Postgres whose worker died before
+    // updating the counters (applied without a processing list).
+    let events: Vec<adtrack::domain::Event> = (0..3)
+        .map(|i| {
+            let body =
+                json!({ "type": "impression", "adId": ad, "ipAddress": format!("10.9.0.{i}") });
+            adtrack::domain::parse_value(
+                body,
+                &adtrack::domain::ParseContext::new(chrono::Utc::now()),
+            )
+            .unwrap()
+        })
+        .collect();
+    let refs: Vec<&_> = events.iter().collect();
+    adtrack::store::insert_batch(&app.pool, &refs, Uuid::now_v7())
+        .await
+        .unwrap();
+    let counters = adtrack::counters::Counters::new(app.keys.clone());
+    let mut cluster_conn = app.redis.clone();
+    let applied =
+        adtrack::worker::recover_outbox(&app.pool, &mut cluster_conn, &counters, Duration::ZERO)
+            .await
+            .expect("outbox recovery runs in cluster mode");
+    assert_eq!(applied, 1);
+    assert_eq!(app.analytics(ad, "all").await["impressions"], 4);
+
     // Admin replay of the dead letter (an LMOVE loop in one script).
     let replay = app
         .client
