@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::counters::Counters;
 use crate::http::{self, AppState, Surface};
 use crate::metrics::Metrics;
-use crate::queue::{Keys, Pusher, Queue};
+use crate::queue::{Keys, Pusher, Queues};
 use crate::spool::{RedisDown, Replayer, Spool};
 use crate::store;
 use crate::worker::{Maintenance, Worker, WorkerContext};
@@ -100,11 +100,13 @@ impl Application {
         }
         let redis = redis_connection(&settings.redis_url, Duration::from_secs(5)).await?;
         let keys = Keys::new(&settings.redis_prefix);
-        let queue = Queue::new(keys.clone());
+        let queues = Queues::new(&settings.redis_prefix, settings.queue_shards);
+        queues.check_shard_count(&mut redis.clone()).await?;
         let counters = Counters::new(keys.clone());
         let shutdown = CancellationToken::new();
 
-        let (pusher, pusher_task) = Pusher::start(redis.clone(), &keys, metrics.clone());
+        let shard_keys: Vec<Keys> = queues.all().iter().map(|q| q.keys().clone()).collect();
+        let (pusher, pusher_task) = Pusher::start(redis.clone(), &shard_keys, metrics.clone());
         let (spool, spool_thread) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
         let redis_down = Arc::new(RedisDown::default());
 
@@ -115,7 +117,7 @@ impl Application {
             let ctx = Arc::new(WorkerContext {
                 pool: pool.clone(),
                 redis: redis.clone(),
-                queue: queue.clone(),
+                queues: queues.clone(),
                 counters: counters.clone(),
                 metrics: metrics.clone(),
                 batch_size: settings.batch_size,
@@ -138,15 +140,15 @@ impl Application {
             // always tell this process's lists are alive.
             let mut conn = redis.clone();
             m.ctx
-                .queue
+                .queues
                 .beat(&mut conn, &ids, &m.info, settings.heartbeat_ttl)
                 .await
                 .context("registering workers")?;
             background.push(tokio::spawn(m.clone().heartbeat(shutdown.clone())));
             background.push(tokio::spawn(m.clone().run(shutdown.clone())));
-            for id in ids {
+            for (index, id) in ids.into_iter().enumerate() {
                 let conn = redis_connection(&settings.redis_url, Duration::from_secs(10)).await?;
-                let worker = Worker::new(id, conn, ctx.clone());
+                let worker = Worker::new(id, index, conn, ctx.clone());
                 workers.push(tokio::spawn(worker.run(shutdown.clone())));
             }
             maintenance = Some(m);
@@ -165,7 +167,7 @@ impl Application {
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             keys,
-            queue,
+            queues,
             layout: counters.layout(),
             pool,
             redis,

@@ -32,6 +32,8 @@ pub struct Settings {
     pub simulate_failures: bool,
     pub heartbeat_ttl: Duration,
     pub rate_limit_per_ip: u32,
+    /// Queue shards under the prefix (see `queue::Queues`).
+    pub queue_shards: usize,
     /// How long raw events are kept (whole UTC days); `None` keeps them forever.
     pub event_retention: Option<Duration>,
     pub log_format: LogFormat,
@@ -56,6 +58,7 @@ impl Default for Settings {
             simulate_failures: false,
             heartbeat_ttl: Duration::from_secs(15),
             rate_limit_per_ip: 0,
+            queue_shards: 1,
             event_retention: None,
             log_format: LogFormat::Text,
             seed_catalogue: true,
@@ -115,6 +118,9 @@ impl Settings {
         if let Some(v) = get("RATE_LIMIT_PER_IP") {
             s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
         }
+        if let Some(v) = get("QUEUE_SHARDS") {
+            s.queue_shards = parse(&v, "QUEUE_SHARDS")?;
+        }
         if let Some(v) = get("EVENT_RETENTION") {
             let d = humantime::parse_duration(&v)
                 .with_context(|| format!("EVENT_RETENTION: {v:?} is not a duration such as 90d"))?;
@@ -160,6 +166,9 @@ impl Settings {
             .is_some_and(|d| d < Duration::from_secs(86_400))
         {
             bail!("EVENT_RETENTION: must be at least 1d (or 0 to keep events forever)");
+        }
+        if !(1..=crate::queue::MAX_SHARDS).contains(&self.queue_shards) {
+            bail!("QUEUE_SHARDS: must be between 1 and 64");
         }
         if self.spool_max_bytes < 4096 {
             bail!("SPOOL_MAX_BYTES: must be at least 4096");

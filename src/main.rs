@@ -67,7 +67,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Dlq { action } => {
             let mut redis =
                 app::redis_connection(&settings.redis_url, Duration::from_secs(30)).await?;
-            let queue = queue::Queue::new(queue::Keys::new(&settings.redis_prefix));
+            let queue = queue::Queues::new(&settings.redis_prefix, settings.queue_shards);
             match action {
                 DlqAction::List { limit } => {
                     let (total, items) = queue.dlq_list(&mut redis, limit).await?;

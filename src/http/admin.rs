@@ -42,7 +42,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
 /// live stream show it.
 pub(crate) async fn queue_status(state: &AppState) -> anyhow::Result<serde_json::Value> {
     let mut conn = state.redis.clone();
-    let o = state.queue.overview(&mut conn).await?;
+    let o = state.queues.overview(&mut conn).await?;
     let spool = state.spool.stats();
     Ok(json!({
         "queued": o.queued,
@@ -76,7 +76,7 @@ pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     };
     let mut conn = state.redis.clone();
     let (total, items) = state
-        .queue
+        .queues
         .dlq_list(&mut conn, limit)
         .await
         .map_err(ApiError::dependency)?;
@@ -90,7 +90,7 @@ pub async fn dlq_replay(
     authorize(&req, &state)?;
     let mut conn = state.redis.clone();
     let moved = state
-        .queue
+        .queues
         .dlq_replay(&mut conn)
         .await
         .map_err(ApiError::dependency)?;
@@ -105,7 +105,7 @@ pub async fn dlq_purge(
     authorize(&req, &state)?;
     let mut conn = state.redis.clone();
     let purged = state
-        .queue
+        .queues
         .dlq_purge(&mut conn)
         .await
         .map_err(ApiError::dependency)?;

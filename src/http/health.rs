@@ -57,7 +57,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Depth gauges are sampled at scrape time, so every role reports them.
     let mut conn = state.redis.clone();
     if let Ok(Ok((queued, processing))) =
-        tokio::time::timeout(CHECK_TIMEOUT, state.queue.depths(&mut conn)).await
+        tokio::time::timeout(CHECK_TIMEOUT, state.queues.depths(&mut conn)).await
     {
         state.metrics.queue_depth.set(queued as i64);
         state.metrics.processing_depth.set(processing as i64);

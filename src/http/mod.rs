@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::counters::Layout;
 use crate::metrics::Metrics;
-use crate::queue::{Keys, Pusher, Queue};
+use crate::queue::{Keys, Pusher, Queues};
 use crate::spool::{RedisDown, Spool};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub settings: Settings,
     pub keys: Keys,
-    pub queue: Queue,
+    pub queues: Queues,
     pub layout: Layout,
     pub pool: PgPool,
     pub redis: ConnectionManager,

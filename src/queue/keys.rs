@@ -1,22 +1,44 @@
 /// Every Redis key adtrack uses, derived from `REDIS_PREFIX`.
 ///
 /// All keys carry the hash tag `{P}`, so the keys of one prefix share one
-/// Redis Cluster slot and every Lua script may touch any of them.
+/// Redis Cluster slot and every Lua script may touch any of them. With
+/// `QUEUE_SHARDS` above 1, shard `i > 0` keeps its queue, processing lists,
+/// heartbeats, worker set, retry set and dead letters under `{P.i}` (a slot
+/// of its own); counters and totals stay under `{P}`.
 #[derive(Debug, Clone)]
 pub struct Keys {
+    /// Hash tag of the queue keys: `{P}`, or `{P.i}` for shard `i > 0`.
     tag: String,
+    /// `{P}`: hash tag of the counters and everything shared.
+    home: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Self {
-            tag: format!("{{{prefix}}}"),
-        }
+        Self::shard(prefix, 0)
     }
 
-    /// `{P}`: the hash tag itself, the root of every key.
-    pub fn tag(&self) -> &str {
-        &self.tag
+    /// The keys of queue shard `index` (shard 0 is the SPEC's layout).
+    pub fn shard(prefix: &str, index: usize) -> Self {
+        let home = format!("{{{prefix}}}");
+        let tag = if index == 0 {
+            home.clone()
+        } else {
+            format!("{{{prefix}.{index}}}")
+        };
+        Self { tag, home }
+    }
+
+    /// Whether this shard's queue keys share the counters' slot, so one
+    /// script may touch both.
+    pub fn queue_in_home_slot(&self) -> bool {
+        self.tag == self.home
+    }
+
+    /// `{P}:queue-shards`: the shard count every process of the prefix
+    /// must agree on.
+    pub fn queue_shards(&self) -> String {
+        format!("{}:queue-shards", self.home)
     }
 
     pub fn queue(&self) -> String {
@@ -50,28 +72,28 @@ impl Keys {
 
     /// Root of the real-time counters (see `counters`).
     pub fn counters_root(&self) -> String {
-        format!("{}:c:", self.tag)
+        format!("{}:c:", self.home)
     }
 
     /// Root `reconcile` builds new counters under before swapping them in.
     pub fn staging_root(&self, run: &str) -> String {
-        format!("{}:rc:{run}:", self.tag)
+        format!("{}:rc:{run}:", self.home)
     }
 
     /// Set while `reconcile` rebuilds the counters: workers leave their
     /// counter updates in the Postgres outbox instead of applying them.
     pub fn counters_paused(&self) -> String {
-        format!("{}:counters-paused", self.tag)
+        format!("{}:counters-paused", self.home)
     }
 
     /// Hash of cluster-wide running totals (`ingested`, `committed`).
     pub fn stats(&self) -> String {
-        format!("{}:stats", self.tag)
+        format!("{}:stats", self.home)
     }
 
     /// Marker that a batch's counter update was applied (see `worker`).
     pub fn applied(&self, batch: &uuid::Uuid) -> String {
-        format!("{}:applied:{batch}", self.tag)
+        format!("{}:applied:{batch}", self.home)
     }
 }
 
@@ -88,5 +110,22 @@ mod tests {
         assert_eq!(k.retry(), "{adtrack}:retry");
         assert_eq!(k.dlq(), "{adtrack}:dlq");
         assert_eq!(Keys::new("x").queue(), "{x}:queue");
+    }
+
+    #[test]
+    fn shards_move_only_the_queue_keys() {
+        let s = Keys::shard("adtrack", 3);
+        assert_eq!(s.queue(), "{adtrack.3}:queue");
+        assert_eq!(s.processing("w"), "{adtrack.3}:processing:w");
+        assert_eq!(s.heartbeat("w"), "{adtrack.3}:worker:w");
+        assert_eq!(s.workers(), "{adtrack.3}:workers");
+        assert_eq!(s.retry(), "{adtrack.3}:retry");
+        assert_eq!(s.dlq(), "{adtrack.3}:dlq");
+        assert_eq!(s.stats(), "{adtrack}:stats");
+        assert_eq!(s.counters_root(), "{adtrack}:c:");
+        assert_eq!(s.counters_paused(), "{adtrack}:counters-paused");
+        assert!(!s.queue_in_home_slot());
+        assert!(Keys::shard("adtrack", 0).queue_in_home_slot());
+        assert_eq!(Keys::shard("adtrack", 0).queue(), "{adtrack}:queue");
     }
 }

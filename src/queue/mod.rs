@@ -12,9 +12,11 @@
 
 mod keys;
 mod pusher;
+mod shards;
 
 pub use keys::Keys;
 pub use pusher::{PushError, PushFailure, Pusher};
+pub use shards::{Queues, MAX_SHARDS};
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@
 //! flushed at once. A handler is answered `Ok` only after Redis accepted its
 //! envelope, so a 202 never runs ahead of the data.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,20 +45,34 @@ struct Pending {
 
 #[derive(Clone)]
 pub struct Pusher {
-    tx: mpsc::Sender<Pending>,
+    /// One flusher per queue shard.
+    shards: Arc<[mpsc::Sender<Pending>]>,
+    /// Round-robin position over the shards.
+    next: Arc<AtomicUsize>,
 }
 
 impl Pusher {
-    /// Starts the flusher. It stops once every `Pusher` clone is dropped and
-    /// all pending pushes are answered; await the handle to wait for that.
+    /// Starts one flusher per queue shard (`shards`: the keys of each). They
+    /// stop once every `Pusher` clone is dropped and all pending pushes are
+    /// answered; await the handle to wait for that.
     pub fn start(
         conn: ConnectionManager,
-        keys: &Keys,
+        shards: &[Keys],
         metrics: Arc<Metrics>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(65_536);
-        let handle = tokio::spawn(flusher(rx, conn, keys.clone(), metrics));
-        (Self { tx }, handle)
+        let mut senders = Vec::with_capacity(shards.len());
+        let mut flushers = JoinSet::new();
+        for keys in shards {
+            let (tx, rx) = mpsc::channel(65_536);
+            flushers.spawn(flusher(rx, conn.clone(), keys.clone(), metrics.clone()));
+            senders.push(tx);
+        }
+        let handle = tokio::spawn(async move { while flushers.join_next().await.is_some() {} });
+        let pusher = Self {
+            shards: senders.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        (pusher, handle)
     }
 
     /// Pushes envelopes; returns once Redis has them all (one `LPUSH`, so
@@ -67,7 +82,11 @@ impl Pusher {
             return Ok(());
         }
         let (done, answer) = oneshot::channel();
-        if let Err(e) = self.tx.send(Pending { payloads, done }).await {
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len().max(1);
+        let Some(tx) = self.shards.get(shard) else {
+            return Err((PushError::Closed, payloads));
+        };
+        if let Err(e) = tx.send(Pending { payloads, done }).await {
             return Err((PushError::Closed, e.0.payloads));
         }
         answer

@@ -43,7 +43,7 @@ impl Maintenance {
         loop {
             if let Err(e) = self
                 .ctx
-                .queue
+                .queues
                 .beat(&mut conn, &self.workers, &self.info, self.heartbeat_ttl)
                 .await
             {
@@ -59,7 +59,7 @@ impl Maintenance {
     /// Deletes this process's heartbeats after its workers stopped.
     pub async fn retire(&self) {
         let mut conn = self.ctx.redis.clone();
-        if let Err(e) = self.ctx.queue.retire(&mut conn, &self.workers).await {
+        if let Err(e) = self.ctx.queues.retire(&mut conn, &self.workers).await {
             tracing::warn!(error = format!("{e:#}"), "removing heartbeats failed");
         }
     }
@@ -78,8 +78,10 @@ impl Maintenance {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => break,
             }
-            if let Err(e) = self.ctx.queue.promote_due(&mut conn, Utc::now()).await {
-                tracing::debug!(error = format!("{e:#}"), "retry promotion failed");
+            for queue in self.ctx.queues.all() {
+                if let Err(e) = queue.promote_due(&mut conn, Utc::now()).await {
+                    tracing::debug!(error = format!("{e:#}"), "retry promotion failed");
+                }
             }
             if last_partitions.is_none_or(|at| at.elapsed() >= PARTITION_EVERY) {
                 last_partitions = Some(tokio::time::Instant::now());
@@ -90,9 +92,11 @@ impl Maintenance {
             }
             if last_reap.elapsed() >= reap_every {
                 last_reap = tokio::time::Instant::now();
-                match self.ctx.queue.reap(&mut conn).await {
-                    Ok(n) => self.ctx.metrics.requeued_items.inc_by(n),
-                    Err(e) => tracing::debug!(error = format!("{e:#}"), "reaper round failed"),
+                for queue in self.ctx.queues.all() {
+                    match queue.reap(&mut conn).await {
+                        Ok(n) => self.ctx.metrics.requeued_items.inc_by(n),
+                        Err(e) => tracing::debug!(error = format!("{e:#}"), "reaper round failed"),
+                    }
                 }
             }
             if last_outbox.elapsed() >= Duration::from_secs(2) {

@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::counters::{Applied, CountedEvent, Counters};
 use crate::domain::Event;
 use crate::metrics::Metrics;
-use crate::queue::{Divert, Queue};
+use crate::queue::{Divert, Queue, Queues};
 use crate::store;
 
 /// How long a reservation blocks on an empty queue.
@@ -48,7 +48,7 @@ const RESERVE_WAIT: Duration = Duration::from_secs(1);
 pub struct WorkerContext {
     pub pool: PgPool,
     pub redis: ConnectionManager,
-    pub queue: Queue,
+    pub queues: Queues,
     pub counters: Counters,
     pub metrics: Arc<Metrics>,
     pub batch_size: usize,
@@ -75,6 +75,8 @@ pub struct Worker {
     id: String,
     conn: ConnectionManager,
     ctx: Arc<WorkerContext>,
+    /// The queue shard this worker takes from.
+    queue: Queue,
 }
 
 struct Failure {
@@ -85,8 +87,16 @@ struct Failure {
 
 impl Worker {
     /// `conn` must be this worker's own connection: reservations block it.
-    pub fn new(id: String, conn: ConnectionManager, ctx: Arc<WorkerContext>) -> Self {
-        Self { id, conn, ctx }
+    /// Worker number `index` of its process; it takes from queue shard
+    /// `index % QUEUE_SHARDS`.
+    pub fn new(id: String, index: usize, conn: ConnectionManager, ctx: Arc<WorkerContext>) -> Self {
+        let queue = ctx.queues.for_worker(index).clone();
+        Self {
+            id,
+            conn,
+            ctx,
+            queue,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -127,7 +137,7 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(worker = %self.id))]
     pub async fn step(&mut self) -> anyhow::Result<StepOutcome> {
         let ctx = self.ctx.clone();
-        let items = ctx
+        let items = self
             .queue
             .reserve(&mut self.conn, &self.id, ctx.batch_size, RESERVE_WAIT)
             .await?;
@@ -135,7 +145,11 @@ impl Worker {
             return Ok(StepOutcome::Idle);
         }
         let started = Instant::now();
-        let processing = ctx.queue.keys().processing(&self.id);
+        let processing = self.queue.keys().processing(&self.id);
+        // The counter script may delete the processing list in the same step
+        // only when both live in one Cluster slot (shard 0); other shards
+        // acknowledge right after it (the batch marker keeps that safe).
+        let ack_in_script = self.queue.keys().queue_in_home_slot();
 
         let mut failures = Vec::new();
         let mut events: Vec<(String, Event)> = Vec::with_capacity(items.len());
@@ -195,7 +209,7 @@ impl Worker {
                 ctx.metrics.ingest_to_commit.observe(lag);
             }
             // The last apply also acknowledges the processing list.
-            let ack = (i == last).then_some(processing.as_str());
+            let ack = (i == last && ack_in_script).then_some(processing.as_str());
             self.apply_committed(batch, &counted, ack).await?;
             acked |= ack.is_some();
         }
@@ -300,10 +314,7 @@ impl Worker {
             };
             moves.push((f.raw, divert));
         }
-        self.ctx
-            .queue
-            .divert(&mut self.conn, &self.id, &moves)
-            .await?;
+        self.queue.divert(&mut self.conn, &self.id, &moves).await?;
         Ok(())
     }
 

@@ -142,23 +142,40 @@ impl TestApp {
         json
     }
 
-    pub async fn queue_len(&self) -> i64 {
-        let mut conn = self.redis.clone();
-        redis::cmd("LLEN")
-            .arg(self.keys.queue())
-            .query_async(&mut conn)
-            .await
-            .expect("LLEN")
+    /// The keys of every queue shard of this app's prefix.
+    pub fn shard_keys(&self) -> Vec<Keys> {
+        (0..self.settings.queue_shards)
+            .map(|i| Keys::shard(&self.settings.redis_prefix, i))
+            .collect()
     }
 
-    /// Items in every processing list of this prefix.
+    /// Items queued, over every shard.
+    pub async fn queue_len(&self) -> i64 {
+        let mut conn = self.redis.clone();
+        let mut total = 0;
+        for k in self.shard_keys() {
+            let n: i64 = redis::cmd("LLEN")
+                .arg(k.queue())
+                .query_async(&mut conn)
+                .await
+                .expect("LLEN");
+            total += n;
+        }
+        total
+    }
+
+    /// Items in every processing list of this prefix, over every shard.
     pub async fn processing_len(&self) -> i64 {
         let mut conn = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(self.keys.processing_pattern())
-            .query_async(&mut conn)
-            .await
-            .expect("KEYS");
+        let mut keys: Vec<String> = Vec::new();
+        for k in self.shard_keys() {
+            let some: Vec<String> = redis::cmd("KEYS")
+                .arg(k.processing_pattern())
+                .query_async(&mut conn)
+                .await
+                .expect("KEYS");
+            keys.extend(some);
+        }
         let mut total = 0;
         for k in keys {
             let n: i64 = redis::cmd("LLEN")
@@ -245,17 +262,23 @@ pub async fn cleanup(settings: &Settings, pool: &PgPool, redis: &ConnectionManag
             .await;
     }
     let mut conn = redis.clone();
-    let pattern = format!("{{{}}}*", settings.redis_prefix);
-    if let Ok(keys) = redis::cmd("KEYS")
-        .arg(&pattern)
-        .query_async::<Vec<String>>(&mut conn)
-        .await
-    {
-        if !keys.is_empty() {
-            let _ = redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut conn)
-                .await;
+    // The prefix's own keys and those of its queue shards ({P.i}).
+    for pattern in [
+        format!("{{{}}}*", settings.redis_prefix),
+        format!("{{{}.*}}*", settings.redis_prefix),
+    ] {
+        if let Ok(keys) = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async::<Vec<String>>(&mut conn)
+            .await
+        {
+            // One DEL per key: shard keys live in different Cluster slots.
+            for key in keys {
+                let _ = redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<()>(&mut conn)
+                    .await;
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&settings.spool_dir);
@@ -512,6 +535,7 @@ pub fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
             "HEARTBEAT_TTL",
             format!("{}ms", settings.heartbeat_ttl.as_millis()),
         ),
+        ("QUEUE_SHARDS", settings.queue_shards.to_string()),
         ("RUST_LOG", "warn".into()),
     ];
     if let Some(t) = &settings.admin_token {

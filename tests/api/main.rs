@@ -9,4 +9,5 @@ mod helpers;
 mod ingest;
 mod pipeline;
 mod reliability;
+mod shards;
 mod storage;

@@ -1,0 +1,175 @@
+//! `QUEUE_SHARDS`: several queues under one prefix, each in a Redis Cluster
+//! slot of its own, read and managed as one.
+//!
+//! Ingest spreads pushes over the shards, worker `j` of every process takes
+//! from shard `j % shards`, and the operator's views (queue overview, dead
+//! letters) sum or concatenate the shards. Counters stay under `{P}`.
+
+use anyhow::{bail, Context};
+use redis::aio::ConnectionManager;
+
+use super::{Keys, Queue, QueueOverview};
+
+/// Most shards one prefix may have.
+pub const MAX_SHARDS: usize = 64;
+
+/// Every queue shard of one prefix.
+#[derive(Clone)]
+pub struct Queues {
+    shards: Vec<Queue>,
+}
+
+impl Queues {
+    pub fn new(prefix: &str, shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1))
+                .map(|i| Queue::new(Keys::shard(prefix, i)))
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    pub fn all(&self) -> &[Queue] {
+        &self.shards
+    }
+
+    /// Shard 0: the SPEC's `{P}` keys.
+    pub fn first(&self) -> &Queue {
+        &self.shards[0]
+    }
+
+    /// The shard worker number `index` of a process takes from.
+    pub fn for_worker(&self, index: usize) -> &Queue {
+        &self.shards[index % self.shards.len()]
+    }
+
+    /// Records this prefix's shard count on first use and refuses a process
+    /// configured with another one: items would be stranded in shards no
+    /// worker reads.
+    pub async fn check_shard_count(&self, conn: &mut ConnectionManager) -> anyhow::Result<()> {
+        let key = self.first().keys().queue_shards();
+        let (_, stored): ((), Option<usize>) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(self.len())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .map(|(stored,)| ((), stored))
+            .context("reading the prefix's queue shard count")?;
+        match stored {
+            Some(n) if n != self.len() => bail!(
+                "QUEUE_SHARDS is {} but this prefix runs with {n} (key {key}); \
+                 drain every queue, then delete that key to change it",
+                self.len()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queued and processing items over every shard.
+    pub async fn depths(&self, conn: &mut ConnectionManager) -> anyhow::Result<(u64, u64)> {
+        let (mut queued, mut processing) = (0, 0);
+        for q in &self.shards {
+            let (a, b) = q.depths(conn).await?;
+            queued += a;
+            processing += b;
+        }
+        Ok((queued, processing))
+    }
+
+    /// The overview of every shard, summed; workers of all shards listed.
+    pub async fn overview(&self, conn: &mut ConnectionManager) -> anyhow::Result<QueueOverview> {
+        let mut total = self.first().overview(conn).await?;
+        for q in &self.shards[1..] {
+            let o = q.overview(conn).await?;
+            total.queued += o.queued;
+            total.processing += o.processing;
+            total.retrying += o.retrying;
+            total.dead_lettered += o.dead_lettered;
+            total.workers.extend(o.workers);
+        }
+        total.workers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(total)
+    }
+
+    /// Up to `limit` dead letters, shard by shard, and the total.
+    pub async fn dlq_list(
+        &self,
+        conn: &mut ConnectionManager,
+        limit: usize,
+    ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
+        let mut total = 0;
+        let mut items = Vec::new();
+        for q in &self.shards {
+            let (n, mut some) = q.dlq_list(conn, limit.saturating_sub(items.len())).await?;
+            total += n;
+            items.append(&mut some);
+        }
+        Ok((total, items))
+    }
+
+    pub async fn dlq_replay(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+        let mut moved = 0;
+        for q in &self.shards {
+            moved += q.dlq_replay(conn).await?;
+        }
+        Ok(moved)
+    }
+
+    pub async fn dlq_purge(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+        let mut purged = 0;
+        for q in &self.shards {
+            purged += q.dlq_purge(conn).await?;
+        }
+        Ok(purged)
+    }
+
+    /// Registers and beats the workers of a process: `workers[j]` belongs
+    /// to shard `j % shards`.
+    pub async fn beat(
+        &self,
+        conn: &mut ConnectionManager,
+        workers: &[String],
+        info: &str,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        for (i, q) in self.shards.iter().enumerate() {
+            let mine = self.of_shard(workers, i);
+            if !mine.is_empty() {
+                q.beat(conn, &mine, info, ttl).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn retire(
+        &self,
+        conn: &mut ConnectionManager,
+        workers: &[String],
+    ) -> anyhow::Result<()> {
+        for (i, q) in self.shards.iter().enumerate() {
+            q.retire(conn, &self.of_shard(workers, i)).await?;
+        }
+        Ok(())
+    }
+
+    fn of_shard(&self, workers: &[String], shard: usize) -> Vec<String> {
+        workers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % self.shards.len() == shard)
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+}
