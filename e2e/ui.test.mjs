@@ -188,6 +188,46 @@ async function main() {
     await page.locator('.analytics-card').screenshot({ path: `${SHOTS}analytics.png` });
   });
 
+  await check('aggregates panel charts the stored events for a range', async () => {
+    // The click above is stored by now (analytics rose after its commit).
+    await page.locator(tid('agg-type')).selectOption('click');
+    await page.locator(tid('agg-group')).selectOption('minute');
+    const now = new Date();
+    const pad = (n) => String(n).padStart(2, '0');
+    const local = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    await page.locator(tid('agg-from')).fill(local(new Date(now.getTime() - 3 * 3600 * 1000)));
+    await page.locator(tid('agg-to')).fill(local(new Date(now.getTime() + 120 * 1000)));
+    await page.locator(tid('agg-apply')).click();
+    const count = await eventually(async () => {
+      const stats = page.locator(tid('agg-stats'));
+      if ((await stats.getAttribute('data-loaded')) !== 'true') return 0;
+      return Number(await stats.getAttribute('data-count'));
+    }, { message: 'the aggregates panel did not show the stored click' });
+    assert(count >= 1, `aggregates count ${count}`);
+    await page.locator(`${tid('aggregates-chart')} canvas`).waitFor({ timeout: 5000 });
+    console.log(`        clicks in range: ${count}`);
+  });
+
+  await check('experiment panel summarises variants with a p-value', async () => {
+    const exp = `e2e-${Date.now()}`;
+    const send = (body) => page.request.post(`${BASE}/events`, { data: { adId: 'e2e-ad', experimentId: exp, ...body } });
+    for (let i = 0; i < 6; i += 1) {
+      await send({ type: 'impression', userId: `a${i}`, variant: 'control' });
+      await send({ type: 'impression', userId: `b${i}`, variant: 'b' });
+    }
+    await send({ type: 'conversion', userId: 'a0', variant: 'control' });
+    for (const u of ['b0', 'b1', 'b2']) await send({ type: 'conversion', userId: u, variant: 'b' });
+    await eventually(async () => {
+      await page.locator(tid('experiment-id')).fill(exp);
+      await page.locator(tid('experiment-apply')).click();
+      await page.waitForTimeout(300);
+      return (await page.locator(`${tid('experiment-body')} tr[data-variant]`).count()) === 2;
+    }, { message: 'the experiment summary did not list both variants' });
+    const p = await page.locator(`tr[data-variant="b"] ${tid('experiment-p')}`).textContent();
+    assert(/^0\.\d{4}$/.test(p.trim()), `p-value cell shows ${p}`);
+    await page.locator('.reports-card').screenshot({ path: `${SHOTS}reports.png` });
+  });
+
   await check('Simulate play raises the campaign\'s plays without a reload', async () => {
     await page.locator(tid('campaign-row')).first().waitFor({ timeout: 10_000 });
     const row = page.locator(tid('campaign-row')).first();

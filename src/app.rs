@@ -2,7 +2,7 @@
 //! the pusher, the workers and their maintenance, and shuts them down in
 //! order.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,12 +71,35 @@ pub async fn redis_connection(url: &str, response: Duration) -> anyhow::Result<C
         .context("connecting to Redis")
 }
 
+/// Kernel accept queue asked for; the kernel caps it at
+/// `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: i32 = 8192;
+
+/// Binds `addr` with a wide accept queue. The standard library listens with
+/// a backlog of 128, which a burst of thousands of new connections (`hey -c
+/// 10000`) overflows into resets and time-outs; actix's own `backlog` setting
+/// applies only to sockets it binds itself.
+pub fn bind_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .context("creating the listening socket")?;
+    socket
+        .set_reuse_address(true)
+        .context("setting SO_REUSEADDR")?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("listening on {addr}"))?;
+    Ok(socket.into())
+}
+
 impl Application {
     /// Connects, migrates, seeds and binds; nothing is served until
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((settings.host, settings.port))
-            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        let listener = bind_listener(SocketAddr::new(settings.host, settings.port))?;
         Self::build_with_listener(settings, role, listener).await
     }
 
@@ -185,7 +208,6 @@ impl Application {
         let server = actix_web::HttpServer::new(move || http::app(state.clone(), surface))
             .listen(listener)
             .context("listening")?
-            .backlog(8192)
             .max_connection_rate(4096)
             .client_request_timeout(Duration::from_secs(30))
             .keep_alive(Duration::from_secs(75))

@@ -284,6 +284,7 @@ const ratesChart = new Chart(el('rates-chart'), (width, height) => ({
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
   hourlyChart.restyle();
   ratesChart.restyle();
+  aggregatesChart.restyle();
 });
 
 // ------------------------------------------------------------------ player
@@ -1060,6 +1061,121 @@ const connection = {
   },
 };
 
+// ------------------------------------------------------------------ reports
+
+/** A Date as the value of a datetime-local input (local time, minutes). */
+function toLocalInput(date) {
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+const aggregatesChart = new Chart(el('aggregates-chart'), (width, height) => ({
+  width,
+  height,
+  legend: { show: false },
+  cursor: { points: { show: false }, drag: { x: false, y: false } },
+  scales: {
+    x: { time: true },
+    y: { range: (u, min, max) => [0, Math.max(4, Math.ceil(max * 1.15))] },
+  },
+  axes: [axisStyle(), axisStyle({ size: 52 })],
+  series: [
+    {},
+    {
+      label: 'Events',
+      stroke: themeColour('--bar'),
+      fill: themeColour('--bar'),
+      width: 0,
+      paths: window.uPlot ? window.uPlot.paths.bars({ size: [0.86, Infinity], align: 1 }) : undefined,
+      points: { show: false },
+    },
+  ],
+}), 'No events in this range');
+
+const reports = {
+  form: el('aggregates-form'),
+  from: el('agg-from'),
+  to: el('agg-to'),
+  group: el('agg-group'),
+  ad: el('agg-ad'),
+  type: el('agg-type'),
+  stats: el('agg-stats'),
+  error: el('aggregates-error'),
+  expForm: el('experiment-form'),
+  expId: el('experiment-id'),
+  expBody: el('experiment-body'),
+  expNote: el('experiment-note'),
+  expError: el('experiment-error'),
+
+  init() {
+    const now = new Date();
+    this.to.value = toLocalInput(new Date(now.getTime() + 60000));
+    this.from.value = toLocalInput(new Date(now.getTime() - 24 * 3600 * 1000));
+    this.form.addEventListener('submit', (e) => { e.preventDefault(); this.refresh(); });
+    this.expForm.addEventListener('submit', (e) => { e.preventDefault(); this.summarise(); });
+  },
+
+  fillAds() {
+    this.ad.replaceChildren(h('option', { value: '' }, 'All ads'),
+      ...state.ads.map((ad) => h('option', { value: ad.id }, ad.title || ad.id)));
+  },
+
+  async refresh() {
+    const from = new Date(this.from.value);
+    const to = new Date(this.to.value);
+    if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime())) {
+      showNote(this.error, 'Pick a start and an end.');
+      return;
+    }
+    const params = new URLSearchParams({ from: from.toISOString(), to: to.toISOString(), groupBy: this.group.value });
+    if (this.ad.value) params.set('adId', this.ad.value);
+    if (this.type.value) params.set('type', this.type.value);
+    try {
+      const result = await api(`aggregates?${params}`);
+      hideNote(this.error);
+      setValue(el('agg-count'), fmt(result.count));
+      setValue(el('agg-amount'), fmt(result.totalAmount));
+      setValue(el('agg-buckets'), fmt(result.buckets.length));
+      const xs = result.buckets.map((b) => Date.parse(b.start) / 1000);
+      const ys = result.buckets.map((b) => b.count);
+      aggregatesChart.set([xs, ys], result.count === 0);
+      this.stats.dataset.loaded = 'true';
+      this.stats.dataset.count = String(result.count);
+    } catch (err) {
+      showNote(this.error, `Aggregates unavailable: ${errorText(err)}`);
+    }
+  },
+
+  async summarise() {
+    const id = this.expId.value.trim();
+    if (!id) return;
+    try {
+      const s = await api(`experiments/${encodeURIComponent(id)}/summary`);
+      hideNote(this.expError);
+      if (!s.variants.length) {
+        this.expBody.replaceChildren(h('tr', { class: 'placeholder' }, h('td', { colspan: '6' }, 'No events carry this experiment id.')));
+        this.expNote.textContent = '';
+        return;
+      }
+      this.expBody.replaceChildren(...s.variants.map((v) => h('tr', { 'data-variant': v.variant },
+        h('td', {}, v.variant === s.control ? `${v.variant} (control)` : v.variant),
+        h('td', {}, fmt(v.uniqueUsers)),
+        h('td', {}, fmt(v.conversions)),
+        h('td', {}, fmt(v.convertedUsers)),
+        h('td', {}, fmtPercent(v.conversionRate)),
+        h('td', { 'data-testid': 'experiment-p' }, v.pValue === undefined ? '—' : v.pValue < 0.0001 ? '< 0.0001' : v.pValue.toFixed(4)))));
+      const best = s.variants.filter((v) => v.pValue !== undefined).sort((a, b) => a.pValue - b.pValue)[0];
+      this.expNote.textContent = best
+        ? (best.pValue < 0.05
+          ? `${best.variant} differs from ${s.control} at the 5 % level (two-proportion z-test).`
+          : `No variant differs from ${s.control} at the 5 % level yet (two-proportion z-test).`)
+        : '';
+    } catch (err) {
+      showNote(this.expError, `Summary unavailable: ${errorText(err)}`);
+    }
+  },
+};
+
 // ------------------------------------------------------------------- start
 
 async function loadAds() {
@@ -1080,6 +1196,7 @@ async function main() {
   analytics.init();
   campaigns.init();
   deadLetters.init();
+  reports.init();
   connection.render();
 
   campaigns.refresh();
@@ -1088,6 +1205,8 @@ async function main() {
   state.ads = await loadAds();
   hideNote(player.error);
   analytics.fillOptions();
+  reports.fillAds();
+  reports.refresh();
   if (state.ads.length) {
     state.analyticsAd = state.ads[0].id;
     analytics.select.value = state.analyticsAd;

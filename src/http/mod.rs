@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod ingest;
 mod live;
+mod reports;
 mod ui;
 
 pub use error::ApiError;
@@ -66,7 +67,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
     if surface == Surface::Full {
         cfg.service(resource("/ads/click").route(web::post().to(ingest::click)))
             .service(resource("/ads/impression").route(web::post().to(ingest::impression)))
-            .service(resource("/events").route(web::post().to(ingest::event)))
             .service(resource("/events/batch").route(web::post().to(ingest::batch)))
             .service(resource("/ads").route(web::get().to(analytics::ads)))
             .service(resource("/ads/analytics").route(web::get().to(analytics::ad_analytics)))
@@ -74,6 +74,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
             .service(
                 resource("/campaigns/{id}/screens")
                     .route(web::get().to(analytics::campaign_screens)),
+            )
+            .service(resource("/aggregates").route(web::get().to(reports::aggregates)))
+            .service(
+                resource("/events")
+                    .route(web::post().to(ingest::event))
+                    .route(web::get().to(reports::events)),
+            )
+            .service(
+                resource("/experiments/{id}/summary")
+                    .route(web::get().to(reports::experiment_summary)),
             )
             .service(resource("/live").route(web::get().to(live::live)))
             .service(resource("/admin/queue").route(web::get().to(admin::queue)))

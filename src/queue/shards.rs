@@ -119,6 +119,44 @@ impl Queues {
         Ok((total, items))
     }
 
+    /// `limit` dead letters from position `offset` of all shards' lists
+    /// taken one after another (each newest first), and the total.
+    pub async fn dlq_page(
+        &self,
+        conn: &mut ConnectionManager,
+        offset: u64,
+        limit: u64,
+    ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
+        let mut total = 0u64;
+        let mut items = Vec::new();
+        for q in &self.shards {
+            let dlq = q.keys().dlq();
+            let len: u64 = redis::cmd("LLEN")
+                .arg(&dlq)
+                .query_async(conn)
+                .await
+                .context("counting dead letters")?;
+            // This shard's part of [offset, offset + limit).
+            let start = offset.saturating_sub(total);
+            let wanted = limit.saturating_sub(items.len() as u64);
+            if start < len && wanted > 0 {
+                let raw: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&dlq)
+                    .arg(start)
+                    .arg(start + wanted - 1)
+                    .query_async(conn)
+                    .await
+                    .context("reading dead letters")?;
+                items.extend(
+                    raw.into_iter()
+                        .map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
+                );
+            }
+            total += len;
+        }
+        Ok((total, items))
+    }
+
     pub async fn dlq_replay(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
         let mut moved = 0;
         for q in &self.shards {

@@ -20,6 +20,7 @@ use crate::counters::CountedEvent;
 use crate::domain::{Event, Kind};
 
 mod partitions;
+pub mod reports;
 
 pub use partitions::{
     ensure_partitions, is_missing_partition, list_partitions, prune, retention_cutoff, Pruned,

@@ -9,5 +9,6 @@ mod helpers;
 mod ingest;
 mod pipeline;
 mod reliability;
+mod reports;
 mod shards;
 mod storage;

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Loads ten million events (30 days, 200 ads, 20 campaigns) and their
+# per-minute rollups into a scratch database migrated by adtrack, then shows
+# the plans and timings of one-day /aggregates queries and of an /events page.
+#
+#   bench/reporting-explain.sh            # EVENTS=10000000 by default
+#   EVENTS=1000000 bench/reporting-explain.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS="${EVENTS:-10000000}"
+BASE="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
+DB="adtrack_explain_$$"
+trap 'psql "$BASE/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null' EXIT
+
+cargo build --release --locked --bin adtrack -q
+DATABASE_URL="$BASE/$DB" ./target/release/adtrack migrate >/dev/null
+q() { psql "$BASE/$DB" -v ON_ERROR_STOP=1 -q "$@"; }
+
+echo "loading $EVENTS events over 30 days ..."
+start=$(date +%s)
+q <<SQL
+SELECT ensure_event_partitions(ARRAY(
+  SELECT (date_trunc('day', now() AT TIME ZONE 'UTC') - make_interval(days => d))::date
+  FROM generate_series(0, 30) d));
+INSERT INTO events (event_id, kind, ad_id, campaign_id, ip, event_time, received_at, amount)
+SELECT gen_random_uuid(),
+       (ARRAY['impression','impression','impression','click','play','conversion'])[1 + (i % 6)],
+       'ad-' || (i % 200), 'camp-' || (i % 20),
+       ('10.' || (i % 250) || '.' || (i / 250 % 250) || '.1')::inet,
+       now() - make_interval(secs => (i::double precision / $EVENTS) * 30 * 86400),
+       now(), i % 1000
+FROM generate_series(1, $EVENTS) i;
+INSERT INTO rollup_minute (bucket, kind, ad_id, campaign_id, screen_id, events, amount)
+SELECT date_trunc('minute', event_time), kind, ad_id, campaign_id, '', count(*), sum(amount)
+FROM events GROUP BY 1, 2, 3, 4;
+VACUUM ANALYZE events;
+VACUUM ANALYZE rollup_minute;
+SQL
+echo "loaded in $(( $(date +%s) - start )) s"
+q -c "SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM rollup_minute) AS rollup_rows"
+
+day_from=$(q -Atc "SELECT to_char(date_trunc('day', now() AT TIME ZONE 'UTC') - interval '3 days', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+day_to=$(q -Atc "SELECT to_char(date_trunc('day', now() AT TIME ZONE 'UTC') - interval '2 days', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+agg() {
+  echo
+  echo "== one day ($day_from .. $day_to) by hour, $1"
+  q -c "EXPLAIN (ANALYZE, BUFFERS)
+        SELECT date_trunc('hour', bucket, 'UTC'), sum(events)::bigint, sum(amount)::bigint
+        FROM rollup_minute
+        WHERE bucket >= '$day_from' AND bucket < '$day_to' $2
+        GROUP BY 1 ORDER BY 1"
+}
+agg "one ad" "AND ad_id = 'ad-7'"
+agg "one campaign, clicks" "AND campaign_id = 'camp-3' AND kind = 'click'"
+agg "everything" ""
+echo
+echo "== /events first page for one ad"
+q -c "EXPLAIN (ANALYZE, BUFFERS)
+      SELECT * FROM events WHERE ad_id = 'ad-7'
+      ORDER BY event_time DESC, event_id DESC LIMIT 51"

@@ -1,0 +1,265 @@
+//! Reports answered from Postgres: `GET /aggregates`, `GET /events` (stored
+//! events newest first, or the dead letters as failed events) and
+//! `GET /experiments/{id}/summary`.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::analytics::query_map;
+use super::{ApiError, AppState};
+use crate::domain::{Ident, Kind};
+use crate::store::reports::{self, AggregateFilter, EventFilter, Grouping};
+
+/// Most buckets one `/aggregates` answer may hold (a week by minute is
+/// 10,080).
+pub const MAX_BUCKETS: i64 = 10_080;
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 1000;
+
+/// A query parameter by its camelCase or snake_case name; an empty value
+/// counts as absent.
+fn param<'q>(q: &'q HashMap<String, String>, camel: &str, snake: &str) -> Option<&'q str> {
+    q.get(camel)
+        .or_else(|| q.get(snake))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn ident(
+    q: &HashMap<String, String>,
+    camel: &str,
+    snake: &str,
+) -> Result<Option<String>, ApiError> {
+    param(q, camel, snake)
+        .map(|v| {
+            Ident::parse(v)
+                .map(|id| id.as_str().to_owned())
+                .map_err(|problem| ApiError::invalid_field(format!("{camel} {problem}")))
+        })
+        .transpose()
+}
+
+fn kind(q: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
+    param(q, "type", "type")
+        .map(|v| {
+            Kind::parse(v)
+                .map(|k| k.as_str().to_owned())
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "type must be one of impression, click, play, conversion",
+                    )
+                })
+        })
+        .transpose()
+}
+
+fn time(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    param(q, name, name)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::invalid_field(format!(
+                        "{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+pub async fn aggregates(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let grouping = match param(&q, "groupBy", "group_by") {
+        None => Grouping::Hour,
+        Some(g) => Grouping::parse(g)
+            .ok_or_else(|| ApiError::invalid_field("groupBy must be one of minute, hour, day"))?,
+    };
+    let to = time(&q, "to")?.unwrap_or_else(Utc::now);
+    let from = time(&q, "from")?.unwrap_or(to - chrono::Duration::hours(24));
+    if from >= to {
+        return Err(ApiError::invalid_field("from must be before to"));
+    }
+    let buckets = (to - grouping.floor(from)).num_seconds() / grouping.step().num_seconds() + 1;
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::invalid_field(format!(
+            "the range holds {buckets} buckets of one {}; at most {MAX_BUCKETS} are allowed: \
+             narrow from/to or group by a wider unit",
+            param(&q, "groupBy", "group_by").unwrap_or("hour")
+        )));
+    }
+    let filter = AggregateFilter {
+        campaign_id: ident(&q, "campaignId", "campaign_id")?,
+        ad_id: ident(&q, "adId", "ad_id")?,
+        kind: kind(&q)?,
+    };
+    let result = reports::aggregates(&state.pool, &filter, from, to, grouping)
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(result))
+}
+
+/// `<microseconds since the epoch>~<eventId>` of the last event of a page.
+fn encode_cursor(time: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}~{}", time.timestamp_micros(), id.simple())
+}
+
+fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = cursor.split_once('~')?;
+    let time = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some((time, Uuid::parse_str(id).ok()?))
+}
+
+fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match param(q, "limit", "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::invalid_field(format!("limit must be 1 to {MAX_LIMIT}"))),
+    }
+}
+
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let limit = limit(&q)?;
+    match param(&q, "status", "status") {
+        None | Some("processed") => processed(&q, limit, &state).await,
+        Some("failed") => failed(&q, limit, &state).await,
+        Some(_) => Err(ApiError::invalid_field(
+            "status must be processed (the default) or failed",
+        )),
+    }
+}
+
+async fn processed(
+    q: &HashMap<String, String>,
+    limit: i64,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let before = match param(q, "before", "before") {
+        None => None,
+        Some(c) => Some(
+            decode_cursor(c)
+                .or_else(|| {
+                    // An RFC 3339 time works too: everything strictly before it.
+                    DateTime::parse_from_rfc3339(c)
+                        .ok()
+                        .map(|t| (t.with_timezone(&Utc), Uuid::nil()))
+                })
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "before must be a nextCursor from a previous page or an RFC 3339 time",
+                    )
+                })?,
+        ),
+    };
+    let filter = EventFilter {
+        kind: kind(q)?,
+        ad_id: ident(q, "adId", "ad_id")?,
+        campaign_id: ident(q, "campaignId", "campaign_id")?,
+        before,
+        limit,
+    };
+    let mut events = reports::list_events(&state.pool, &filter)
+        .await
+        .map_err(ApiError::dependency)?;
+    let more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            events
+                .last()
+                .map(|e| encode_cursor(e.timestamp, e.event_id))
+        })
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "nextCursor": next })))
+}
+
+/// Dead letters in the event shape, newest first, each with `status`,
+/// `error`, `attempts` and `failedAt`; the cursor is an offset.
+async fn failed(
+    q: &HashMap<String, String>,
+    limit: i64,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let offset = match param(q, "before", "before") {
+        None => 0,
+        Some(c) => c
+            .strip_prefix("failed~")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid_field("before must be a nextCursor from a previous page")
+            })?,
+    };
+    let kind = kind(q)?;
+    let ad = ident(q, "adId", "ad_id")?;
+    let campaign = ident(q, "campaignId", "campaign_id")?;
+    let mut conn = state.redis.clone();
+    let (total, letters) = state
+        .queues
+        .dlq_page(&mut conn, offset, limit as u64)
+        .await
+        .map_err(ApiError::dependency)?;
+    let read = letters.len() as u64;
+    let events: Vec<Value> = letters
+        .into_iter()
+        .map(failed_event)
+        .filter(|e| {
+            let is = |field: &str, want: &Option<String>| {
+                want.as_deref().is_none_or(|w| e[field].as_str() == Some(w))
+            };
+            is("type", &kind) && is("adId", &ad) && is("campaignId", &campaign)
+        })
+        .collect();
+    let next = (offset + read < total).then(|| format!("failed~{}", offset + read));
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "nextCursor": next })))
+}
+
+/// A dead letter `{"event":{…},"error","attempts","failedAt"}` as a failed
+/// event: the event's own fields plus the failure.
+fn failed_event(letter: Value) -> Value {
+    let mut out = match letter.get("event") {
+        Some(Value::Object(event)) => event.clone(),
+        Some(other) => {
+            let mut m = serde_json::Map::new();
+            m.insert("raw".into(), other.clone());
+            m
+        }
+        None => serde_json::Map::new(),
+    };
+    out.remove("attempts");
+    out.insert("status".into(), json!("failed"));
+    for field in ["error", "attempts", "failedAt"] {
+        if let Some(v) = letter.get(field) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+pub async fn experiment_summary(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            "the experiment id must be 1 to 64 characters without control characters",
+        ));
+    }
+    let summary = reports::experiment_summary(&state.pool, &id)
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(summary))
+}
