@@ -192,6 +192,9 @@ impl Application {
             keys,
             queues,
             layout: counters.layout(),
+            api_keys: settings
+                .tenants
+                .then(|| Arc::new(crate::tenants::KeyResolver::new(pool.clone()))),
             pool,
             redis,
             pusher: pusher.clone(),

@@ -12,7 +12,7 @@ use crate::app::Role;
     long_about = "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time analytics.\n\n\
 Configuration comes from the environment: HOST, PORT, DATABASE_URL, REDIS_URL, REDIS_PREFIX, \
 WORKER_COUNT, BATCH_SIZE, MAX_ATTEMPTS, SPOOL_DIR, SPOOL_MAX_BYTES, ADMIN_TOKEN, SIMULATE_FAILURES, \
-HEARTBEAT_TTL, RATE_LIMIT_PER_IP, EVENT_RETENTION, RUST_LOG, LOG_FORMAT. See the README for defaults."
+HEARTBEAT_TTL, RATE_LIMIT_PER_IP, EVENT_RETENTION, QUEUE_SHARDS, TENANTS, RUST_LOG, LOG_FORMAT. See the README for defaults."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,10 +41,37 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Manage tenants and their API keys (`TENANTS=on`).
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
     /// Inspect or act on the dead-letter list.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantAction {
+    /// Create a tenant (or add a key to an existing one) and print its new
+    /// API key, which is shown only this once.
+    Create {
+        /// Tenant id: 1 to 63 of a-z, 0-9 and '-'.
+        id: String,
+        /// A display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tenants with the prefixes of their valid keys, as JSON lines.
+    List,
+    /// Revoke every key of a tenant, or with --key only the keys starting
+    /// with that prefix (e.g. to retire an old key after rotation).
+    Revoke {
+        id: String,
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 

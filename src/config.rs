@@ -34,6 +34,8 @@ pub struct Settings {
     pub rate_limit_per_ip: u32,
     /// Queue shards under the prefix (see `queue::Queues`).
     pub queue_shards: usize,
+    /// `TENANTS=on`: every ingest and read needs an `X-API-Key`.
+    pub tenants: bool,
     /// How long raw events are kept (whole UTC days); `None` keeps them forever.
     pub event_retention: Option<Duration>,
     pub log_format: LogFormat,
@@ -59,6 +61,7 @@ impl Default for Settings {
             heartbeat_ttl: Duration::from_secs(15),
             rate_limit_per_ip: 0,
             queue_shards: 1,
+            tenants: false,
             event_retention: None,
             log_format: LogFormat::Text,
             seed_catalogue: true,
@@ -117,6 +120,9 @@ impl Settings {
         }
         if let Some(v) = get("RATE_LIMIT_PER_IP") {
             s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
+        }
+        if let Some(v) = get("TENANTS") {
+            s.tenants = parse_bool(&v, "TENANTS")?;
         }
         if let Some(v) = get("QUEUE_SHARDS") {
             s.queue_shards = parse(&v, "QUEUE_SHARDS")?;

@@ -28,5 +28,7 @@ pub mod spool;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// Tenants and their API keys (`TENANTS=on`).
+pub mod tenants;
 /// The workers and their maintenance duties.
 pub mod worker;

@@ -5,9 +5,9 @@ use anyhow::Context;
 use clap::Parser;
 
 use adtrack::app::{self, Application, Role};
-use adtrack::cli::{Cli, Command, DlqAction};
+use adtrack::cli::{Cli, Command, DlqAction, TenantAction};
 use adtrack::config::Settings;
-use adtrack::{counters, queue, store, telemetry};
+use adtrack::{counters, queue, store, telemetry, tenants};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -56,6 +56,30 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("reconcile failed")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Tenant { action } => {
+            let pool = store::connect(&settings.database_url, 2).await?;
+            match action {
+                TenantAction::Create { id, name } => {
+                    let key = tenants::create(&pool, &id, &name).await?;
+                    eprintln!("tenant {id}: keep this key, it is not shown again");
+                    println!("{key}");
+                }
+                TenantAction::List => {
+                    for t in tenants::list(&pool).await? {
+                        println!("{}", serde_json::to_string(&t)?);
+                    }
+                }
+                TenantAction::Revoke { id, key } => {
+                    let n = tenants::revoke(&pool, &id, key.as_deref()).await?;
+                    println!("{{\"revokedKeys\":{n}}}");
+                    eprintln!(
+                        "running servers stop accepting the key(s) within {} s",
+                        tenants::CACHE_TTL.as_secs()
+                    );
+                }
+            }
             Ok(())
         }
         Command::Healthcheck { port, timeout } => {

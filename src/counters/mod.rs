@@ -49,6 +49,8 @@ const MARKER_TTL_SECS: u64 = 7 * 86_400;
 /// The fields of an event the counters use.
 #[derive(Debug, Clone)]
 pub struct CountedEvent {
+    /// `""` unless `TENANTS=on`.
+    pub tenant: String,
     pub kind: Kind,
     pub ad_id: Option<String>,
     pub campaign_id: Option<String>,
@@ -60,6 +62,7 @@ pub struct CountedEvent {
 impl From<&crate::domain::Event> for CountedEvent {
     fn from(e: &crate::domain::Event) -> Self {
         Self {
+            tenant: e.tenant_id.clone(),
             kind: e.kind,
             ad_id: e.ad_id.as_ref().map(|v| v.to_string()),
             campaign_id: e.campaign_id.as_ref().map(|v| v.to_string()),
@@ -88,6 +91,16 @@ pub struct Layout {
 impl Layout {
     pub(crate) fn new(root: String) -> Self {
         Self { root }
+    }
+    /// The layout of `tenant`'s counters: the root itself for the tenant
+    /// `""`, `<root>t:<tenant>:` for the others. Tenant ids have no `:`, and
+    /// no key of the root layout starts with `t:`, so none collide.
+    pub fn tenant(&self, tenant: &str) -> Layout {
+        if tenant.is_empty() {
+            self.clone()
+        } else {
+            Layout::new(format!("{}t:{tenant}:", self.root))
+        }
     }
     pub(crate) fn ad(&self, ad: &str) -> String {
         format!("{}ad:{ad}", self.root)
@@ -155,6 +168,7 @@ impl Ops {
     /// One event's worth of updates.
     pub fn add_event(&mut self, e: &CountedEvent) {
         self.add_count(
+            &e.tenant,
             e.kind,
             e.ad_id.as_deref(),
             e.campaign_id.as_deref(),
@@ -163,13 +177,14 @@ impl Ops {
             1,
         );
         if let (Kind::Click, Some(ad), Some(ip)) = (e.kind, e.ad_id.as_deref(), e.ip.as_deref()) {
-            self.add_unique_click(ad, e.time, ip);
+            self.add_unique_click(&e.tenant, ad, e.time, ip);
         }
     }
 
     /// `n` events of one kind in the minute that holds `at`.
     pub(crate) fn add_count(
         &mut self,
+        tenant: &str,
         kind: Kind,
         ad: Option<&str>,
         campaign: Option<&str>,
@@ -181,44 +196,46 @@ impl Ops {
         let ts = at.timestamp();
         let hour = ts.div_euclid(HOUR);
         let minute = ts.div_euclid(MINUTE);
+        let layout = self.layout.tenant(tenant);
         if let Some(ad) = ad {
-            let key = self.layout.ad(ad);
+            let key = layout.ad(ad);
             self.hincr(key.clone(), k.to_owned(), n);
             self.hincr(key, format!("{k}:h:{hour}"), n);
             let expiry = minute_hash_expiry(hour);
             if expiry > self.now {
-                let key = self.layout.ad_minutes(hour, ad);
+                let key = layout.ad_minutes(hour, ad);
                 self.hincr(key.clone(), format!("{k}:{minute}"), n);
                 self.expire.insert(key, expiry);
             }
         }
         if kind == Kind::Play {
             if let Some(campaign) = campaign {
-                self.hincr(self.layout.campaigns(), campaign.to_owned(), n);
+                self.hincr(layout.campaigns(), campaign.to_owned(), n);
                 if let Some(screen) = screen {
-                    self.hincr(self.layout.screens(campaign), screen.to_owned(), n);
+                    self.hincr(layout.screens(campaign), screen.to_owned(), n);
                 }
             }
         }
     }
 
     /// A click from `ip` on `ad`, for the all-time unique-click estimate.
-    pub(crate) fn add_unique_all_time(&mut self, ad: &str, ip: &str) {
+    pub(crate) fn add_unique_all_time(&mut self, tenant: &str, ad: &str, ip: &str) {
         self.uniques
-            .entry(self.layout.uniques_all(ad))
+            .entry(self.layout.tenant(tenant).uniques_all(ad))
             .or_default()
             .insert(ip.to_owned());
     }
 
     /// A click from `ip` on `ad` at `at`, for the unique-click estimates.
-    pub(crate) fn add_unique_click(&mut self, ad: &str, at: DateTime<Utc>, ip: &str) {
+    pub(crate) fn add_unique_click(&mut self, tenant: &str, ad: &str, at: DateTime<Utc>, ip: &str) {
         let ts = at.timestamp();
         let hour = ts.div_euclid(HOUR);
         let minute = ts.div_euclid(MINUTE);
-        self.add_unique_all_time(ad, ip);
+        self.add_unique_all_time(tenant, ad, ip);
+        let layout = self.layout.tenant(tenant);
         let expiry = hour_hll_expiry(hour);
         if expiry > self.now {
-            let key = self.layout.uniques_hour(hour, ad);
+            let key = layout.uniques_hour(hour, ad);
             self.uniques
                 .entry(key.clone())
                 .or_default()
@@ -227,7 +244,7 @@ impl Ops {
         }
         let expiry = minute_hll_expiry(minute);
         if expiry > self.now {
-            let key = self.layout.uniques_minute(minute, ad);
+            let key = layout.uniques_minute(minute, ad);
             self.uniques
                 .entry(key.clone())
                 .or_default()

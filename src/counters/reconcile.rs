@@ -127,15 +127,16 @@ async fn rebuild(
 
     let mut ops = Ops::new(staging.clone(), now);
     {
-        let mut rows = sqlx::query_as::<_, (String, String, String, String, DateTime<Utc>, i64)>(
-            "SELECT kind, ad_id, campaign_id, screen_id,
+        type Row = (String, String, String, String, String, DateTime<Utc>, i64);
+        let mut rows = sqlx::query_as::<_, Row>(
+            "SELECT tenant_id, kind, ad_id, campaign_id, screen_id,
                     CASE WHEN bucket >= $1 THEN bucket ELSE date_trunc('hour', bucket) END AS b,
                     sum(events)::bigint
-             FROM rollup_minute GROUP BY 1, 2, 3, 4, 5",
+             FROM rollup_minute GROUP BY 1, 2, 3, 4, 5, 6",
         )
         .bind(minute_cut)
         .fetch(&mut *tx);
-        while let Some((kind, ad, campaign, screen, at, n)) =
+        while let Some((tenant, kind, ad, campaign, screen, at, n)) =
             rows.try_next().await.context("reading rollups")?
         {
             let Some(kind) = Kind::parse(&kind) else {
@@ -143,6 +144,7 @@ async fn rebuild(
             };
             let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
             ops.add_count(
+                &tenant,
                 kind,
                 opt(&ad).as_deref(),
                 opt(&campaign).as_deref(),
@@ -156,8 +158,8 @@ async fn rebuild(
         }
     }
     {
-        let mut rows = sqlx::query_as::<_, (String, String, Option<DateTime<Utc>>)>(
-            "SELECT DISTINCT ad_id, host(ip),
+        let mut rows = sqlx::query_as::<_, (String, String, String, Option<DateTime<Utc>>)>(
+            "SELECT DISTINCT tenant_id, ad_id, host(ip),
                     CASE WHEN event_time >= $1 THEN date_trunc('minute', event_time)
                          WHEN event_time >= $2 THEN date_trunc('hour', event_time) END
              FROM events
@@ -166,10 +168,10 @@ async fn rebuild(
         .bind(minute_cut)
         .bind(hour_cut)
         .fetch(&mut *tx);
-        while let Some((ad, ip, at)) = rows.try_next().await.context("reading click IPs")? {
+        while let Some((tenant, ad, ip, at)) = rows.try_next().await.context("reading click IPs")? {
             match at {
-                Some(at) => ops.add_unique_click(&ad, at, &ip),
-                None => ops.add_unique_all_time(&ad, &ip),
+                Some(at) => ops.add_unique_click(&tenant, &ad, at, &ip),
+                None => ops.add_unique_all_time(&tenant, &ad, &ip),
             }
             if ops.len() >= FLUSH_AT {
                 flush(conn, &mut ops, &mut written, &staging, now).await?;

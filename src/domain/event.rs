@@ -82,6 +82,10 @@ pub struct Event {
     pub simulate_failure: bool,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// The tenant the event belongs to (`TENANTS=on`), set by the server
+    /// from the API key and never read from a request body; `""` otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant_id: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -129,6 +133,8 @@ pub struct ParseContext {
     /// Event times before this are refused (raw events that old are no
     /// longer kept: `EVENT_RETENTION`).
     pub oldest: Option<DateTime<Utc>>,
+    /// The tenant the request's API key belongs to (`""` unless `TENANTS=on`).
+    pub tenant: String,
 }
 
 impl ParseContext {
@@ -141,6 +147,7 @@ impl ParseContext {
             default_event_id: None,
             allow_simulate_failure: false,
             oldest: None,
+            tenant: String::new(),
         }
     }
 }
@@ -419,6 +426,7 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
         properties,
         simulate_failure,
         attempts: 0,
+        tenant_id: ctx.tenant.clone(),
     })
 }
 

@@ -44,40 +44,47 @@ pub async fn ad_analytics(
         .ok_or_else(|| ApiError::invalid_field("adId is required"))?;
     let ad = ident_param(ad, "adId")?;
     let timeframe = timeframe_param(&q)?;
+    let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
     let mut conn = state.redis.clone();
-    let result =
-        counters::ad_analytics(&mut conn, &state.layout, ad.as_str(), timeframe, Utc::now())
-            .await
-            .map_err(ApiError::dependency)?;
+    let result = counters::ad_analytics(&mut conn, &layout, ad.as_str(), timeframe, Utc::now())
+        .await
+        .map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(result))
 }
 
-pub async fn ads(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn ads(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    super::tenant_of(&req, &state).await?;
     let ads = store::catalogue(&state.pool)
         .await
         .map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(ads))
 }
 
-pub async fn campaigns(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn campaigns(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
     let known: Vec<String> = store::catalogue(&state.pool)
         .await
         .map(|ads| ads.into_iter().map(|a| a.campaign_id).collect())
         .unwrap_or_default();
     let mut conn = state.redis.clone();
-    let list = counters::campaigns(&mut conn, &state.layout, known)
+    let list = counters::campaigns(&mut conn, &layout, known)
         .await
         .map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(list))
 }
 
 pub async fn campaign_screens(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
     let campaign = ident_param(&path.into_inner(), "campaignId")?;
     let mut conn = state.redis.clone();
-    let list = counters::campaign_screens(&mut conn, &state.layout, campaign.as_str())
+    let list = counters::campaign_screens(&mut conn, &layout, campaign.as_str())
         .await
         .map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(list))

@@ -61,8 +61,10 @@ async fn ingest_one(
             "send one JSON event as application/json; NDJSON goes to /events/batch".into(),
         ));
     }
+    let tenant = super::tenant_of(req, state).await?;
     let bytes = read_body(body, req, MAX_EVENT_BYTES).await?;
-    let ctx = parse_context(req, state, fixed_kind, idempotency_key(req)?)?;
+    let mut ctx = parse_context(req, state, fixed_kind, idempotency_key(req)?)?;
+    ctx.tenant = tenant;
     let event = parse_event(&bytes, &ctx).map_err(|e| rejected(state, e))?;
     enqueue(state, std::slice::from_ref(&event)).await?;
     Ok(HttpResponse::Accepted().json(json!({
@@ -83,6 +85,7 @@ pub async fn batch(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = body_kind(&req)?;
+    let tenant = super::tenant_of(&req, &state).await?;
     let bytes = read_body(body, &req, MAX_BATCH_BYTES).await?;
     let key = idempotency_key(&req)?;
     let items: Vec<&[u8]> = match kind {
@@ -120,7 +123,8 @@ pub async fn batch(
 
     let mut accepted: Vec<Event> = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
-    let base = parse_context(&req, &state, None, None)?;
+    let mut base = parse_context(&req, &state, None, None)?;
+    base.tenant = tenant;
     for (index, item) in items.iter().enumerate() {
         let mut ctx = base.clone();
         // A retried batch maps each item to the same eventId as before.
@@ -244,6 +248,7 @@ fn parse_context(
             .settings
             .event_retention
             .map(|keep| crate::store::retention_cutoff(now, keep)),
+        tenant: String::new(),
     })
 }
 

@@ -25,8 +25,10 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         None => None,
     };
     let timeframe = timeframe_param(&q)?;
+    let tenant = super::tenant_of(&req, &state).await?;
     let stream = futures_util::stream::unfold((state, true), move |(state, first)| {
         let ad = ad.clone();
+        let tenant = tenant.clone();
         async move {
             if !first {
                 tokio::select! {
@@ -34,7 +36,7 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                     _ = state.shutdown.cancelled() => return None,
                 }
             }
-            let chunk = frame(&state, ad.as_ref(), timeframe).await;
+            let chunk = frame(&state, &tenant, ad.as_ref(), timeframe).await;
             Some((
                 Ok::<_, actix_web::Error>(Bytes::from(chunk)),
                 (state, false),
@@ -50,17 +52,24 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 
 /// One round of events; a part whose source is down is left out, and a
 /// comment line keeps the connection alive.
-async fn frame(state: &AppState, ad: Option<&Ident>, timeframe: Timeframe) -> String {
+async fn frame(state: &AppState, tenant: &str, ad: Option<&Ident>, timeframe: Timeframe) -> String {
     let mut out = String::new();
     let mut conn = state.redis.clone();
-    if let Ok(mut status) = super::admin::queue_status(state).await {
+    let layout = state.layout.tenant(tenant);
+    // The pipeline overview spans every tenant: operators only (with
+    // tenants on it stays behind /admin/queue).
+    let status = if state.api_keys.is_none() {
+        super::admin::queue_status(state).await.ok()
+    } else {
+        None
+    };
+    if let Some(mut status) = status {
         status["ts"] = json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         push_event(&mut out, "pipeline", &status.to_string());
     }
     if let Some(ad) = ad {
         if let Ok(a) =
-            counters::ad_analytics(&mut conn, &state.layout, ad.as_str(), timeframe, Utc::now())
-                .await
+            counters::ad_analytics(&mut conn, &layout, ad.as_str(), timeframe, Utc::now()).await
         {
             if let Ok(text) = serde_json::to_string(&a) {
                 push_event(&mut out, "analytics", &text);
@@ -71,7 +80,7 @@ async fn frame(state: &AppState, ad: Option<&Ident>, timeframe: Timeframe) -> St
         .await
         .map(|ads| ads.into_iter().map(|a| a.campaign_id).collect())
         .unwrap_or_default();
-    if let Ok(list) = counters::campaigns(&mut conn, &state.layout, known).await {
+    if let Ok(list) = counters::campaigns(&mut conn, &layout, known).await {
         if let Ok(text) = serde_json::to_string(&list) {
             push_event(&mut out, "campaigns", &text);
         }

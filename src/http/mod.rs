@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::Service;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -34,6 +34,8 @@ pub struct AppState {
     pub keys: Keys,
     pub queues: Queues,
     pub layout: Layout,
+    /// Resolves `X-API-Key` when `TENANTS=on`; `None` when tenants are off.
+    pub api_keys: Option<Arc<crate::tenants::KeyResolver>>,
     pub pool: PgPool,
     pub redis: ConnectionManager,
     pub pusher: Pusher,
@@ -42,6 +44,37 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown; ends long-lived streams.
     pub shutdown: CancellationToken,
+}
+
+/// The tenant of a request: `""` with tenants off; with `TENANTS=on` the
+/// owner of its `X-API-Key` header (or, for `EventSource`, which cannot set
+/// headers, its `apiKey` query parameter), else 401.
+pub(crate) async fn tenant_of(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
+    let Some(resolver) = &state.api_keys else {
+        return Ok(String::new());
+    };
+    let header = req
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.to_str().map(str::to_owned).unwrap_or_default());
+    let key = match header {
+        Some(k) => k,
+        None => analytics::query_map(req)?
+            .remove("apiKey")
+            .unwrap_or_default(),
+    };
+    if key.is_empty() {
+        return Err(ApiError::Unauthorized(
+            "this server has tenants: send your API key in the X-API-Key header".into(),
+        ));
+    }
+    match resolver.tenant_of(key.trim()).await {
+        Ok(Some(tenant)) => Ok(tenant),
+        Ok(None) => Err(ApiError::Unauthorized(
+            "the API key is unknown or revoked".into(),
+        )),
+        Err(e) => Err(ApiError::dependency(e)),
+    }
 }
 
 /// Which routes a process serves.

@@ -95,6 +95,7 @@ pub async fn aggregates(
         )));
     }
     let filter = AggregateFilter {
+        tenant: super::tenant_of(&req, &state).await?,
         campaign_id: ident(&q, "campaignId", "campaign_id")?,
         ad_id: ident(&q, "adId", "ad_id")?,
         kind: kind(&q)?,
@@ -132,10 +133,11 @@ pub async fn events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query_map(&req)?;
+    let tenant = super::tenant_of(&req, &state).await?;
     let limit = limit(&q)?;
     match param(&q, "status", "status") {
-        None | Some("processed") => processed(&q, limit, &state).await,
-        Some("failed") => failed(&q, limit, &state).await,
+        None | Some("processed") => processed(&q, tenant, limit, &state).await,
+        Some("failed") => failed(&q, &tenant, limit, &state).await,
         Some(_) => Err(ApiError::invalid_field(
             "status must be processed (the default) or failed",
         )),
@@ -144,6 +146,7 @@ pub async fn events(
 
 async fn processed(
     q: &HashMap<String, String>,
+    tenant: String,
     limit: i64,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
@@ -165,6 +168,7 @@ async fn processed(
         ),
     };
     let filter = EventFilter {
+        tenant,
         kind: kind(q)?,
         ad_id: ident(q, "adId", "ad_id")?,
         campaign_id: ident(q, "campaignId", "campaign_id")?,
@@ -190,6 +194,7 @@ async fn processed(
 /// `error`, `attempts` and `failedAt`; the cursor is an offset.
 async fn failed(
     q: &HashMap<String, String>,
+    tenant: &str,
     limit: i64,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
@@ -219,7 +224,9 @@ async fn failed(
             let is = |field: &str, want: &Option<String>| {
                 want.as_deref().is_none_or(|w| e[field].as_str() == Some(w))
             };
-            is("type", &kind) && is("adId", &ad) && is("campaignId", &campaign)
+            // Events of the tenant "" carry no tenantId.
+            let owner = e["tenantId"].as_str().unwrap_or_default();
+            owner == tenant && is("type", &kind) && is("adId", &ad) && is("campaignId", &campaign)
         })
         .collect();
     let next = (offset + read < total).then(|| format!("failed~{}", offset + read));
@@ -249,16 +256,18 @@ fn failed_event(letter: Value) -> Value {
 }
 
 pub async fn experiment_summary(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let tenant = super::tenant_of(&req, &state).await?;
     let id = path.into_inner();
     if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
             "the experiment id must be 1 to 64 characters without control characters",
         ));
     }
-    let summary = reports::experiment_summary(&state.pool, &id)
+    let summary = reports::experiment_summary(&state.pool, &tenant, &id)
         .await
         .map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(summary))

@@ -115,49 +115,54 @@ WITH input AS (
     SELECT * FROM UNNEST(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
-        $12::text[], $13::text[], $14::text[]
+        $12::text[], $13::text[], $14::text[], $16::text[]
     ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
-           received_at, playback_time, amount, variant, experiment_id, properties)
+           received_at, playback_time, amount, variant, experiment_id, properties, tenant_id)
 ),
 claimed AS (
-    INSERT INTO event_keys (event_id, event_time)
-    SELECT event_id, event_time FROM input
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    INSERT INTO event_keys (tenant_id, event_id, event_time)
+    SELECT tenant_id, event_id, event_time FROM input
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING tenant_id, event_id
 ),
 ins AS (
-    INSERT INTO events (event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
+    INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
                         event_time, received_at, playback_time, amount, variant,
                         experiment_id, properties)
-    SELECT event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
+    SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
            received_at, playback_time, amount, variant, experiment_id, properties::jsonb
-    FROM input JOIN claimed USING (event_id)
-    RETURNING event_id, kind, ad_id, campaign_id, screen_id, event_time, amount
+    FROM input JOIN claimed USING (tenant_id, event_id)
+    RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount
 ),
 rolled AS (
-    INSERT INTO rollup_minute AS r (bucket, kind, ad_id, campaign_id, screen_id, events, amount)
-    SELECT date_trunc('minute', event_time), kind, coalesce(ad_id, ''),
+    INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
+    SELECT tenant_id, date_trunc('minute', event_time), kind, coalesce(ad_id, ''),
            coalesce(campaign_id, ''), coalesce(screen_id, ''), count(*), coalesce(sum(amount), 0)
     FROM ins
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (bucket, kind, ad_id, campaign_id, screen_id)
+    GROUP BY 1, 2, 3, 4, 5, 6
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id, screen_id)
     DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
 ),
 outbox AS (
-    INSERT INTO counter_outbox (batch_id, event_ids)
-    SELECT $15, array_agg(event_id) FROM ins HAVING count(*) > 0
+    INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
+    SELECT $15, array_agg(event_id ORDER BY event_id, tenant_id),
+           array_agg(tenant_id ORDER BY event_id, tenant_id)
+    FROM ins HAVING count(*) > 0
 )
-SELECT event_id FROM ins
+SELECT tenant_id, event_id FROM ins
 ";
 
+/// An event's identity: its tenant (`""` unless `TENANTS=on`) and eventId.
+pub type EventKey = (String, Uuid);
+
 /// Inserts a batch in one statement: new raw rows, their rollups, and an
-/// outbox row (`batch_id`) naming them. Returns the eventIds that were new.
+/// outbox row (`batch_id`) naming them. Returns the keys that were new.
 pub async fn insert_batch(
     pool: &PgPool,
     events: &[&Event],
     batch_id: Uuid,
-) -> anyhow::Result<Vec<Uuid>> {
+) -> anyhow::Result<Vec<EventKey>> {
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
     let mut kinds = Vec::with_capacity(n);
@@ -173,7 +178,9 @@ pub async fn insert_batch(
     let mut variants = Vec::with_capacity(n);
     let mut experiments = Vec::with_capacity(n);
     let mut properties = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
     for e in events {
+        tenants.push(e.tenant_id.as_str());
         ids.push(e.event_id);
         kinds.push(e.kind.as_str());
         ads.push(e.ad_id.as_ref().map(|v| v.as_str()));
@@ -196,7 +203,7 @@ pub async fn insert_batch(
         );
     }
     let query = || {
-        sqlx::query_as::<_, (Uuid,)>(INSERT_BATCH)
+        sqlx::query_as::<_, EventKey>(INSERT_BATCH)
             .bind(&ids)
             .bind(&kinds)
             .bind(&ads)
@@ -212,6 +219,7 @@ pub async fn insert_batch(
             .bind(&experiments)
             .bind(&properties)
             .bind(batch_id)
+            .bind(&tenants)
     };
     let rows = match query().fetch_all(pool).await {
         Err(e) if is_missing_partition(&e) => {
@@ -225,10 +233,11 @@ pub async fn insert_batch(
         other => other,
     }
     .with_context(|| format!("inserting a batch of {n} events"))?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(rows)
 }
 
 type CountedRow = (
+    String,
     String,
     Option<String>,
     Option<String>,
@@ -237,23 +246,34 @@ type CountedRow = (
     DateTime<Utc>,
 );
 
-/// The fields the counters need, for stored events.
+/// The fields the counters need, for stored events: `ids[i]` of tenant
+/// `tenants[i]` (an outbox row written before tenants existed has none:
+/// the tenant `""`).
 pub async fn counted_events<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     ids: &[Uuid],
+    tenants: Option<&[String]>,
 ) -> anyhow::Result<Vec<CountedEvent>> {
+    let tenants: Vec<&str> = match tenants {
+        Some(t) if t.len() == ids.len() => t.iter().map(String::as_str).collect(),
+        _ => vec![""; ids.len()],
+    };
     let rows: Vec<CountedRow> = sqlx::query_as(
-        "SELECT kind, ad_id, campaign_id, screen_id, host(ip), event_time
-         FROM events WHERE event_id = ANY($1)",
+        "SELECT e.tenant_id, kind, ad_id, campaign_id, screen_id, host(ip), e.event_time
+         FROM events e
+         JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, event_id)
+           ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id",
     )
+    .bind(&tenants)
     .bind(ids)
     .fetch_all(executor)
     .await
     .context("reading stored events for their counters")?;
     Ok(rows
         .into_iter()
-        .filter_map(|(kind, ad, campaign, screen, ip, time)| {
+        .filter_map(|(tenant, kind, ad, campaign, screen, ip, time)| {
             Some(CountedEvent {
+                tenant,
                 kind: Kind::parse(&kind)?,
                 ad_id: ad,
                 campaign_id: campaign,

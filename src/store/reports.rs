@@ -53,6 +53,8 @@ impl Grouping {
 /// What `/aggregates` filters on.
 #[derive(Debug, Clone, Default)]
 pub struct AggregateFilter {
+    /// `""` unless `TENANTS=on`.
+    pub tenant: String,
     pub campaign_id: Option<String>,
     pub ad_id: Option<String>,
     pub kind: Option<String>,
@@ -91,7 +93,7 @@ pub async fn aggregates(
         "SELECT date_trunc($1, bucket, 'UTC') AS start,
                 sum(events)::bigint, sum(amount)::bigint
          FROM rollup_minute
-         WHERE bucket >= $2 AND bucket < $3
+         WHERE tenant_id = $7 AND bucket >= $2 AND bucket < $3
            AND ($4::text IS NULL OR campaign_id = $4)
            AND ($5::text IS NULL OR ad_id = $5)
            AND ($6::text IS NULL OR kind = $6)
@@ -103,6 +105,7 @@ pub async fn aggregates(
     .bind(&filter.campaign_id)
     .bind(&filter.ad_id)
     .bind(&filter.kind)
+    .bind(&filter.tenant)
     .fetch_all(pool)
     .await
     .context("reading aggregates from the rollups")?;
@@ -136,6 +139,8 @@ pub async fn aggregates(
 /// What `/events` filters on, and where the page starts.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
+    /// `""` unless `TENANTS=on`.
+    pub tenant: String,
     pub kind: Option<String>,
     pub ad_id: Option<String>,
     pub campaign_id: Option<String>,
@@ -185,7 +190,7 @@ pub async fn list_events(pool: &PgPool, f: &EventFilter) -> anyhow::Result<Vec<S
                 event_time AS timestamp, received_at, processed_at,
                 playback_time AS video_playback_time, amount, variant, experiment_id, properties
          FROM events
-         WHERE ($1::text IS NULL OR kind = $1)
+         WHERE tenant_id = $7 AND ($1::text IS NULL OR kind = $1)
            AND ($2::text IS NULL OR ad_id = $2)
            AND ($3::text IS NULL OR campaign_id = $3)
            AND ($4::timestamptz IS NULL OR (event_time, event_id) < ($4, $5))
@@ -198,6 +203,7 @@ pub async fn list_events(pool: &PgPool, f: &EventFilter) -> anyhow::Result<Vec<S
     .bind(before_time)
     .bind(before_id)
     .bind(f.limit + 1)
+    .bind(&f.tenant)
     .fetch_all(pool)
     .await
     .context("listing stored events")
@@ -238,6 +244,7 @@ pub struct ExperimentSummary {
 
 pub async fn experiment_summary(
     pool: &PgPool,
+    tenant: &str,
     experiment: &str,
 ) -> anyhow::Result<ExperimentSummary> {
     let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
@@ -245,10 +252,11 @@ pub async fn experiment_summary(
                 count(DISTINCT coalesce(user_id, host(ip))),
                 count(*) FILTER (WHERE kind = 'conversion'),
                 count(DISTINCT coalesce(user_id, host(ip))) FILTER (WHERE kind = 'conversion')
-         FROM events WHERE experiment_id = $1
+         FROM events WHERE tenant_id = $2 AND experiment_id = $1
          GROUP BY 1 ORDER BY 1",
     )
     .bind(experiment)
+    .bind(tenant)
     .fetch_all(pool)
     .await
     .context("summarising the experiment")?;

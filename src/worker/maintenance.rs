@@ -168,12 +168,12 @@ pub async fn recover_outbox(
     grace: Duration,
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await.context("starting outbox recovery")?;
-    let rows: Vec<(Uuid, Vec<Uuid>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, Vec<Uuid>, Option<Vec<String>>)> = sqlx::query_as(
         "DELETE FROM counter_outbox WHERE batch_id IN (
              SELECT batch_id FROM counter_outbox
              WHERE created_at < now() - make_interval(secs => $1)
              ORDER BY created_at LIMIT 20 FOR UPDATE SKIP LOCKED)
-         RETURNING batch_id, event_ids",
+         RETURNING batch_id, event_ids, tenant_ids",
     )
     .bind(grace.as_secs_f64())
     .fetch_all(&mut *tx)
@@ -183,8 +183,8 @@ pub async fn recover_outbox(
         return Ok(0);
     }
     let mut applied = Vec::with_capacity(rows.len());
-    for (batch, ids) in &rows {
-        let events = store::counted_events(&mut *tx, ids).await?;
+    for (batch, ids, tenants) in &rows {
+        let events = store::counted_events(&mut *tx, ids, tenants.as_deref()).await?;
         let ops = counters.ops_for(&events, Utc::now());
         if counters.apply_batch(conn, batch, &ops, None).await? == Applied::Paused {
             // Reconcile is rebuilding; leave the rest for later.

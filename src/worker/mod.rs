@@ -166,7 +166,7 @@ impl Worker {
                 }
                 // A second copy of an eventId in one batch adds nothing.
                 Ok(event) => {
-                    if seen.insert(event.event_id) {
+                    if seen.insert((event.tenant_id.clone(), event.event_id)) {
                         events.push((raw.clone(), event));
                     } else {
                         duplicates += 1;
@@ -193,14 +193,15 @@ impl Worker {
         let mut acked = false;
         for (i, (batch, ids)) in committed.iter().enumerate() {
             inserted += ids.len();
-            let ids: HashSet<&Uuid> = ids.iter().collect();
+            let ids: HashSet<(&str, &Uuid)> = ids.iter().map(|(t, id)| (t.as_str(), id)).collect();
+            let new = |e: &Event| ids.contains(&(e.tenant_id.as_str(), &e.event_id));
             let counted: Vec<CountedEvent> = events
                 .iter()
-                .filter(|(_, e)| ids.contains(&e.event_id))
+                .filter(|(_, e)| new(e))
                 .map(|(_, e)| CountedEvent::from(e))
                 .collect();
             let now = Utc::now();
-            for (_, e) in events.iter().filter(|(_, e)| ids.contains(&e.event_id)) {
+            for (_, e) in events.iter().filter(|(_, e)| new(e)) {
                 ctx.metrics
                     .events_processed
                     .with_label_values(&[e.kind.as_str()])
@@ -242,7 +243,7 @@ impl Worker {
     async fn commit_isolating(
         &self,
         events: &[(String, Event)],
-    ) -> anyhow::Result<(Vec<(Uuid, Vec<Uuid>)>, Vec<Failure>)> {
+    ) -> anyhow::Result<(Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>)> {
         let mut committed = Vec::new();
         let mut failures = Vec::new();
         let mut pending: Vec<&[(String, Event)]> = if events.is_empty() {

@@ -536,6 +536,7 @@ pub fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
             format!("{}ms", settings.heartbeat_ttl.as_millis()),
         ),
         ("QUEUE_SHARDS", settings.queue_shards.to_string()),
+        ("TENANTS", settings.tenants.to_string()),
         ("RUST_LOG", "warn".into()),
     ];
     if let Some(t) = &settings.admin_token {

@@ -12,3 +12,4 @@ mod reliability;
 mod reports;
 mod shards;
 mod storage;
+mod tenants;
