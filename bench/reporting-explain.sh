@@ -47,7 +47,7 @@ agg() {
   q -c "EXPLAIN (ANALYZE, BUFFERS)
         SELECT date_trunc('hour', bucket, 'UTC'), sum(events)::bigint, sum(amount)::bigint
         FROM rollup_minute
-        WHERE bucket >= '$day_from' AND bucket < '$day_to' $2
+        WHERE tenant_id = '' AND bucket >= '$day_from' AND bucket < '$day_to' $2
         GROUP BY 1 ORDER BY 1"
 }
 agg "one ad" "AND ad_id = 'ad-7'"
@@ -56,5 +56,5 @@ agg "everything" ""
 echo
 echo "== /events first page for one ad"
 q -c "EXPLAIN (ANALYZE, BUFFERS)
-      SELECT * FROM events WHERE ad_id = 'ad-7'
+      SELECT * FROM events WHERE tenant_id = '' AND ad_id = 'ad-7'
       ORDER BY event_time DESC, event_id DESC LIMIT 51"

@@ -79,13 +79,14 @@ pub struct TenantInfo {
 }
 
 pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<TenantInfo>> {
-    let rows: Vec<(
+    type Row = (
         String,
         String,
         DateTime<Utc>,
         Option<DateTime<Utc>>,
         Vec<String>,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.id, t.name, t.created_at, t.revoked_at,
                     coalesce(array_agg(k.prefix ORDER BY k.created_at)
                              FILTER (WHERE k.prefix IS NOT NULL AND k.revoked_at IS NULL), '{}')
@@ -146,10 +147,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A key digest's tenant (`None`: refused) and when it was looked up.
+type CacheEntry = (Option<String>, Instant);
+
 /// Resolves API keys to tenants, with a short-lived cache.
 pub struct KeyResolver {
     pool: PgPool,
-    cache: Mutex<HashMap<[u8; 32], (Option<String>, Instant)>>,
+    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
 }
 
 impl KeyResolver {
