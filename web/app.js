@@ -1158,7 +1158,7 @@ const reports = {
         return;
       }
       this.expBody.replaceChildren(...s.variants.map((v) => h('tr', { 'data-variant': v.variant },
-        h('td', {}, v.variant === s.control ? `${v.variant} (control)` : v.variant),
+        h('td', {}, v.variant === s.control && v.variant !== 'control' ? `${v.variant} (control)` : v.variant),
         h('td', {}, fmt(v.uniqueUsers)),
         h('td', {}, fmt(v.conversions)),
         h('td', {}, fmt(v.convertedUsers)),
