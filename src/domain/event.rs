@@ -526,6 +526,29 @@ fn depth(value: &Value) -> usize {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_tenant_comes_from_the_context_and_survives_the_envelope() {
+        let mut c = ctx();
+        c.tenant = "acme".into();
+        let e = parse_event(
+            br#"{"adId":"a","type":"click","tenantId":"globex","tenant_id":"globex"}"#,
+            &c,
+        )
+        .unwrap();
+        assert_eq!(e.tenant_id, "acme");
+        let envelope = serde_json::to_string(&e).unwrap();
+        let back: Event = serde_json::from_str(&envelope).unwrap();
+        assert_eq!(back.tenant_id, "acme");
+        // Tenants off: the envelope has no tenantId at all.
+        let plain = parse_event(
+            br#"{"adId":"a","type":"click","tenantId":"globex"}"#,
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(plain.tenant_id, "");
+        assert!(!serde_json::to_string(&plain).unwrap().contains("tenantId"));
+    }
+
     fn ctx() -> ParseContext {
         ParseContext::new(Utc::now())
     }
