@@ -155,6 +155,9 @@ impl ParseContext {
 /// Parses one event body (a JSON object).
 pub fn parse_event(body: &[u8], ctx: &ParseContext) -> Result<Event, EventError> {
     let fields: Fields = serde_json::from_slice(body).map_err(json_error)?;
+    // Duplicate keys deeper down (say inside `properties`) would otherwise be
+    // resolved silently, last one wins; refuse them like top-level ones.
+    serde_json::from_slice::<NoDuplicateKeys>(body).map_err(json_error)?;
     build(fields.0, ctx)
 }
 
@@ -166,6 +169,57 @@ pub fn parse_value(value: Value, ctx: &ParseContext) -> Result<Event, EventError
             "invalid_body",
             format!("an event must be a JSON object, not {}", type_name(&other)),
         )),
+    }
+}
+
+/// Any JSON value, refused when an object in it repeats a key.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<NoDuplicateKeys>()?;
+            if !seen.insert(key) {
+                return Err(de::Error::custom("duplicate field inside an object"));
+            }
+        }
+        Ok(NoDuplicateKeys)
     }
 }
 
@@ -274,6 +328,13 @@ impl Field {
 }
 
 fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, EventError> {
+    // The limit holds for the whole body, members adtrack ignores included.
+    if 1 + fields.iter().map(|(_, v)| depth(v)).max().unwrap_or(0) > MAX_DEPTH {
+        return Err(EventError::body(
+            "too_deep",
+            format!("JSON is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
     let mut seen: Vec<Field> = Vec::with_capacity(fields.len());
     let mut event_id = None;
     let mut kind = None;

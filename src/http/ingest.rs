@@ -284,9 +284,12 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
         return Ok(BodyKind::Json);
     };
+    let Ok(value) = value.to_str() else {
+        return Err(ApiError::UnsupportedMediaType(
+            "the Content-Type header is not printable ASCII; send application/json".into(),
+        ));
+    };
     let mime = value
-        .to_str()
-        .unwrap_or("")
         .split(';')
         .next()
         .unwrap_or("")

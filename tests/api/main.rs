@@ -6,6 +6,7 @@ mod admin;
 mod analytics;
 mod deploy;
 mod helpers;
+mod hostile;
 mod ingest;
 mod pipeline;
 mod reliability;
