@@ -154,10 +154,12 @@ impl ParseContext {
 
 /// Parses one event body (a JSON object).
 pub fn parse_event(body: &[u8], ctx: &ParseContext) -> Result<Event, EventError> {
-    let fields: Fields = serde_json::from_slice(body).map_err(json_error)?;
     // Duplicate keys deeper down (say inside `properties`) would otherwise be
-    // resolved silently, last one wins; refuse them like top-level ones.
+    // resolved silently, last one wins; refuse them like top-level ones. This
+    // strict pass runs first: it also refuses serde_json's private keys,
+    // which would make the `Value` pass below read a string as JSON.
     serde_json::from_slice::<NoDuplicateKeys>(body).map_err(json_error)?;
+    let fields: Fields = serde_json::from_slice(body).map_err(json_error)?;
     build(fields.0, ctx)
 }
 
@@ -172,7 +174,11 @@ pub fn parse_value(value: Value, ctx: &ParseContext) -> Result<Event, EventError
     }
 }
 
-/// Any JSON value, refused when an object in it repeats a key.
+/// The prefix of the member names serde_json gives a meaning of its own.
+const SERDE_PRIVATE_KEY: &str = "$serde_json::private::";
+
+/// Any JSON value, refused when an object in it repeats a key or uses one of
+/// serde_json's private member names.
 struct NoDuplicateKeys;
 
 impl<'de> Deserialize<'de> for NoDuplicateKeys {
@@ -214,6 +220,13 @@ impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
+            // With the `raw_value` feature, `{"$serde_json::private::RawValue":
+            // "<text>"}` decodes as the JSON inside <text>, past this check.
+            if key.starts_with(SERDE_PRIVATE_KEY) {
+                return Err(de::Error::custom(format_args!(
+                    "reserved key {key:?} inside an object"
+                )));
+            }
             map.next_value::<NoDuplicateKeys>()?;
             if !seen.insert(key) {
                 return Err(de::Error::custom("duplicate field inside an object"));
@@ -233,6 +246,9 @@ pub(crate) fn json_error(e: serde_json::Error) -> EventError {
     }
     if text.contains("duplicate field") {
         return EventError::body("duplicate_field", text);
+    }
+    if text.contains("reserved key") {
+        return EventError::body("reserved_key", text);
     }
     EventError::body(
         "invalid_json",
@@ -770,5 +786,43 @@ mod tests {
         let own = Uuid::new_v4();
         let body = format!(r#"{{"adId":"a","eventId":"{own}"}}"#);
         assert_eq!(parse_event(body.as_bytes(), &c).unwrap().event_id, own);
+    }
+
+    #[test]
+    fn serde_private_keys_are_refused_at_any_depth() {
+        let bodies: &[&[u8]] = &[
+            br#"{"adId":"a","properties":{"$serde_json::private::RawValue":"{\"k\":1,\"k\":2}"}}"#,
+            br#"{"adId":"a","extra":[{"$serde_json::private::RawValue":"[1]"}]}"#,
+            br#"{"$serde_json::private::Number":"1","adId":"a"}"#,
+        ];
+        for body in bodies {
+            let err = parse_event(body, &click_ctx()).unwrap_err();
+            assert_eq!(
+                err.code,
+                "reserved_key",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn playback_times_keep_every_bit() {
+        // Shortest decimal forms of pseudo-random doubles in 0..86400 must
+        // decode to the same double (serde_json's `float_roundtrip`).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x >> 11) as f64 / (1u64 << 53) as f64 * 86_400.0;
+            let body = format!(r#"{{"adId":"a","videoPlaybackTime":{n:?}}}"#);
+            let e = parse_event(body.as_bytes(), &click_ctx()).unwrap();
+            assert_eq!(
+                e.video_playback_time.map(f64::to_bits),
+                Some(n.to_bits()),
+                "{n:?}"
+            );
+        }
     }
 }

@@ -13,11 +13,23 @@ use crate::domain::Ident;
 use crate::store;
 
 pub(crate) fn query_map(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
-    web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| {
             ApiError::bad_request("invalid_query", format!("the query string is invalid: {e}"))
-        })
+        })?
+        .into_inner();
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        // `?adId=a&adId=b` is ambiguous; refuse it rather than pick one.
+        if map.contains_key(&name) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("the query parameter {name:?} is given more than once"),
+            ));
+        }
+        map.insert(name, value);
+    }
+    Ok(map)
 }
 
 /// The `timeframe` query parameter; `24h` when absent.

@@ -1,7 +1,10 @@
 //! The one error type of the HTTP edge. Every error leaves as JSON
 //! `{"error": "<code>", "message": "<sentence>"}` with its status.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
@@ -120,5 +123,123 @@ impl ResponseError for ApiError {
             _ => {}
         }
         res.json(json!({ "error": self.code(), "message": message }))
+    }
+}
+
+/// The machine code of an error answer that actix produced by itself.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        500..=599 => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// Error-handler middleware body: an error answer that is not JSON yet (an
+/// actix extractor's refusal, say a path segment that is not UTF-8) gets the
+/// SPEC's `{"error","message"}` shape; `ApiError` answers pass unchanged.
+pub fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let message = match res.response().error() {
+        Some(e) if status.is_client_error() && !e.to_string().is_empty() => e.to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let body = json!({ "error": code_for_status(status), "message": message }).to_string();
+    let (req, mut res) = res.into_parts();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let res = ServiceResponse::new(req, res.set_body(body))
+        .map_into_boxed_body()
+        .map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::ErrorHandlers;
+    use actix_web::{test, web, App, HttpResponse};
+    use serde_json::Value;
+
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Body {
+        n: u32,
+    }
+
+    async fn typed(body: web::Json<Body>, q: web::Query<Body>) -> HttpResponse {
+        HttpResponse::Ok().body((body.n + q.n).to_string())
+    }
+
+    async fn ours() -> Result<HttpResponse, ApiError> {
+        Err(ApiError::bad_request("own_code", "our own message"))
+    }
+
+    #[actix_web::test]
+    async fn errors_actix_produces_get_the_json_shape() {
+        let app = test::init_service(
+            App::new()
+                .wrap(ErrorHandlers::new().default_handler(json_error_body))
+                .route("/typed", web::post().to(typed))
+                .route("/ours", web::get().to(ours)),
+        )
+        .await;
+        let cases = [
+            (
+                test::TestRequest::post()
+                    .uri("/typed?n=1")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload("{"),
+                400,
+                "bad_request",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/typed?n=x")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(r#"{"n":1}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/typed?n=1")
+                    .insert_header(("content-type", "text/csv"))
+                    .set_payload(r#"{"n":1}"#),
+                400,
+                "bad_request",
+            ),
+            (test::TestRequest::get().uri("/typed"), 404, "not_found"),
+            (test::TestRequest::get().uri("/elsewhere"), 404, "not_found"),
+            (test::TestRequest::get().uri("/ours"), 400, "own_code"),
+        ];
+        for (req, status, code) in cases {
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status().as_u16(), status);
+            let ct = res.headers().get(header::CONTENT_TYPE).cloned();
+            let body: Value = serde_json::from_slice(&test::read_body(res).await).unwrap();
+            assert_eq!(body["error"], code, "{body}");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(ct.unwrap(), "application/json");
+        }
     }
 }

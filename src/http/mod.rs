@@ -147,6 +147,7 @@ pub fn app(
     actix_web::App::new()
         .app_data(state)
         .configure(move |cfg| configure(cfg, surface))
+        .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
         .wrap_fn(move |req, srv| {
             let started = Instant::now();
             let method = req.method().as_str().to_owned();

@@ -23,29 +23,56 @@ async fn with_dead_letters(app: &TestApp, n: usize) {
     }
 }
 
+const ADMIN_ROUTES: [(&str, &str); 4] = [
+    ("GET", "/admin/queue"),
+    ("GET", "/admin/dlq"),
+    ("POST", "/admin/dlq/replay"),
+    ("DELETE", "/admin/dlq"),
+];
+
 #[tokio::test]
 async fn the_admin_api_is_off_without_a_token() {
     let app = spawn_app().await;
-    let (status, body) = app.get("/admin/queue").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(body["message"].as_str().unwrap().contains("ADMIN_TOKEN"));
+    with_dead_letters(&app, 2).await;
+    for (method, path) in ADMIN_ROUTES {
+        for auth in [None, Some("Bearer "), Some("Bearer anything")] {
+            let mut req = app.client.request(method.parse().unwrap(), app.url(path));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let (status, body) = decode(req.send().await.unwrap()).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path} {auth:?}");
+            assert_eq!(body["error"], "not_found");
+            assert!(body["message"].as_str().unwrap().contains("ADMIN_TOKEN"));
+        }
+    }
+    // Nothing was replayed or purged.
+    let mut conn = app.redis.clone();
+    let n: i64 = redis::cmd("LLEN")
+        .arg(app.keys.dlq())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn admin_routes_need_the_bearer_token() {
     let app = spawn_app_with(|s| s.admin_token = Some(TOKEN.into())).await;
-    for (method, path) in [
-        ("GET", "/admin/queue"),
-        ("GET", "/admin/dlq"),
-        ("POST", "/admin/dlq/replay"),
-        ("DELETE", "/admin/dlq"),
-    ] {
+    let prefix = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    let longer = format!("Bearer {TOKEN}0");
+    let basic = format!("Basic {TOKEN}");
+    for (method, path) in ADMIN_ROUTES {
         for auth in [
             None,
             Some("Bearer wrong-token-wrong-token"),
             Some(TOKEN),
             Some("Basic abc"),
+            Some("Bearer "),
+            Some(prefix.as_str()),
+            Some(longer.as_str()),
+            Some(basic.as_str()),
         ] {
             let mut req = app.client.request(method.parse().unwrap(), app.url(path));
             if let Some(a) = auth {

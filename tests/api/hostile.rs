@@ -10,8 +10,10 @@ const JSON: &str = "application/json";
 const AD: &str = "ad-hostile";
 
 struct Case {
+    method: &'static str,
     path: &'static str,
     content_type: Option<&'static str>,
+    headers: Vec<(&'static str, Vec<u8>)>,
     body: Vec<u8>,
     status: StatusCode,
     error: &'static str,
@@ -24,11 +26,38 @@ fn case(
     error: &'static str,
 ) -> Case {
     Case {
+        method: "POST",
         path,
         content_type: Some(JSON),
+        headers: Vec::new(),
         body: body.into(),
         status,
         error,
+    }
+}
+
+/// A request without a body: `method path`.
+fn bare(method: &'static str, path: &'static str, status: StatusCode, error: &'static str) -> Case {
+    Case {
+        method,
+        content_type: None,
+        ..case(path, "", status, error)
+    }
+}
+
+/// A valid click with one extra header.
+fn click_with_header(
+    name: &'static str,
+    value: &[u8],
+    status: StatusCode,
+    error: &'static str,
+) -> Case {
+    let c = click(r#"{"adId":"a"}"#, status, error);
+    Case {
+        // The header given here replaces the table's usual Content-Type.
+        content_type: c.content_type.filter(|_| name != "content-type"),
+        headers: vec![(name, value.to_vec())],
+        ..c
     }
 }
 
@@ -213,28 +242,106 @@ fn cases() -> Vec<Case> {
         "application/x-www-form-urlencoded",
     ] {
         v.push(Case {
-            path: "/ads/click",
             content_type: Some(ct),
-            body: br#"{"adId":"a"}"#.to_vec(),
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            error: "unsupported_media_type",
+            ..click(
+                r#"{"adId":"a"}"#,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            )
         });
     }
+    v.push(Case {
+        content_type: Some("application/x-ndjson"),
+        ..case(
+            "/events",
+            r#"{"campaignId":"c"}"#,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+    });
+    v.push(click_with_header(
+        "content-type",
+        b"application/json\xff",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    ));
+    v.push(click_with_header(
+        "content-type",
+        "application/j\u{e9}son".as_bytes(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    ));
+    // serde_json's private member names would smuggle JSON inside a string.
+    v.push(click(
+        r#"{"adId":"a","properties":{"$serde_json::private::RawValue":"{\"k\":1,\"k\":2}"}}"#,
+        bad,
+        "reserved_key",
+    ));
+    v.push(click(
+        r#"{"adId":"a","x":{"$serde_json::private::Number":"1e999"}}"#,
+        bad,
+        "reserved_key",
+    ));
+    // Headers.
+    v.push(click_with_header(
+        "idempotency-key",
+        "k".repeat(129).as_bytes(),
+        bad,
+        field,
+    ));
+    v.push(click_with_header("idempotency-key", b"  ", bad, field));
+    v.push(click_with_header("idempotency-key", b"k\xff", bad, field));
+    // Batches too large as a whole.
+    let many = format!(
+        r#"{{"events":[{}]}}"#,
+        vec![r#"{"type":"click","adId":"a"}"#; 1001].join(",")
+    );
+    v.push(case(
+        "/events/batch",
+        many,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    ));
+    v.push(case(
+        "/events/batch",
+        format!(
+            r#"{{"events":[{{"type":"click","adId":"a","userId":"{}"}}]}}"#,
+            "u".repeat(1 << 20)
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    ));
+    v.push(Case {
+        content_type: Some("application/x-ndjson"),
+        ..case("/events/batch", "\n \n\r\n", bad, "invalid_body")
+    });
+    // Wrong methods, unknown paths, bad paths and queries: the answers actix
+    // or a read handler gives carry the JSON shape too.
+    let not_found = StatusCode::NOT_FOUND;
+    let method = StatusCode::METHOD_NOT_ALLOWED;
+    v.extend([
+        bare("GET", "/ads/click", method, "method_not_allowed"),
+        bare("PUT", "/ads/click", method, "method_not_allowed"),
+        bare("DELETE", "/events", method, "method_not_allowed"),
+        bare("PATCH", "/events/batch", method, "method_not_allowed"),
+        bare("POST", "/ads/analytics", method, "method_not_allowed"),
+        bare("GET", "/nope", not_found, "not_found"),
+        bare("POST", "/nope", not_found, "not_found"),
+        bare("GET", "/ads/click/extra", not_found, "not_found"),
+        bare("GET", "/admin/queue", not_found, "not_found"),
+        bare("GET", "/campaigns/%FF/screens", bad, field),
+        bare("GET", "/campaigns/a%20b/screens", bad, field),
+        bare("GET", "/ads/analytics?adId=%FF", bad, field),
+        bare("GET", "/ads/analytics?adId=a&adId=b", bad, "invalid_query"),
+        bare("GET", "/ads/analytics?adId=a%00b", bad, field),
+        bare("GET", "/ads/analytics?adId=a&timeframe=1y", bad, field),
+        bare("GET", "/ads/analytics", bad, field),
+        bare("GET", "/aggregates?from=yesterday", bad, field),
+        bare("GET", "/aggregates?groupBy=week", bad, field),
+        bare("GET", "/events?limit=-1", bad, field),
+        bare("GET", "/events?type=purchase", bad, field),
+    ]);
     v
-}
-
-/// A Content-Type that is not printable ASCII.
-async fn garbage_content_type(app: &crate::helpers::TestApp) -> (StatusCode, Value) {
-    let value = reqwest::header::HeaderValue::from_bytes(b"application/json\xff").unwrap();
-    let res = app
-        .client
-        .post(app.url("/ads/click"))
-        .header("content-type", value)
-        .body(r#"{"adId":"a"}"#)
-        .send()
-        .await
-        .unwrap();
-    crate::helpers::decode(res).await
 }
 
 #[tokio::test]
@@ -244,9 +351,18 @@ async fn hostile_inputs_get_json_errors_and_change_nothing() {
     assert!(table.len() >= 50, "{} cases", table.len());
     let mut wrong = Vec::new();
     for c in &table {
-        let mut req = app.client.post(app.url(c.path)).body(c.body.clone());
+        let mut req = app
+            .client
+            .request(c.method.parse().unwrap(), app.url(c.path))
+            .body(c.body.clone());
         if let Some(ct) = c.content_type {
             req = req.header("content-type", ct);
+        }
+        for (name, value) in &c.headers {
+            req = req.header(
+                *name,
+                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+            );
         }
         let res = req.send().await.unwrap();
         let status = res.status();
@@ -258,7 +374,15 @@ async fn hostile_inputs_get_json_errors_and_change_nothing() {
             || json["error"] != c.error
             || !json["message"].is_string()
         {
-            wrong.push(format!("{} {preview:?}: {status} {text}", c.path));
+            let headers: Vec<String> = c
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
+                .collect();
+            wrong.push(format!(
+                "{} {} {headers:?} {preview:?}: {status} {text}",
+                c.method, c.path
+            ));
         }
     }
     assert!(
@@ -268,6 +392,32 @@ async fn hostile_inputs_get_json_errors_and_change_nothing() {
         table.len(),
         wrong.join("\n")
     );
+
+    // None of them left a trace: no queued, spooled, stored or counted event.
+    assert_eq!(app.queue_len().await, 0);
+    assert_eq!(app.processing_len().await, 0);
+    assert_eq!(app.stored().await, 0);
+    assert_eq!(app.metric("adtrack_events_enqueued_total").await, 0.0);
+    assert_eq!(app.metric("adtrack_events_spooled_total").await, 0.0);
+    assert_eq!(app.analytics("a", "all").await["totalClicks"], 0);
+    assert_eq!(app.analytics("a", "all").await["impressions"], 0);
+
+    // An NDJSON batch with garbage lines: the good line goes in.
+    let ndjson = format!(
+        "{{\"type\":\"click\",\"adId\":\"{AD}\"}}\nnot json\n{{\"adId\":\"\\u0001\"}}\n\x7f\n"
+    );
+    let (status, body) = app
+        .post_raw("/events/batch", Some("application/x-ndjson"), ndjson)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    let rejected: Vec<i64> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rejected, vec![1, 2, 3], "{body}");
 
     // A batch of hostile items: the good ones go in, the bad ones are listed.
     let (status, body) = app
@@ -288,11 +438,11 @@ async fn hostile_inputs_get_json_errors_and_change_nothing() {
     assert_eq!(rejected, vec![1, 2, 3], "{body}");
     app.wait_drained().await;
 
-    // Only the batch's two good events exist anywhere.
-    assert_eq!(app.stored().await, 2);
+    // Only the batches' three good events exist anywhere.
+    assert_eq!(app.stored().await, 3);
     let a = app.analytics(AD, "all").await;
-    assert_eq!(a["totalClicks"], 2, "{a}");
+    assert_eq!(a["totalClicks"], 3, "{a}");
     assert_eq!(app.analytics("a", "all").await["totalClicks"], 0);
-    assert_eq!(app.metric("adtrack_events_enqueued_total").await, 2.0);
+    assert_eq!(app.metric("adtrack_events_enqueued_total").await, 3.0);
     app.stop().await;
 }
