@@ -27,6 +27,11 @@ async fn click(req: HttpRequest, body: web::Bytes) -> HttpResponse {
     }
 }
 
+/// The same allocator as adtrack, so the two differ only in what adtrack
+/// does beyond parsing.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let port: u16 = std::env::args()

@@ -48,8 +48,6 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     shutdown: CancellationToken,
-    pusher: Option<Pusher>,
-    pusher_task: JoinHandle<()>,
     spool: Option<Spool>,
     spool_thread: Option<std::thread::JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -61,14 +59,18 @@ pub struct Application {
 /// command (a blocking reservation must fit inside it).
 pub async fn redis_connection(url: &str, response: Duration) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(url).context("REDIS_URL is not a valid redis URL")?;
-    let config = ConnectionManagerConfig::new()
+    ConnectionManager::new_with_config(client, redis_manager_config(response))
+        .await
+        .context("connecting to Redis")
+}
+
+/// How every adtrack connection to Redis connects and reconnects.
+pub fn redis_manager_config(response: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
         .set_response_timeout(response)
         .set_number_of_retries(2)
-        .set_max_delay(1000);
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .context("connecting to Redis")
+        .set_max_delay(1000)
 }
 
 /// Kernel accept queue asked for; the kernel caps it at
@@ -129,7 +131,7 @@ impl Application {
         let shutdown = CancellationToken::new();
 
         let shard_keys: Vec<Keys> = queues.all().iter().map(|q| q.keys().clone()).collect();
-        let (pusher, pusher_task) = Pusher::start(redis.clone(), &shard_keys, metrics.clone());
+        let pusher = Pusher::new(&settings.redis_url, &shard_keys, metrics.clone())?;
         let (spool, spool_thread) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
         let redis_down = Arc::new(RedisDown::default());
 
@@ -197,7 +199,7 @@ impl Application {
                 .then(|| Arc::new(crate::tenants::KeyResolver::new(pool.clone()))),
             pool,
             redis,
-            pusher: pusher.clone(),
+            pusher,
             spool: spool.clone(),
             redis_down,
             metrics,
@@ -223,8 +225,6 @@ impl Application {
             port,
             server,
             shutdown,
-            pusher: Some(pusher),
-            pusher_task,
             spool: Some(spool),
             spool_thread: Some(spool_thread),
             workers,
@@ -243,15 +243,13 @@ impl Application {
     }
 
     /// Serves until the shutdown token is cancelled, then stops in order:
-    /// HTTP (in-flight requests finish and are answered), the pusher (its
-    /// last group reaches Redis), the workers (each finishes its round),
+    /// HTTP (in-flight requests finish and are answered once their pushes
+    /// reach Redis), the workers (each finishes its round),
     /// then the heartbeats.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Application {
             server,
             shutdown,
-            pusher,
-            pusher_task,
             spool,
             spool_thread,
             workers,
@@ -267,18 +265,13 @@ impl Application {
                 handle.stop(true).await;
             })
         };
+        // Every in-flight request waits for its push, so once the server is
+        // done, every accepted envelope is in Redis or in the spool.
         // Awaiting by value drops the app factory, and with it the handlers'
-        // clones of the pusher and the spool.
+        // clones of the spool.
         let served = server.await;
         shutdown.cancel();
         let _ = stopper.await;
-        drop(pusher);
-        if tokio::time::timeout(Duration::from_secs(5), pusher_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the pusher did not finish in time");
-        }
         for w in workers {
             let _ = w.await;
         }

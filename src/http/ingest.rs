@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
-use crate::queue::PushError;
+use crate::queue::{LocalPusher, PushError};
 use crate::spool::SpoolError;
 
 /// Largest single-event body.
@@ -66,7 +66,7 @@ async fn ingest_one(
     let mut ctx = parse_context(req, state, fixed_kind, idempotency_key(req)?)?;
     ctx.tenant = tenant;
     let event = parse_event(&bytes, &ctx).map_err(|e| rejected(state, e))?;
-    enqueue(state, std::slice::from_ref(&event)).await?;
+    enqueue(req, state, std::slice::from_ref(&event)).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "status": "accepted",
         "eventId": event.event_id,
@@ -137,7 +137,7 @@ pub async fn batch(
             }
         }
     }
-    enqueue(&state, &accepted).await?;
+    enqueue(&req, &state, &accepted).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "accepted": accepted.len(),
         "eventIds": accepted.iter().map(|e| e.event_id).collect::<Vec<_>>(),
@@ -147,7 +147,7 @@ pub async fn batch(
 
 /// Queues events: on Redis when it takes them, else in the synced disk
 /// spool. Answers only once one of the two holds them.
-async fn enqueue(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
+async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Result<(), ApiError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -155,8 +155,11 @@ async fn enqueue(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
     for e in events {
         payloads.push(serde_json::to_string(e).map_err(|e| ApiError::Unexpected(e.into()))?);
     }
+    let pusher = req
+        .app_data::<LocalPusher>()
+        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no pusher on this HTTP worker")))?;
     if !state.redis_down.is_down() {
-        match state.pusher.push(payloads).await {
+        match pusher.push(payloads).await {
             Ok(()) => {
                 count_enqueued(state, events);
                 return Ok(());
@@ -175,7 +178,9 @@ async fn enqueue(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
             Err((PushError::Closed, _)) => return Err(shutting_down()),
         }
     }
-    match state.spool.append(payloads).await {
+    // Boxed: the spool is the rare path, and keeping its future out of
+    // line keeps every request's future small.
+    match Box::pin(state.spool.append(payloads)).await {
         Ok(()) => {
             state.metrics.events_spooled.inc_by(events.len() as u64);
             count_enqueued(state, events);

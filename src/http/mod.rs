@@ -92,8 +92,13 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
 
 /// Registers the routes; `surface` decides which.
 pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
-    let resource =
-        |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    // Each resource is named by its pattern, so the request metrics can
+    // label by route without building a string per request.
+    let resource = |path: &str| {
+        web::resource(path.to_owned())
+            .name(path)
+            .default_service(web::to(method_not_allowed))
+    };
     cfg.service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/ready").route(web::get().to(health::ready)))
         .service(resource("/metrics").route(web::get().to(health::metrics)));
@@ -144,25 +149,25 @@ pub fn app(
     >,
 > {
     let metrics = state.metrics.clone();
+    // The app factory runs once on each HTTP worker thread: that thread's
+    // pusher (and its Redis connection) stays on it.
+    let pusher = state.pusher.local();
     actix_web::App::new()
         .app_data(state)
+        .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
         .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
         .wrap_fn(move |req, srv| {
             let started = Instant::now();
-            let method = req.method().as_str().to_owned();
+            let method = req.method().clone();
             let fut = srv.call(req);
             let metrics = metrics.clone();
             async move {
                 let res = fut.await?;
-                let route = res
-                    .request()
-                    .match_pattern()
-                    .unwrap_or_else(|| "unmatched".into());
-                let status = res.status().as_u16().to_string();
+                let route = res.request().match_name().unwrap_or("unmatched");
                 metrics
                     .http_requests
-                    .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+                    .with_label_values(&[route, method.as_str(), res.status().as_str()])
                     .observe(started.elapsed().as_secs_f64());
                 Ok(res)
             }

@@ -15,7 +15,7 @@ mod pusher;
 mod shards;
 
 pub use keys::Keys;
-pub use pusher::{PushError, PushFailure, Pusher};
+pub use pusher::{LocalPusher, PushError, PushFailure, Pusher};
 pub use shards::{Queues, MAX_SHARDS};
 
 use std::time::Duration;

@@ -1,27 +1,33 @@
-//! Group commit of ingest pushes.
+//! Group commit of ingest pushes, one group per HTTP worker thread.
 //!
-//! Handlers hand their envelopes to one flusher task through a channel. The
-//! flusher takes everything waiting, sends it as ONE `LPUSH` with many
-//! values, and answers every handler when Redis has replied. Under load,
-//! thousands of requests share a round trip; when idle, a lone request is
-//! flushed at once. A handler is answered `Ok` only after Redis accepted its
-//! envelope, so a 202 never runs ahead of the data.
+//! Every actix worker thread has its own [`LocalPusher`] (made by the app
+//! factory, which runs on that thread) with its own Redis connection. A
+//! handler adds its envelopes to the thread's pending group and waits; one
+//! flush task per thread sends the whole group as ONE `LPUSH`, then answers
+//! every handler in it. While a push is in flight, the requests that arrive
+//! form the next group, so the group grows with the load: under `wrk` or
+//! `hey` hundreds of requests share a round trip, and a lone request is sent
+//! at once. Handler, flush task and the connection's driver run on the same
+//! thread, so no request crosses a thread on its way to Redis.
+//!
+//! A handler is answered `Ok` only after Redis replied to the push that held
+//! its envelopes, so a 202 never runs ahead of the data.
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{oneshot, OnceCell};
 
 use super::Keys;
 use crate::metrics::Metrics;
 
-/// Most envelopes sent in one `LPUSH`.
+/// Most envelopes sent in one `LPUSH`; more wait for the next one.
 const MAX_GROUP: usize = 4096;
-/// Flushes allowed in flight at once on the multiplexed connection.
-const MAX_IN_FLIGHT: usize = 4;
 /// A push that takes longer than this is treated as failed (Redis is down).
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -30,7 +36,7 @@ pub enum PushError {
     /// Redis did not take the envelopes; the caller may spool them.
     #[error("redis did not accept the push: {0}")]
     Unavailable(String),
-    /// The flusher has stopped (the server is shutting down).
+    /// The flush task has stopped (the server is shutting down).
     #[error("the push queue is closed")]
     Closed,
 }
@@ -43,38 +49,65 @@ struct Pending {
     done: oneshot::Sender<Result<(), PushFailure>>,
 }
 
+/// What every thread's pusher shares: where to connect, the queue shards,
+/// the metrics. Cheap to clone; [`Pusher::local`] makes a thread's pusher.
 #[derive(Clone)]
 pub struct Pusher {
-    /// One flusher per queue shard.
-    shards: Arc<[mpsc::Sender<Pending>]>,
-    /// Round-robin position over the shards.
-    next: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    /// The keys of each queue shard; groups go round-robin over them.
+    shards: Vec<Keys>,
+    next: AtomicUsize,
+    metrics: Arc<Metrics>,
 }
 
 impl Pusher {
-    /// Starts one flusher per queue shard (`shards`: the keys of each). They
-    /// stop once every `Pusher` clone is dropped and all pending pushes are
-    /// answered; await the handle to wait for that.
-    pub fn start(
-        conn: ConnectionManager,
-        shards: &[Keys],
-        metrics: Arc<Metrics>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let mut senders = Vec::with_capacity(shards.len());
-        let mut flushers = JoinSet::new();
-        for keys in shards {
-            let (tx, rx) = mpsc::channel(65_536);
-            flushers.spawn(flusher(rx, conn.clone(), keys.clone(), metrics.clone()));
-            senders.push(tx);
-        }
-        let handle = tokio::spawn(async move { while flushers.join_next().await.is_some() {} });
-        let pusher = Self {
-            shards: senders.into(),
-            next: Arc::new(AtomicUsize::new(0)),
-        };
-        (pusher, handle)
+    pub fn new(redis_url: &str, shards: &[Keys], metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let client =
+            redis::Client::open(redis_url).context("REDIS_URL is not a valid redis URL")?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                shards: shards.to_vec(),
+                next: AtomicUsize::new(0),
+                metrics,
+            }),
+        })
     }
 
+    /// The pusher of the calling thread. Its flush task and connection live
+    /// on this thread, which must run a tokio `LocalSet` (actix workers do).
+    pub fn local(&self) -> LocalPusher {
+        LocalPusher {
+            inner: Rc::new(Local {
+                shared: self.shared.clone(),
+                pending: RefCell::new(Vec::new()),
+                flushing: Cell::new(false),
+                conn: OnceCell::new(),
+            }),
+        }
+    }
+}
+
+/// One HTTP worker thread's pusher (not `Send`: it stays on its thread).
+#[derive(Clone)]
+pub struct LocalPusher {
+    inner: Rc<Local>,
+}
+
+struct Local {
+    shared: Arc<Shared>,
+    pending: RefCell<Vec<Pending>>,
+    /// Whether the flush task is running; it stops when nothing is pending.
+    flushing: Cell<bool>,
+    /// Connected on the first push, on this thread, so its driver runs here.
+    conn: OnceCell<ConnectionManager>,
+}
+
+impl LocalPusher {
     /// Pushes envelopes; returns once Redis has them all (one `LPUSH`, so
     /// all or none). On failure the envelopes come back with the error.
     pub async fn push(&self, payloads: Vec<String>) -> Result<(), PushFailure> {
@@ -82,12 +115,12 @@ impl Pusher {
             return Ok(());
         }
         let (done, answer) = oneshot::channel();
-        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len().max(1);
-        let Some(tx) = self.shards.get(shard) else {
-            return Err((PushError::Closed, payloads));
-        };
-        if let Err(e) = tx.send(Pending { payloads, done }).await {
-            return Err((PushError::Closed, e.0.payloads));
+        self.inner
+            .pending
+            .borrow_mut()
+            .push(Pending { payloads, done });
+        if !self.inner.flushing.replace(true) {
+            tokio::task::spawn_local(flush_loop(self.inner.clone()));
         }
         answer
             .await
@@ -95,57 +128,83 @@ impl Pusher {
     }
 }
 
-async fn flusher(
-    mut rx: mpsc::Receiver<Pending>,
-    conn: ConnectionManager,
-    keys: Keys,
-    metrics: Arc<Metrics>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut in_flight = JoinSet::new();
-    while let Some(first) = rx.recv().await {
-        // Wait for a free slot first: what arrives meanwhile joins this group.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut group = vec![first];
-        let mut count = group[0].payloads.len();
-        while count < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(p) => {
-                    count += p.payloads.len();
-                    group.push(p);
-                }
-                Err(_) => break,
-            }
+/// Sends what is pending, one group at a time, until nothing is.
+async fn flush_loop(local: Rc<Local>) {
+    loop {
+        // Let the requests that are ready on this thread now join the group.
+        tokio::task::yield_now().await;
+        let group = take_group(&mut local.pending.borrow_mut());
+        if group.is_empty() {
+            local.flushing.set(false);
+            return;
         }
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        let metrics = metrics.clone();
-        in_flight.spawn(async move {
-            let started = Instant::now();
-            let result = flush(&mut conn, &keys, &group, count).await;
-            metrics.push_group_size.observe(count as f64);
-            metrics
-                .push_duration
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(e) = &result {
-                metrics.push_failures.inc();
-                tracing::warn!(error = %e, events = count, "push to redis failed");
+        let count: usize = group.iter().map(|p| p.payloads.len()).sum();
+        let metrics = &local.shared.metrics;
+        let started = Instant::now();
+        let result = match local.connection().await {
+            Ok(mut conn) => {
+                let shard = local.shared.next.fetch_add(1, Ordering::Relaxed)
+                    % local.shared.shards.len().max(1);
+                match local.shared.shards.get(shard) {
+                    Some(keys) => flush(&mut conn, keys, &group, count).await,
+                    None => Err(PushError::Closed),
+                }
             }
-            for p in group {
-                let answer = match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err((e.clone(), p.payloads)),
-                };
-                let _ = p.done.send(answer);
-            }
-            drop(permit);
-        });
-        // Reap finished flushes so the set does not grow.
-        while in_flight.try_join_next().is_some() {}
+            Err(e) => Err(e),
+        };
+        metrics.push_group_size.observe(count as f64);
+        metrics
+            .push_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            metrics.push_failures.inc();
+            tracing::warn!(error = %e, events = count, "push to redis failed");
+        }
+        for p in group {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err((e.clone(), p.payloads)),
+            };
+            let _ = p.done.send(answer);
+        }
     }
-    while in_flight.join_next().await.is_some() {}
+}
+
+/// The oldest pending pushes, up to [`MAX_GROUP`] envelopes (at least one
+/// push, whatever its size).
+fn take_group(pending: &mut Vec<Pending>) -> Vec<Pending> {
+    let mut count = 0;
+    let mut n = 0;
+    for p in pending.iter() {
+        if n > 0 && count + p.payloads.len() > MAX_GROUP {
+            break;
+        }
+        count += p.payloads.len();
+        n += 1;
+    }
+    if n == pending.len() {
+        std::mem::take(pending)
+    } else {
+        pending.drain(..n).collect()
+    }
+}
+
+impl Local {
+    async fn connection(&self) -> Result<ConnectionManager, PushError> {
+        let connect = self.conn.get_or_try_init(|| async {
+            let config = crate::app::redis_manager_config(PUSH_TIMEOUT);
+            ConnectionManager::new_with_config(self.shared.client.clone(), config)
+                .await
+                .map_err(|e| PushError::Unavailable(format!("connecting to redis: {e}")))
+        });
+        match tokio::time::timeout(PUSH_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => Ok(conn.clone()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PushError::Unavailable(format!(
+                "no connection to redis within {PUSH_TIMEOUT:?}"
+            ))),
+        }
+    }
 }
 
 async fn flush(
@@ -173,5 +232,31 @@ async fn flush(
         Err(_) => Err(PushError::Unavailable(format!(
             "no answer within {PUSH_TIMEOUT:?} for {count} events"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(n: usize) -> Pending {
+        Pending {
+            payloads: vec![String::new(); n],
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_group_stops_at_the_limit_but_always_takes_one_push() {
+        let mut queue = vec![pending(4000), pending(200), pending(10)];
+        let first = take_group(&mut queue);
+        assert_eq!(first.len(), 1);
+        assert_eq!(queue.len(), 2);
+        let second = take_group(&mut queue);
+        assert_eq!(second.len(), 2);
+        assert!(queue.is_empty());
+
+        let mut huge = vec![pending(MAX_GROUP + 5)];
+        assert_eq!(take_group(&mut huge).len(), 1);
     }
 }
