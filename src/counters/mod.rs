@@ -30,7 +30,7 @@ pub use analytics::{
 };
 pub use reconcile::{reconcile, ReconcileReport};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -68,6 +68,49 @@ impl From<&crate::domain::Event> for CountedEvent {
             campaign_id: e.campaign_id.as_ref().map(|v| v.to_string()),
             screen_id: e.screen_id.as_ref().map(|v| v.to_string()),
             ip: e.ip_address.map(|ip| ip.to_string()),
+            time: e.timestamp,
+        }
+    }
+}
+
+impl CountedEvent {
+    pub fn view(&self) -> Counted<'_> {
+        Counted {
+            tenant: &self.tenant,
+            kind: self.kind,
+            ad_id: self.ad_id.as_deref(),
+            campaign_id: self.campaign_id.as_deref(),
+            screen_id: self.screen_id.as_deref(),
+            ip: self.ip.as_deref(),
+            time: self.time,
+        }
+    }
+}
+
+/// The fields the counters use, borrowed from an event (the worker) or a
+/// [`CountedEvent`] (outbox recovery).
+#[derive(Debug, Clone, Copy)]
+pub struct Counted<'a> {
+    pub tenant: &'a str,
+    pub kind: Kind,
+    pub ad_id: Option<&'a str>,
+    pub campaign_id: Option<&'a str>,
+    pub screen_id: Option<&'a str>,
+    /// The client IP as text.
+    pub ip: Option<&'a str>,
+    pub time: DateTime<Utc>,
+}
+
+impl<'a> Counted<'a> {
+    /// `ip` is the event's client IP as text (`Event` holds it parsed).
+    pub fn of(e: &'a crate::domain::Event, ip: Option<&'a str>) -> Self {
+        Self {
+            tenant: &e.tenant_id,
+            kind: e.kind,
+            ad_id: e.ad_id.as_ref().map(|v| v.as_str()),
+            campaign_id: e.campaign_id.as_ref().map(|v| v.as_str()),
+            screen_id: e.screen_id.as_ref().map(|v| v.as_str()),
+            ip,
             time: e.timestamp,
         }
     }
@@ -142,7 +185,10 @@ pub struct Ops {
     layout: Layout,
     now: i64,
     incr: BTreeMap<(String, String), i64>,
-    uniques: BTreeMap<String, BTreeSet<String>>,
+    /// HyperLogLog members by the keys they all go to: the clicks of one ad
+    /// in one minute go to its all-time, hour and minute keys, so each IP is
+    /// sent once for the three.
+    uniques: BTreeMap<Vec<String>, BTreeSet<String>>,
     expire: BTreeMap<String, i64>,
 }
 
@@ -165,19 +211,41 @@ impl Ops {
         *self.incr.entry((key, field)).or_insert(0) += n;
     }
 
-    /// One event's worth of updates.
-    pub fn add_event(&mut self, e: &CountedEvent) {
-        self.add_count(
-            &e.tenant,
-            e.kind,
-            e.ad_id.as_deref(),
-            e.campaign_id.as_deref(),
-            e.screen_id.as_deref(),
-            e.time,
-            1,
+    /// The updates for `events`. They are grouped by minute and dimensions
+    /// first, so each key and field is formatted once per group rather than
+    /// once per event.
+    pub fn add_events<'a>(&mut self, events: impl IntoIterator<Item = Counted<'a>>) {
+        type CountKey<'a> = (
+            &'a str,
+            Kind,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            i64,
         );
-        if let (Kind::Click, Some(ad), Some(ip)) = (e.kind, e.ad_id.as_deref(), e.ip.as_deref()) {
-            self.add_unique_click(&e.tenant, ad, e.time, ip);
+        let mut counts: HashMap<CountKey<'a>, i64> = HashMap::new();
+        let mut clicks: HashMap<(&'a str, &'a str, i64), Vec<&'a str>> = HashMap::new();
+        for e in events {
+            let minute = e.time.timestamp().div_euclid(MINUTE);
+            let key = (
+                e.tenant,
+                e.kind,
+                e.ad_id,
+                e.campaign_id,
+                e.screen_id,
+                minute,
+            );
+            *counts.entry(key).or_insert(0) += 1;
+            if let (Kind::Click, Some(ad), Some(ip)) = (e.kind, e.ad_id, e.ip) {
+                clicks.entry((e.tenant, ad, minute)).or_default().push(ip);
+            }
+        }
+        let at = |minute: i64| DateTime::from_timestamp(minute * MINUTE, 0).unwrap_or_default();
+        for ((tenant, kind, ad, campaign, screen, minute), n) in counts {
+            self.add_count(tenant, kind, ad, campaign, screen, at(minute), n);
+        }
+        for ((tenant, ad, minute), ips) in clicks {
+            self.add_unique_clicks(tenant, ad, at(minute), &ips);
         }
     }
 
@@ -224,36 +292,40 @@ impl Ops {
     /// A click from `ip` on `ad`, for the all-time unique-click estimate.
     pub(crate) fn add_unique_all_time(&mut self, tenant: &str, ad: &str, ip: &str) {
         self.uniques
-            .entry(self.layout.tenant(tenant).uniques_all(ad))
+            .entry(vec![self.layout.tenant(tenant).uniques_all(ad)])
             .or_default()
             .insert(ip.to_owned());
     }
 
     /// A click from `ip` on `ad` at `at`, for the unique-click estimates.
     pub(crate) fn add_unique_click(&mut self, tenant: &str, ad: &str, at: DateTime<Utc>, ip: &str) {
+        self.add_unique_clicks(tenant, ad, at, &[ip]);
+    }
+
+    /// Clicks from `ips` on `ad` in the minute of `at`: the all-time key, and
+    /// the hour and minute keys while windows can still reach them.
+    fn add_unique_clicks(&mut self, tenant: &str, ad: &str, at: DateTime<Utc>, ips: &[&str]) {
         let ts = at.timestamp();
         let hour = ts.div_euclid(HOUR);
         let minute = ts.div_euclid(MINUTE);
-        self.add_unique_all_time(tenant, ad, ip);
         let layout = self.layout.tenant(tenant);
+        let mut keys = vec![layout.uniques_all(ad)];
         let expiry = hour_hll_expiry(hour);
         if expiry > self.now {
             let key = layout.uniques_hour(hour, ad);
-            self.uniques
-                .entry(key.clone())
-                .or_default()
-                .insert(ip.to_owned());
-            self.expire.insert(key, expiry);
+            self.expire.insert(key.clone(), expiry);
+            keys.push(key);
         }
         let expiry = minute_hll_expiry(minute);
         if expiry > self.now {
             let key = layout.uniques_minute(minute, ad);
-            self.uniques
-                .entry(key.clone())
-                .or_default()
-                .insert(ip.to_owned());
-            self.expire.insert(key, expiry);
+            self.expire.insert(key.clone(), expiry);
+            keys.push(key);
         }
+        self.uniques
+            .entry(keys)
+            .or_default()
+            .extend(ips.iter().map(|ip| (*ip).to_owned()));
     }
 
     /// How many distinct updates are pending.
@@ -266,7 +338,7 @@ impl Ops {
         self.incr
             .keys()
             .map(|(k, _)| k.clone())
-            .chain(self.uniques.keys().cloned())
+            .chain(self.uniques.keys().flatten().cloned())
             .collect()
     }
 
@@ -287,10 +359,12 @@ impl Ops {
         for ((key, field), n) in &self.incr {
             push(vec!["H".into(), key.clone(), field.clone(), n.to_string()]);
         }
-        for (key, members) in &self.uniques {
+        for (keys, members) in &self.uniques {
             let members: Vec<&String> = members.iter().collect();
             for part in members.chunks(1000) {
-                let mut args = vec!["P".into(), key.clone(), part.len().to_string()];
+                let mut args = vec!["P".into(), keys.len().to_string()];
+                args.extend(keys.iter().cloned());
+                args.push(part.len().to_string());
                 args.extend(part.iter().map(|m| (*m).clone()));
                 push(args);
             }
@@ -313,7 +387,8 @@ impl Ops {
 /// prefix, so the call is routed to (and stays in) the prefix's Cluster slot;
 /// which of the first two are used is said by the mode.
 /// ARGV: marker TTL, mode (`a` = delete the processing list, `m` = use the
-/// marker, `-` = neither), then ops: `H key field n` | `P key count m…` |
+/// marker, `-` = neither), then ops: `H key field n` |
+/// `P nkeys key… count member…` (the members go to every key) |
 /// `X key unixtime`.
 const APPLY: &str = r"
 local mode = ARGV[2]
@@ -329,9 +404,12 @@ while i <= #ARGV do
     redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
     i = i + 4
   elseif op == 'P' then
-    local n = tonumber(ARGV[i + 2])
-    redis.call('PFADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + n))
-    i = i + 3 + n
+    local k = tonumber(ARGV[i + 1])
+    local n = tonumber(ARGV[i + 2 + k])
+    for j = 1, k do
+      redis.call('PFADD', ARGV[i + 1 + j], unpack(ARGV, i + 3 + k, i + 2 + k + n))
+    end
+    i = i + 3 + k + n
   elseif op == 'X' then
     redis.call('EXPIREAT', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
@@ -372,11 +450,10 @@ impl Counters {
         Layout::new(self.keys.counters_root())
     }
 
-    pub fn ops_for(&self, events: &[CountedEvent], now: DateTime<Utc>) -> Ops {
+    /// The updates for a committed batch: one unit per event.
+    pub fn ops_for(&self, events: &[Counted<'_>], now: DateTime<Utc>) -> Ops {
         let mut ops = Ops::new(self.layout(), now);
-        for e in events {
-            ops.add_event(e);
-        }
+        ops.add_events(events.iter().copied());
         if !events.is_empty() {
             // Running total for the UI's commit rate, applied with the batch.
             ops.hincr(self.keys.stats(), "committed".into(), events.len() as i64);
@@ -470,7 +547,7 @@ mod tests {
             .unwrap();
         let layout = Layout::new("{t}:c:".into());
         let mut ops = Ops::new(layout, now);
-        ops.add_event(&event(Kind::Click, "ad", "1.2.3.4", old));
+        ops.add_events([event(Kind::Click, "ad", "1.2.3.4", old).view()]);
         let keys = ops.keys();
         assert!(keys.contains("{t}:c:ad:ad"));
         assert!(keys.contains("{t}:c:ua:ad"));
@@ -483,25 +560,34 @@ mod tests {
     fn updates_merge_per_field() {
         let now = Utc::now();
         let mut ops = Ops::new(Layout::new("{t}:c:".into()), now);
-        for _ in 0..3 {
-            ops.add_event(&event(Kind::Click, "ad", "1.2.3.4", now));
-        }
-        ops.add_event(&event(Kind::Play, "ad", "1.2.3.4", now));
+        let events = [
+            event(Kind::Click, "ad", "1.2.3.4", now),
+            event(Kind::Click, "ad", "1.2.3.4", now),
+            event(Kind::Click, "ad", "5.6.7.8", now),
+            event(Kind::Play, "ad", "1.2.3.4", now),
+        ];
+        ops.add_events(events.iter().map(CountedEvent::view));
         assert_eq!(ops.incr[&("{t}:c:ad:ad".to_string(), "c".to_string())], 3);
         assert_eq!(
             ops.incr[&("{t}:c:campaigns".to_string(), "camp".to_string())],
             1
         );
-        assert_eq!(ops.uniques["{t}:c:ua:ad"].len(), 1);
+        // Both IPs go once to the all-time, hour and minute keys together.
+        let (keys, ips) = ops.uniques.iter().next().unwrap();
+        assert_eq!(ops.uniques.len(), 1);
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[0], "{t}:c:ua:ad");
+        assert_eq!(ips.len(), 2);
     }
 
     #[test]
     fn chunks_respect_the_limit_without_splitting_ops() {
         let now = Utc::now();
         let mut ops = Ops::new(Layout::new("{t}:c:".into()), now);
-        for i in 0..50 {
-            ops.add_event(&event(Kind::Impression, &format!("ad{i}"), "1.1.1.1", now));
-        }
+        let events: Vec<CountedEvent> = (0..50)
+            .map(|i| event(Kind::Impression, &format!("ad{i}"), "1.1.1.1", now))
+            .collect();
+        ops.add_events(events.iter().map(CountedEvent::view));
         let chunks = ops.to_arg_chunks(40);
         assert!(chunks.len() > 1);
         for c in &chunks {

@@ -1,9 +1,9 @@
 //! PostgreSQL, the source of truth: connection and migrations, the batched
 //! insert with dedup and rollups, the counter outbox and the reads.
 //!
-//! Invariant: raw rows and the rollups derived from them are written by one
-//! statement, and rollups count only the rows that statement inserted, so a
-//! duplicate eventId can never be counted twice.
+//! Invariant: raw rows and the rollups derived from them (per minute and per
+//! hour) are written by one statement, and rollups count only the rows that
+//! statement inserted, so a duplicate eventId can never be counted twice.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -134,21 +134,38 @@ ins AS (
     FROM input JOIN claimed USING (tenant_id, event_id)
     RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount
 ),
-rolled AS (
-    INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
-    SELECT tenant_id, date_trunc('minute', event_time), kind, coalesce(ad_id, ''),
-           coalesce(campaign_id, ''), coalesce(screen_id, ''), count(*), coalesce(sum(amount), 0)
+outbox AS (
+    INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
+    SELECT $15, array_agg(event_id), array_agg(tenant_id)
+    FROM ins HAVING count(*) > 0
+),
+-- One aggregation feeds both rollups. They are written last, in key order
+-- (so concurrent workers lock shared rollup rows in the same order): a hot
+-- rollup row is locked only from here to the commit.
+grouped AS (
+    SELECT tenant_id, date_trunc('minute', event_time) AS minute, kind,
+           coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
+           coalesce(screen_id, '') AS screen_id, count(*) AS events,
+           coalesce(sum(amount), 0) AS amount
     FROM ins
     GROUP BY 1, 2, 3, 4, 5, 6
+),
+rolled AS (
+    INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
+    SELECT * FROM grouped
     ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id, screen_id)
     DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
 ),
-outbox AS (
-    INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
-    SELECT $15, array_agg(event_id ORDER BY event_id, tenant_id),
-           array_agg(tenant_id ORDER BY event_id, tenant_id)
-    FROM ins HAVING count(*) > 0
+rolled_hour AS (
+    INSERT INTO rollup_hour AS r (tenant_id, bucket, kind, ad_id, campaign_id, events, amount)
+    SELECT tenant_id, date_trunc('hour', minute, 'UTC'), kind, ad_id, campaign_id,
+           sum(events), sum(amount)
+    FROM grouped
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
+    DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
 )
 SELECT tenant_id, event_id FROM ins
 ";
@@ -259,10 +276,13 @@ pub async fn counted_events<'e>(
         _ => vec![""; ids.len()],
     };
     let rows: Vec<CountedRow> = sqlx::query_as(
-        "SELECT e.tenant_id, kind, ad_id, campaign_id, screen_id, host(ip), e.event_time
-         FROM events e
-         JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, event_id)
-           ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id",
+        // event_keys gives each event's time, which leads to its row
+        // through the partitions' time index.
+        "SELECT e.tenant_id, e.kind, e.ad_id, e.campaign_id, e.screen_id, host(e.ip), e.event_time
+         FROM unnest($1::text[], $2::uuid[]) AS w(tenant_id, event_id)
+         JOIN event_keys k ON k.tenant_id = w.tenant_id AND k.event_id = w.event_id
+         JOIN events e ON e.event_time = k.event_time AND e.event_id = k.event_id
+                      AND e.tenant_id = k.tenant_id",
     )
     .bind(&tenants)
     .bind(ids)

@@ -185,7 +185,8 @@ pub async fn recover_outbox(
     let mut applied = Vec::with_capacity(rows.len());
     for (batch, ids, tenants) in &rows {
         let events = store::counted_events(&mut *tx, ids, tenants.as_deref()).await?;
-        let ops = counters.ops_for(&events, Utc::now());
+        let views: Vec<_> = events.iter().map(|e| e.view()).collect();
+        let ops = counters.ops_for(&views, Utc::now());
         if counters.apply_batch(conn, batch, &ops, None).await? == Applied::Paused {
             // Reconcile is rebuilding; leave the rest for later.
             break;

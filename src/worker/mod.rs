@@ -35,8 +35,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::counters::{Applied, CountedEvent, Counters};
-use crate::domain::Event;
+use crate::counters::{Applied, Counted, Counters};
+use crate::domain::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::queue::{Divert, Queue, Queues};
 use crate::store;
@@ -77,6 +77,9 @@ pub struct Worker {
     ctx: Arc<WorkerContext>,
     /// The queue shard this worker takes from.
     queue: Queue,
+    /// The last round acknowledged its processing list, so the list is empty
+    /// (only this worker fills it); false at start and after a failed round.
+    acked: bool,
 }
 
 struct Failure {
@@ -96,6 +99,7 @@ impl Worker {
             conn,
             ctx,
             queue,
+            acked: false,
         }
     }
 
@@ -137,11 +141,19 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(worker = %self.id))]
     pub async fn step(&mut self) -> anyhow::Result<StepOutcome> {
         let ctx = self.ctx.clone();
+        let held_nothing = std::mem::replace(&mut self.acked, false);
         let items = self
             .queue
-            .reserve(&mut self.conn, &self.id, ctx.batch_size, RESERVE_WAIT)
+            .reserve(
+                &mut self.conn,
+                &self.id,
+                ctx.batch_size,
+                RESERVE_WAIT,
+                held_nothing,
+            )
             .await?;
         if items.is_empty() {
+            self.acked = true;
             return Ok(StepOutcome::Idle);
         }
         let started = Instant::now();
@@ -152,7 +164,7 @@ impl Worker {
         let ack_in_script = self.queue.keys().queue_in_home_slot();
 
         let mut failures = Vec::new();
-        let mut events: Vec<(String, Event)> = Vec::with_capacity(items.len());
+        let mut events: Vec<(&str, Event)> = Vec::with_capacity(items.len());
         let mut seen = HashSet::with_capacity(items.len());
         let mut duplicates = 0usize;
         for raw in items.iter() {
@@ -167,7 +179,7 @@ impl Worker {
                 // A second copy of an eventId in one batch adds nothing.
                 Ok(event) => {
                     if seen.insert((event.tenant_id.clone(), event.event_id)) {
-                        events.push((raw.clone(), event));
+                        events.push((raw.as_str(), event));
                     } else {
                         duplicates += 1;
                     }
@@ -194,20 +206,34 @@ impl Worker {
         for (i, (batch, ids)) in committed.iter().enumerate() {
             inserted += ids.len();
             let ids: HashSet<(&str, &Uuid)> = ids.iter().map(|(t, id)| (t.as_str(), id)).collect();
-            let new = |e: &Event| ids.contains(&(e.tenant_id.as_str(), &e.event_id));
-            let counted: Vec<CountedEvent> = events
+            let new: Vec<&Event> = events
                 .iter()
-                .filter(|(_, e)| new(e))
-                .map(|(_, e)| CountedEvent::from(e))
+                .map(|(_, e)| e)
+                .filter(|e| ids.contains(&(e.tenant_id.as_str(), &e.event_id)))
+                .collect();
+            let ips: Vec<Option<String>> = new
+                .iter()
+                .map(|e| e.ip_address.map(|ip| ip.to_string()))
+                .collect();
+            let counted: Vec<Counted> = new
+                .iter()
+                .zip(&ips)
+                .map(|(e, ip)| Counted::of(e, ip.as_deref()))
                 .collect();
             let now = Utc::now();
-            for (_, e) in events.iter().filter(|(_, e)| new(e)) {
-                ctx.metrics
-                    .events_processed
-                    .with_label_values(&[e.kind.as_str()])
-                    .inc();
+            let mut per_kind = [0u64; Kind::ALL.len()];
+            for e in &new {
+                per_kind[e.kind as usize] += 1;
                 let lag = (now - e.received_at).num_milliseconds().max(0) as f64 / 1000.0;
                 ctx.metrics.ingest_to_commit.observe(lag);
+            }
+            for (kind, n) in Kind::ALL.iter().zip(per_kind) {
+                if n > 0 {
+                    ctx.metrics
+                        .events_processed
+                        .with_label_values(&[kind.as_str()])
+                        .inc_by(n);
+                }
             }
             // The last apply also acknowledges the processing list.
             let ack = (i == last && ack_in_script).then_some(processing.as_str());
@@ -217,6 +243,7 @@ impl Worker {
         if !acked {
             ctx.counters.ack(&mut self.conn, &processing).await?;
         }
+        self.acked = true;
 
         duplicates += events.len().saturating_sub(inserted + failed_to_store);
         ctx.metrics.events_duplicate.inc_by(duplicates as u64);
@@ -242,11 +269,11 @@ impl Worker {
     /// and the failed events. A transient error fails the whole round.
     async fn commit_isolating(
         &self,
-        events: &[(String, Event)],
+        events: &[(&str, Event)],
     ) -> anyhow::Result<(Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>)> {
         let mut committed = Vec::new();
         let mut failures = Vec::new();
-        let mut pending: Vec<&[(String, Event)]> = if events.is_empty() {
+        let mut pending: Vec<&[(&str, Event)]> = if events.is_empty() {
             vec![]
         } else {
             vec![events]
@@ -265,7 +292,7 @@ impl Worker {
                     let (raw, event) = &part[0];
                     tracing::warn!(worker = %self.id, event_id = %event.event_id, error = format!("{e:#}"), "event failed to store");
                     failures.push(Failure {
-                        raw: raw.clone(),
+                        raw: (*raw).to_owned(),
                         event: Some(event.clone()),
                         error: format!("{:#}", e.root_cause()),
                     });
@@ -323,7 +350,7 @@ impl Worker {
     async fn apply_committed(
         &mut self,
         batch: &Uuid,
-        counted: &[CountedEvent],
+        counted: &[Counted<'_>],
         processing: Option<&str>,
     ) -> anyhow::Result<()> {
         let ctx = self.ctx.clone();

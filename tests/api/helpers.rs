@@ -762,14 +762,16 @@ pub async fn assert_exactly_once(b: &Backends, ad: &str, outcome: &Outcome, base
             .fetch_one(&b.pool)
             .await
             .unwrap();
-    let rolled: Option<i64> = sqlx::query_scalar(
-        "SELECT sum(events)::bigint FROM rollup_minute WHERE ad_id = $1 AND kind = 'click'",
-    )
-    .bind(ad)
-    .fetch_one(&b.pool)
-    .await
-    .unwrap();
-    assert_eq!(rolled.unwrap_or(0), rows, "rollups differ from raw rows");
+    for table in ["rollup_minute", "rollup_hour"] {
+        let rolled: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT sum(events)::bigint FROM {table} WHERE ad_id = $1 AND kind = 'click'"
+        ))
+        .bind(ad)
+        .fetch_one(&b.pool)
+        .await
+        .unwrap();
+        assert_eq!(rolled.unwrap_or(0), rows, "{table} differs from raw rows");
+    }
     let res: Value = reqwest::get(format!("{base}/ads/analytics?adId={ad}&timeframe=all"))
         .await
         .unwrap()

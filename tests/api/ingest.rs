@@ -300,12 +300,15 @@ async fn the_same_event_id_is_one_event_across_requests_and_batches() {
     let all = app.analytics(AD, "all").await;
     assert_eq!(all["totalClicks"], 2, "{all}");
     assert_eq!(all["uniqueClicks"], 2, "{all}");
-    let rolled: i64 =
-        sqlx::query_scalar("SELECT sum(events)::bigint FROM rollup_minute WHERE kind = 'click'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rolled, 2);
+    for table in ["rollup_minute", "rollup_hour"] {
+        let rolled: i64 = sqlx::query_scalar(&format!(
+            "SELECT sum(events)::bigint FROM {table} WHERE kind = 'click'"
+        ))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(rolled, 2, "{table}");
+    }
     assert!(app.metric("adtrack_events_duplicate_total").await >= 6.0);
     app.stop().await;
 }

@@ -147,7 +147,8 @@ async fn a_batch_marker_makes_a_second_apply_a_no_op() {
     let counters = Counters::new(app.keys.clone());
     let mut conn = app.redis.clone();
     let event = envelope(json!({"type": "click", "adId": "ad-marker", "ipAddress": "10.7.0.1"}));
-    let ops = counters.ops_for(&[CountedEvent::from(&event)], Utc::now());
+    let counted = CountedEvent::from(&event);
+    let ops = counters.ops_for(&[counted.view()], Utc::now());
     let batch = uuid::Uuid::now_v7();
     assert_eq!(
         counters
