@@ -189,6 +189,13 @@ impl Application {
             background.push(tokio::spawn(replayer.run(shutdown.clone())));
         }
 
+        let rate_limiter = crate::ratelimit::RateLimiter::new(
+            settings.client_limit(),
+            settings.ad_limit(),
+            keys.clone(),
+            redis.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             keys,
@@ -202,6 +209,7 @@ impl Application {
             pusher,
             spool: spool.clone(),
             redis_down,
+            rate_limiter,
             metrics,
             shutdown: shutdown.clone(),
         });

@@ -31,7 +31,16 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub simulate_failures: bool,
     pub heartbeat_ttl: Duration,
+    /// Ingest requests a second per client IP (`0` = off).
     pub rate_limit_per_ip: u32,
+    /// Requests a quiet client may send at once (default: twice the rate).
+    pub rate_limit_burst: Option<u32>,
+    /// Events a second per adId (`0` = off).
+    pub rate_limit_per_ad: u32,
+    /// Events an ad may take at once (default: twice the rate).
+    pub rate_limit_ad_burst: Option<u32>,
+    /// Proxies whose `X-Forwarded-For` names the client (CIDRs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Queue shards under the prefix (see `queue::Queues`).
     pub queue_shards: usize,
     /// `TENANTS=on`: every ingest and read needs an `X-API-Key`.
@@ -60,6 +69,10 @@ impl Default for Settings {
             simulate_failures: false,
             heartbeat_ttl: Duration::from_secs(15),
             rate_limit_per_ip: 0,
+            rate_limit_burst: None,
+            rate_limit_per_ad: 0,
+            rate_limit_ad_burst: None,
+            trusted_proxies: Vec::new(),
             queue_shards: 1,
             tenants: false,
             event_retention: None,
@@ -70,6 +83,16 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The per-client limit, when on.
+    pub fn client_limit(&self) -> Option<crate::ratelimit::Limit> {
+        limit(self.rate_limit_per_ip, self.rate_limit_burst)
+    }
+
+    /// The per-ad limit, when on.
+    pub fn ad_limit(&self) -> Option<crate::ratelimit::Limit> {
+        limit(self.rate_limit_per_ad, self.rate_limit_ad_burst)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -120,6 +143,29 @@ impl Settings {
         }
         if let Some(v) = get("RATE_LIMIT_PER_IP") {
             s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
+        }
+        if let Some(v) = get("RATE_LIMIT_BURST") {
+            s.rate_limit_burst = Some(parse(&v, "RATE_LIMIT_BURST")?);
+        }
+        if let Some(v) = get("RATE_LIMIT_PER_AD") {
+            s.rate_limit_per_ad = parse(&v, "RATE_LIMIT_PER_AD")?;
+        }
+        if let Some(v) = get("RATE_LIMIT_AD_BURST") {
+            s.rate_limit_ad_burst = Some(parse(&v, "RATE_LIMIT_AD_BURST")?);
+        }
+        if let Some(v) = get("TRUSTED_PROXIES") {
+            s.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            anyhow::anyhow!("TRUSTED_PROXIES: {p:?} is not an IP address or CIDR")
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?;
         }
         if let Some(v) = get("TENANTS") {
             s.tenants = parse_bool(&v, "TENANTS")?;
@@ -176,6 +222,9 @@ impl Settings {
         if !(1..=crate::queue::MAX_SHARDS).contains(&self.queue_shards) {
             bail!("QUEUE_SHARDS: must be between 1 and 64");
         }
+        if self.rate_limit_burst == Some(0) || self.rate_limit_ad_burst == Some(0) {
+            bail!("RATE_LIMIT_BURST / RATE_LIMIT_AD_BURST: must be at least 1");
+        }
         if self.spool_max_bytes < 4096 {
             bail!("SPOOL_MAX_BYTES: must be at least 4096");
         }
@@ -196,6 +245,13 @@ where
         .trim()
         .parse::<T>()
         .map_err(|e| anyhow::anyhow!("{name}: {value:?} is not valid ({e})"))
+}
+
+fn limit(rate: u32, burst: Option<u32>) -> Option<crate::ratelimit::Limit> {
+    (rate > 0).then(|| crate::ratelimit::Limit {
+        per_second: f64::from(rate),
+        burst: burst.unwrap_or(rate.saturating_mul(2)),
+    })
 }
 
 fn parse_bool(value: &str, name: &str) -> anyhow::Result<bool> {
@@ -245,6 +301,29 @@ mod tests {
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_default_to_a_burst_of_twice_the_rate() {
+        let s = settings(&[
+            ("RATE_LIMIT_PER_IP", "50"),
+            ("RATE_LIMIT_PER_AD", "10"),
+            ("RATE_LIMIT_AD_BURST", "15"),
+        ])
+        .unwrap();
+        assert_eq!(s.client_limit().unwrap().burst, 100);
+        assert_eq!(s.ad_limit().unwrap().burst, 15);
+        assert!(settings(&[]).unwrap().client_limit().is_none());
+        let s = settings(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1,::1")]).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 3);
+        for bad in [
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("RATE_LIMIT_BURST", "0"),
+            ("RATE_LIMIT_PER_AD", "-1"),
+        ] {
+            let err = settings(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(bad.0.split('_').next().unwrap()), "{err}");
         }
     }
 

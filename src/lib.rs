@@ -22,6 +22,8 @@ pub mod http;
 pub mod metrics;
 /// The Redis list protocol: push, reserve, acknowledge, reap.
 pub mod queue;
+/// Redis-backed rate limits per client IP and per adId.
+pub mod ratelimit;
 /// The on-disk spool used while Redis is down, and its replay.
 pub mod spool;
 /// PostgreSQL: migrations, batched inserts with dedup and rollups, reads.

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub event_partitions_dropped: IntCounter,
     pub event_keys_purged: IntCounter,
     pub partition_maintenance_errors: IntCounter,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_fail_open: IntCounter,
 }
 
 impl Metrics {
@@ -175,6 +177,17 @@ impl Metrics {
                 "partition_maintenance_errors_total",
                 "Failed partition creation or retention passes",
             )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "rate_limited_total",
+                    "Ingest requests refused with 429, by the limit that refused them (ip, ad)",
+                ),
+                &["scope"],
+            )?,
+            rate_limit_fail_open: IntCounter::new(
+                "rate_limit_fail_open_total",
+                "Requests let through unchecked because Redis could not answer the limiter",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -210,6 +223,9 @@ impl Metrics {
         m.registry.register(Box::new(m.event_keys_purged.clone()))?;
         m.registry
             .register(Box::new(m.partition_maintenance_errors.clone()))?;
+        m.registry.register(Box::new(m.rate_limited.clone()))?;
+        m.registry
+            .register(Box::new(m.rate_limit_fail_open.clone()))?;
         Ok(m)
     }
 

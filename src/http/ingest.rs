@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
 use crate::queue::{LocalPusher, PushError};
+use crate::ratelimit::{client_ip, Decision};
 use crate::spool::SpoolError;
 
 /// Largest single-event body.
@@ -65,7 +66,16 @@ async fn ingest_one(
     let bytes = read_body(body, req, MAX_EVENT_BYTES).await?;
     let mut ctx = parse_context(req, state, fixed_kind, idempotency_key(req)?)?;
     ctx.tenant = tenant;
-    let event = parse_event(&bytes, &ctx).map_err(|e| rejected(state, e))?;
+    let parsed = parse_event(&bytes, &ctx);
+    // Every request is charged to its client, a refused one too; an ad only
+    // for an event it would take.
+    let ad = parsed
+        .as_ref()
+        .ok()
+        .and_then(|e| e.ad_id.as_ref())
+        .map(|a| (a.as_str(), 1));
+    limit(state, &ctx, ad.as_slice()).await?;
+    let event = parsed.map_err(|e| rejected(state, e))?;
     enqueue(req, state, std::slice::from_ref(&event)).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "status": "accepted",
@@ -137,6 +147,15 @@ pub async fn batch(
             }
         }
     }
+    let mut per_ad: Vec<(&str, u32)> = Vec::new();
+    for ad in accepted.iter().filter_map(|e| e.ad_id.as_ref()) {
+        match per_ad.iter_mut().find(|(a, _)| *a == ad.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => per_ad.push((ad.as_str(), 1)),
+        }
+    }
+    // A limited batch is refused whole: nothing of it is queued.
+    limit(&state, &base, &per_ad).await?;
     enqueue(&req, &state, &accepted).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "accepted": accepted.len(),
@@ -215,6 +234,34 @@ fn count_enqueued(state: &AppState, events: &[Event]) {
     }
 }
 
+/// Applies the rate limits (when configured) to a request from
+/// `ctx.peer_ip` carrying `ads` (adId, events).
+async fn limit(state: &AppState, ctx: &ParseContext, ads: &[(&str, u32)]) -> Result<(), ApiError> {
+    let Some(limiter) = &state.rate_limiter else {
+        return Ok(());
+    };
+    let decision = limiter
+        .check(ctx.peer_ip, &ctx.tenant, ads, state.redis_down.is_down())
+        .await;
+    match decision {
+        Decision::Allowed => Ok(()),
+        Decision::Limited {
+            scope,
+            retry_after_secs,
+        } => {
+            let what = if scope == "ad" {
+                "too many events for this adId"
+            } else {
+                "too many requests from this client"
+            };
+            Err(ApiError::TooManyRequests {
+                message: format!("{what}; retry in {retry_after_secs} s"),
+                retry_after_secs,
+            })
+        }
+    }
+}
+
 fn shutting_down() -> ApiError {
     ApiError::Unavailable {
         message: "the server is shutting down; retry shortly".into(),
@@ -245,7 +292,7 @@ fn parse_context(
     Ok(ParseContext {
         fixed_kind,
         default_kind: Kind::Play,
-        peer_ip: req.peer_addr().map(|a| a.ip()),
+        peer_ip: client_ip(req, &state.settings.trusted_proxies),
         now,
         default_event_id,
         allow_simulate_failure: state.settings.simulate_failures,

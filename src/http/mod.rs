@@ -41,6 +41,8 @@ pub struct AppState {
     pub pusher: Pusher,
     pub spool: Spool,
     pub redis_down: Arc<RedisDown>,
+    /// `None` unless `RATE_LIMIT_PER_IP` or `RATE_LIMIT_PER_AD` is set.
+    pub rate_limiter: Option<crate::ratelimit::RateLimiter>,
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown; ends long-lived streams.
     pub shutdown: CancellationToken,

@@ -95,6 +95,16 @@ impl Keys {
     pub fn applied(&self, batch: &uuid::Uuid) -> String {
         format!("{}:applied:{batch}", self.home)
     }
+
+    /// Token bucket of one rate-limited client (see `ratelimit`).
+    pub fn rate_limit_client(&self, client: &str) -> String {
+        format!("{}:rl:ip:{client}", self.home)
+    }
+
+    /// Token bucket of one ad of one tenant (`""` unless `TENANTS=on`).
+    pub fn rate_limit_ad(&self, tenant: &str, ad: &str) -> String {
+        format!("{}:rl:ad:{tenant}:{ad}", self.home)
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod pipeline;
+mod ratelimit;
 mod reliability;
 mod reports;
 mod shards;
