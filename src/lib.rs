@@ -14,6 +14,9 @@ pub mod config;
 pub mod counters;
 /// The event model, parsed at the edge.
 pub mod domain;
+/// Properties the fuzz targets check (used by `fuzz/` and its regression tests).
+#[doc(hidden)]
+pub mod fuzzing;
 /// The container health probe.
 pub mod health;
 /// Routes, handlers and JSON errors.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{code, Layout, HOUR, MINUTE};
 use crate::domain::Kind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Timeframe {
     #[serde(rename = "1h")]
     Hour,
@@ -38,7 +38,7 @@ impl Timeframe {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdAnalytics {
     pub ad_id: String,
@@ -225,7 +225,7 @@ pub async fn ad_analytics(
     })
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignPlays {
     pub campaign_id: String,
@@ -233,7 +233,7 @@ pub struct CampaignPlays {
     pub screens: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScreenPlays {
     pub screen_id: String,

@@ -4,5 +4,8 @@
 mod event;
 mod ident;
 
-pub use event::{parse_event, parse_value, Event, EventError, Kind, ParseContext};
+pub use event::{
+    parse_event, parse_value, Event, EventError, Kind, ParseContext, MAX_CLOCK_SKEW,
+    MAX_PROPERTIES_BYTES,
+};
 pub use ident::Ident;

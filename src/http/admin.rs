@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::analytics::query_map;
+use super::openapi::{DeadLetters, ErrorBody, Moved, Purged, QueueStatus};
 use super::{ApiError, AppState};
 
 fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
@@ -67,12 +68,40 @@ pub(crate) async fn queue_status(state: &AppState) -> anyhow::Result<serde_json:
     }))
 }
 
+/// Queue depths, this process's spool and the workers.
+#[utoipa::path(
+    get,
+    path = "/admin/queue",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The pipeline now", body = QueueStatus),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let status = queue_status(&state).await.map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(status))
 }
 
+/// Dead letters, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/dlq",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("limit" = Option<u64>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "The total and the newest letters", body = DeadLetters),
+        (status = 400, description = "An invalid limit", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let q = query_map(&req)?;
@@ -90,9 +119,22 @@ pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         .dlq_list(&mut conn, limit)
         .await
         .map_err(ApiError::dependency)?;
-    Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
+    Ok(HttpResponse::Ok().json(DeadLetters { total, items }))
 }
 
+/// Moves every dead letter back to the queue (attempts reset).
+#[utoipa::path(
+    post,
+    path = "/admin/dlq/replay",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "How many moved", body = Moved),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn dlq_replay(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -105,9 +147,22 @@ pub async fn dlq_replay(
         .await
         .map_err(ApiError::dependency)?;
     tracing::info!(moved, "dead letters replayed");
-    Ok(HttpResponse::Ok().json(json!({ "moved": moved })))
+    Ok(HttpResponse::Ok().json(Moved { moved }))
 }
 
+/// Deletes every dead letter.
+#[utoipa::path(
+    delete,
+    path = "/admin/dlq",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "How many were deleted", body = Purged),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn dlq_purge(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -120,7 +175,7 @@ pub async fn dlq_purge(
         .await
         .map_err(ApiError::dependency)?;
     tracing::warn!(purged, "dead letters purged");
-    Ok(HttpResponse::Ok().json(json!({ "purged": purged })))
+    Ok(HttpResponse::Ok().json(Purged { purged }))
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
+use crate::counters::{AdAnalytics, CampaignPlays, ScreenPlays};
 use crate::domain::Ident;
 use crate::store;
+use crate::store::Ad;
 
 pub(crate) fn query_map(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
@@ -45,6 +48,23 @@ fn ident_param(value: &str, name: &str) -> Result<Ident, ApiError> {
     Ident::parse(value).map_err(|problem| ApiError::invalid_field(format!("{name} {problem}")))
 }
 
+/// Impressions, clicks, unique clicks, CTR and an hourly click series for
+/// one ad over a window of event time.
+#[utoipa::path(
+    get,
+    path = "/ads/analytics",
+    tag = "analytics",
+    params(
+        ("adId" = String, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+        ("timeframe" = Option<String>, Query, description = "1h, 24h (default), 7d or all", pattern = "^(1h|24h|7d|all)?$"),
+    ),
+    responses(
+        (status = 200, description = "The ad's figures (zeros for an ad without events)", body = AdAnalytics),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn ad_analytics(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -64,6 +84,18 @@ pub async fn ad_analytics(
     Ok(HttpResponse::Ok().json(result))
 }
 
+/// The ad catalogue.
+#[utoipa::path(
+    get,
+    path = "/ads",
+    tag = "analytics",
+    responses(
+        (status = 200, description = "Every ad", body = Vec<Ad>),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn ads(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     super::tenant_of(&req, &state).await?;
     let ads = store::catalogue(&state.pool)
@@ -72,6 +104,18 @@ pub async fn ads(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(ads))
 }
 
+/// Plays and distinct screens per campaign.
+#[utoipa::path(
+    get,
+    path = "/campaigns",
+    tag = "analytics",
+    responses(
+        (status = 200, description = "Campaigns, with the catalogue's campaigns listed even without plays", body = Vec<CampaignPlays>),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn campaigns(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -88,6 +132,19 @@ pub async fn campaigns(
     Ok(HttpResponse::Ok().json(list))
 }
 
+/// Plays per screen of one campaign, most plays first.
+#[utoipa::path(
+    get,
+    path = "/campaigns/{id}/screens",
+    tag = "analytics",
+    params(("id" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The campaign's screens", body = Vec<ScreenPlays>),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn campaign_screens(
     req: HttpRequest,
     path: web::Path<String>,

@@ -2,18 +2,34 @@
 
 use std::time::Duration;
 
+use super::openapi::{Health, Readiness};
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// 200 while the process lives.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = Health))
+)]
 pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// 200 when Postgres and Redis both answer, else 503 naming the one down.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Both dependencies answer", body = Readiness),
+        (status = 503, description = "At least one does not", body = Readiness, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
+    )
+)]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let (pg, redis) = tokio::join!(postgres_up(&state), redis_up(&state));
     state
@@ -27,11 +43,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .with_label_values(&["redis"])
         .set(redis as i64);
     let word = |up: bool| if up { "ok" } else { "down" };
-    let body = json!({
-        "status": if pg && redis { "ready" } else { "degraded" },
-        "postgres": word(pg),
-        "redis": word(redis),
-    });
+    let body = Readiness {
+        status: if pg && redis { "ready" } else { "degraded" },
+        postgres: word(pg),
+        redis: word(redis),
+    };
     if pg && redis {
         HttpResponse::Ok().json(body)
     } else {
@@ -53,6 +69,13 @@ async fn redis_up(state: &AppState) -> bool {
     matches!(tokio::time::timeout(CHECK_TIMEOUT, check).await, Ok(Ok(_)))
 }
 
+/// Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Every metric of this process", content_type = "text/plain", body = String))
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Depth gauges are sampled at scrape time, so every role reports them.
     let mut conn = state.redis.clone();

@@ -7,10 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::openapi::{self, Accepted, BatchAccepted, ErrorBody, EventBody, Rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
 use crate::queue::{LocalPusher, PushError};
@@ -27,6 +27,22 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Namespace of the UUIDv5 made from a non-UUID `Idempotency-Key`.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6164_7472_6163_6b2d_6964_656d_706f_7465);
 
+/// A click (the body of the tracker adtrack replaces is accepted as is).
+#[utoipa::path(
+    post,
+    path = "/ads/click",
+    tag = "ingest",
+    request_body(content = EventBody, description = "Usually `{\"adId\",\"timestamp\",\"ipAddress\",\"videoPlaybackTime\"}`; `type` may be left out or be `click`"),
+    responses(
+        (status = 202, description = "Queued (in Redis, or in the synced spool while Redis is down)", body = Accepted),
+        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
+        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn click(
     req: HttpRequest,
     body: web::Payload,
@@ -35,6 +51,22 @@ pub async fn click(
     ingest_one(&req, body, &state, Some(Kind::Click)).await
 }
 
+/// An impression.
+#[utoipa::path(
+    post,
+    path = "/ads/impression",
+    tag = "ingest",
+    request_body(content = EventBody, description = "`{\"adId\"}` or `{\"ad_id\"}` at least"),
+    responses(
+        (status = 202, description = "Queued", body = Accepted),
+        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
+        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn impression(
     req: HttpRequest,
     body: web::Payload,
@@ -43,6 +75,22 @@ pub async fn impression(
     ingest_one(&req, body, &state, Some(Kind::Impression)).await
 }
 
+/// Any event; `type` defaults to `play` (`{\"screen_id\",\"campaign_id\",\"timestamp\"}`).
+#[utoipa::path(
+    post,
+    path = "/events",
+    tag = "ingest",
+    request_body = EventBody,
+    responses(
+        (status = 202, description = "Queued", body = Accepted),
+        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
+        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn event(
     req: HttpRequest,
     body: web::Payload,
@@ -77,18 +125,35 @@ async fn ingest_one(
     limit(state, &ctx, ad.as_slice()).await?;
     let event = parsed.map_err(|e| rejected(state, e))?;
     enqueue(req, state, std::slice::from_ref(&event)).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "status": "accepted",
-        "eventId": event.event_id,
-    })))
+    Ok(HttpResponse::Accepted().json(Accepted {
+        status: "accepted",
+        event_id: event.event_id,
+    }))
 }
 
 #[derive(Deserialize)]
-struct BatchBody<'a> {
+struct BatchItems<'a> {
     #[serde(borrow)]
     events: Vec<&'a RawValue>,
 }
 
+/// Up to 1,000 events in one request; bad items are listed in `rejected`
+/// while the good ones are queued (in one `LPUSH`).
+#[utoipa::path(
+    post,
+    path = "/events/batch",
+    tag = "ingest",
+    request_body(content = openapi::BatchBody, description = "`{\"events\":[…]}`, or NDJSON (`application/x-ndjson`, one event per line)"),
+    responses(
+        (status = 202, description = "The good items queued; the bad ones with their index and error", body = BatchAccepted),
+        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
+        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn batch(
     req: HttpRequest,
     body: web::Payload,
@@ -100,7 +165,7 @@ pub async fn batch(
     let key = idempotency_key(&req)?;
     let items: Vec<&[u8]> = match kind {
         BodyKind::Json => {
-            let parsed: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
+            let parsed: BatchItems = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::bad_request(
                     "invalid_body",
                     format!("a batch is {{\"events\": [ … ]}}: {e}"),
@@ -143,7 +208,11 @@ pub async fn batch(
             Ok(event) => accepted.push(event),
             Err(e) => {
                 let e = rejected_item(&state, e);
-                rejected.push(json!({ "index": index, "error": e.code, "message": e.message }));
+                rejected.push(Rejected {
+                    index,
+                    error: e.code,
+                    message: e.message,
+                });
             }
         }
     }
@@ -157,11 +226,11 @@ pub async fn batch(
     // A limited batch is refused whole: nothing of it is queued.
     limit(&state, &base, &per_ad).await?;
     enqueue(&req, &state, &accepted).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "accepted": accepted.len(),
-        "eventIds": accepted.iter().map(|e| e.event_id).collect::<Vec<_>>(),
-        "rejected": rejected,
-    })))
+    Ok(HttpResponse::Accepted().json(BatchAccepted {
+        accepted: accepted.len(),
+        event_ids: accepted.iter().map(|e| e.event_id).collect(),
+        rejected,
+    }))
 }
 
 /// Queues events: on Redis when it takes them, else in the synced disk

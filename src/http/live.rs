@@ -18,6 +18,23 @@ use crate::store;
 
 const PERIOD: Duration = Duration::from_secs(1);
 
+/// Server-sent events for dashboards, about once a second: `pipeline`,
+/// `analytics` (for `adId`/`timeframe`) and `campaigns`.
+#[utoipa::path(
+    get,
+    path = "/live",
+    tag = "analytics",
+    params(
+        ("adId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
+        ("timeframe" = Option<String>, Query, description = "1h, 24h (default), 7d or all", pattern = "^(1h|24h|7d|all)?$"),
+        ("apiKey" = Option<String>, Query, description = "With TENANTS=on: the key (EventSource cannot send headers)"),
+    ),
+    responses(
+        (status = 200, description = "An endless text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "An invalid query parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid key", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let q = query_map(&req)?;
     let ad = match q.get("adId").filter(|v| !v.is_empty()) {

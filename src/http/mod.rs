@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod ingest;
 mod live;
+pub mod openapi;
 mod reports;
 mod ui;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::Service;
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -88,51 +90,117 @@ pub enum Surface {
     HealthOnly,
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// The answer of a resource to a method it does not take: 405 naming the
+/// ones it does (in `Allow`, as RFC 9110 asks).
+fn method_not_allowed(allow: String) -> actix_web::Route {
+    web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+    })
 }
 
-/// Registers the routes; `surface` decides which.
-pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
-    // Each resource is named by its pattern, so the request metrics can
-    // label by route without building a string per request.
-    let resource = |path: &str| {
-        web::resource(path.to_owned())
-            .name(path)
-            .default_service(web::to(method_not_allowed))
-    };
-    cfg.service(resource("/health").route(web::get().to(health::health)))
-        .service(resource("/ready").route(web::get().to(health::ready)))
-        .service(resource("/metrics").route(web::get().to(health::metrics)));
+/// The route table: every path the server serves, with its methods and
+/// handlers. `configure` registers it and [`routes`] lists it, so the list
+/// cannot drift from what is served (the OpenAPI test checks the document
+/// against [`routes`]).
+type Table = Vec<(&'static str, Vec<(Method, actix_web::Route)>)>;
+
+fn table(surface: Surface) -> Table {
+    let mut t: Table = vec![
+        ("/health", vec![(Method::GET, web::to(health::health))]),
+        ("/ready", vec![(Method::GET, web::to(health::ready))]),
+        ("/metrics", vec![(Method::GET, web::to(health::metrics))]),
+    ];
     if surface == Surface::Full {
-        cfg.service(resource("/ads/click").route(web::post().to(ingest::click)))
-            .service(resource("/ads/impression").route(web::post().to(ingest::impression)))
-            .service(resource("/events/batch").route(web::post().to(ingest::batch)))
-            .service(resource("/ads").route(web::get().to(analytics::ads)))
-            .service(resource("/ads/analytics").route(web::get().to(analytics::ad_analytics)))
-            .service(resource("/campaigns").route(web::get().to(analytics::campaigns)))
-            .service(
-                resource("/campaigns/{id}/screens")
-                    .route(web::get().to(analytics::campaign_screens)),
-            )
-            .service(resource("/aggregates").route(web::get().to(reports::aggregates)))
-            .service(
-                resource("/events")
-                    .route(web::post().to(ingest::event))
-                    .route(web::get().to(reports::events)),
-            )
-            .service(
-                resource("/experiments/{id}/summary")
-                    .route(web::get().to(reports::experiment_summary)),
-            )
-            .service(resource("/live").route(web::get().to(live::live)))
-            .service(resource("/admin/queue").route(web::get().to(admin::queue)))
-            .service(
-                resource("/admin/dlq")
-                    .route(web::get().to(admin::dlq))
-                    .route(web::delete().to(admin::dlq_purge)),
-            )
-            .service(resource("/admin/dlq/replay").route(web::post().to(admin::dlq_replay)));
+        t.extend([
+            ("/ads/click", vec![(Method::POST, web::to(ingest::click))]),
+            (
+                "/ads/impression",
+                vec![(Method::POST, web::to(ingest::impression))],
+            ),
+            (
+                "/events/batch",
+                vec![(Method::POST, web::to(ingest::batch))],
+            ),
+            ("/ads", vec![(Method::GET, web::to(analytics::ads))]),
+            (
+                "/ads/analytics",
+                vec![(Method::GET, web::to(analytics::ad_analytics))],
+            ),
+            (
+                "/campaigns",
+                vec![(Method::GET, web::to(analytics::campaigns))],
+            ),
+            (
+                "/campaigns/{id}/screens",
+                vec![(Method::GET, web::to(analytics::campaign_screens))],
+            ),
+            (
+                "/aggregates",
+                vec![(Method::GET, web::to(reports::aggregates))],
+            ),
+            (
+                "/events",
+                vec![
+                    (Method::POST, web::to(ingest::event)),
+                    (Method::GET, web::to(reports::events)),
+                ],
+            ),
+            (
+                "/experiments/{id}/summary",
+                vec![(Method::GET, web::to(reports::experiment_summary))],
+            ),
+            ("/live", vec![(Method::GET, web::to(live::live))]),
+            ("/admin/queue", vec![(Method::GET, web::to(admin::queue))]),
+            (
+                "/admin/dlq",
+                vec![
+                    (Method::GET, web::to(admin::dlq)),
+                    (Method::DELETE, web::to(admin::dlq_purge)),
+                ],
+            ),
+            (
+                "/admin/dlq/replay",
+                vec![(Method::POST, web::to(admin::dlq_replay))],
+            ),
+            (
+                "/openapi.json",
+                vec![(Method::GET, web::to(openapi::openapi_json))],
+            ),
+            ("/docs", vec![(Method::GET, web::to(openapi::docs))]),
+            ("/", vec![(Method::GET, web::to(ui::index))]),
+        ]);
+    }
+    t
+}
+
+/// Every (method, path) the server serves on `surface`, paths in the
+/// router's (and OpenAPI's) `{param}` syntax.
+pub fn routes(surface: Surface) -> Vec<(Method, &'static str)> {
+    table(surface)
+        .into_iter()
+        .flat_map(|(path, routes)| routes.into_iter().map(move |(m, _)| (m, path)))
+        .collect()
+}
+
+/// Registers the routes; `surface` decides which. Other paths are the UI's
+/// static files or a JSON 404.
+pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
+    for (path, routes) in table(surface) {
+        // Each resource is named by its pattern, so the request metrics can
+        // label by route without building a string per request.
+        let allow = routes
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = web::resource(path)
+            .name(path)
+            .default_service(method_not_allowed(allow));
+        for (method, route) in routes {
+            resource = resource.route(route.method(method));
+        }
+        cfg.service(resource);
     }
     cfg.default_service(web::to(ui::asset_or_not_found));
 }

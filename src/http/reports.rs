@@ -10,9 +10,11 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::analytics::query_map;
+use super::openapi::{ErrorBody, EventsPage};
 use super::{ApiError, AppState};
 use crate::domain::{Ident, Kind};
 use crate::store::reports::{self, AggregateFilter, EventFilter, Grouping};
+use crate::store::reports::{Aggregates, ExperimentSummary};
 
 /// Most buckets one `/aggregates` answer may hold (a week by minute is
 /// 10,080).
@@ -71,6 +73,27 @@ fn time(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>
         .transpose()
 }
 
+/// Events and summed `amount` per minute, hour or day bucket over an
+/// event-time range, from the Postgres rollups.
+#[utoipa::path(
+    get,
+    path = "/aggregates",
+    tag = "reports",
+    params(
+        ("campaignId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
+        ("adId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
+        ("type" = Option<String>, Query, description = "impression, click, play or conversion", pattern = "^(impression|click|play|conversion)?$"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default 24 hours before `to` (empty = absent)", pattern = "^(\\d{4}-\\d{2}-\\d{2}[Tt ]\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?([Zz]|[+-]\\d{2}:\\d{2}))?$"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default now (empty = absent)", pattern = "^(\\d{4}-\\d{2}-\\d{2}[Tt ]\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?([Zz]|[+-]\\d{2}:\\d{2}))?$"),
+        ("groupBy" = Option<String>, Query, description = "minute, hour (default) or day; at most 10,080 buckets", pattern = "^(minute|hour|day)?$"),
+    ),
+    responses(
+        (status = 200, description = "Every bucket of the range, empty ones with zeros", body = Aggregates),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn aggregates(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -128,6 +151,27 @@ fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
     }
 }
 
+/// Stored events newest first (event time, then eventId), or the dead
+/// letters as failed events, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "reports",
+    params(
+        ("type" = Option<String>, Query, description = "impression, click, play or conversion", pattern = "^(impression|click|play|conversion)?$"),
+        ("adId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
+        ("campaignId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
+        ("before" = Option<String>, Query, description = "A `nextCursor`, or (stored events) an RFC 3339 time"),
+        ("limit" = Option<String>, Query, description = "1 to 1000, default 50 (empty = absent)", pattern = "^([0-9]{1,4})?$"),
+        ("status" = Option<String>, Query, description = "processed (default) or failed", pattern = "^(processed|failed)?$"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = EventsPage),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -255,6 +299,20 @@ fn failed_event(letter: Value) -> Value {
     Value::Object(out)
 }
 
+/// Per-variant users, conversions and conversion rate of one experiment,
+/// with a two-proportion z-test of each variant against the control.
+#[utoipa::path(
+    get,
+    path = "/experiments/{id}/summary",
+    tag = "reports",
+    params(("id" = String, Path, description = "The experimentId, 1 to 64 characters", pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")),
+    responses(
+        (status = 200, description = "The variants (none for an unknown experiment)", body = ExperimentSummary),
+        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
+        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+    )
+)]
 pub async fn experiment_summary(
     req: HttpRequest,
     path: web::Path<String>,
@@ -262,7 +320,7 @@ pub async fn experiment_summary(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = super::tenant_of(&req, &state).await?;
     let id = path.into_inner();
-    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+    if id.is_empty() || id.chars().count() > 64 || id.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
             "the experiment id must be 1 to 64 characters without control characters",
         ));

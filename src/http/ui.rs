@@ -10,6 +10,17 @@ use super::ApiError;
 #[folder = "web/"]
 struct Assets;
 
+/// The web UI.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses((status = 200, description = "The web UI: ad player, live analytics, reports", content_type = "text/html", body = String))
+)]
+pub async fn index(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    asset_or_not_found(req).await
+}
+
 /// Serves `GET /` and any embedded file; everything else is a JSON 404.
 pub async fn asset_or_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let path = req.path().trim_start_matches('/');

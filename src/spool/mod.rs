@@ -81,6 +81,40 @@ pub fn decode_line(line: &[u8]) -> Result<&str, &'static str> {
     }
 }
 
+/// A segment's content split into the envelopes to replay and the lines to
+/// skip.
+#[derive(Debug, Default, PartialEq)]
+pub struct Lines<'a> {
+    pub good: Vec<&'a str>,
+    /// (1-based line number, why, whether it is the torn last line).
+    pub skipped: Vec<(usize, &'static str, bool)>,
+    /// Lines in the segment, a torn last one included.
+    pub count: usize,
+}
+
+/// Splits a segment into lines. Every complete line ends in `\n`; an
+/// unterminated tail is the torn last line of a write a crash cut short.
+pub fn split_segment(data: &[u8]) -> Lines<'_> {
+    let pieces: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    let complete = data.last() == Some(&b'\n');
+    // `split` yields one empty piece after a final newline (and for no data).
+    let count = pieces.len() - usize::from(complete || data.is_empty());
+    let mut lines = Lines {
+        count,
+        ..Lines::default()
+    };
+    for (i, piece) in pieces.iter().take(count).enumerate() {
+        match decode_line(piece) {
+            Ok(line) => lines.good.push(line),
+            Err(reason) => {
+                let torn = i + 1 == count && !complete;
+                lines.skipped.push((i + 1, reason, torn));
+            }
+        }
+    }
+    lines
+}
+
 impl Spool {
     /// Opens `dir` (creating it), closes segments a crash left open, and
     /// starts the writer thread.

@@ -9,7 +9,7 @@ use anyhow::Context;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::{decode_line, segments, sync_dir, Spool};
+use super::{segments, split_segment, sync_dir, Lines, Spool};
 use crate::metrics::Metrics;
 use crate::queue::Keys;
 
@@ -107,23 +107,18 @@ impl Replayer {
         let data = tokio::fs::read(path)
             .await
             .with_context(|| format!("reading {}", path.display()))?;
-        let pieces: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
-        let complete = data.last() == Some(&b'\n');
-        let count = pieces.len() - usize::from(complete);
-        let mut good: Vec<&str> = Vec::with_capacity(count);
-        for (i, piece) in pieces.iter().take(count).enumerate() {
-            match decode_line(piece) {
-                Ok(line) => good.push(line),
-                Err(reason) => {
-                    let torn = i + 1 == count && !complete;
-                    let kind = if torn { "torn" } else { "corrupt" };
-                    self.metrics
-                        .spool_skipped_lines
-                        .with_label_values(&[kind])
-                        .inc();
-                    tracing::warn!(segment = %path.display(), line = i + 1, reason, kind, "skipping a spool line");
-                }
-            }
+        let Lines {
+            good,
+            skipped,
+            count,
+        } = split_segment(&data);
+        for (line, reason, torn) in skipped {
+            let kind = if torn { "torn" } else { "corrupt" };
+            self.metrics
+                .spool_skipped_lines
+                .with_label_values(&[kind])
+                .inc();
+            tracing::warn!(segment = %path.display(), line, reason, kind, "skipping a spool line");
         }
         for chunk in good.chunks(REPLAY_CHUNK) {
             let mut pipe = redis::pipe();

@@ -306,7 +306,7 @@ pub async fn counted_events<'e>(
 }
 
 /// One ad of the catalogue.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ad {
     pub id: String,

@@ -60,7 +60,7 @@ pub struct AggregateFilter {
     pub kind: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bucket {
     pub start: DateTime<Utc>,
@@ -68,11 +68,13 @@ pub struct Bucket {
     pub total_amount: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Aggregates {
+    /// The range asked for (or the last 24 hours).
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    #[schema(value_type = String, example = "hour")]
     pub group_by: &'static str,
     pub count: i64,
     pub total_amount: i64,
@@ -188,7 +190,7 @@ pub struct EventFilter {
 }
 
 /// One stored event as `/events` lists it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredEvent {
     pub event_id: Uuid,
@@ -248,7 +250,7 @@ pub async fn list_events(pool: &PgPool, f: &EventFilter) -> anyhow::Result<Vec<S
 }
 
 /// One variant of an experiment.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantSummary {
     pub variant: String,
@@ -270,7 +272,7 @@ pub struct VariantSummary {
     pub z_score: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentSummary {
     pub experiment_id: String,

@@ -8,6 +8,7 @@ mod deploy;
 mod helpers;
 mod hostile;
 mod ingest;
+mod openapi;
 mod pipeline;
 mod ratelimit;
 mod reliability;

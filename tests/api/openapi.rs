@@ -1,0 +1,102 @@
+//! The OpenAPI document at `/openapi.json` against the routes the server
+//! really serves, and the interactive page at `/docs`.
+
+use std::collections::BTreeSet;
+
+use adtrack::http::{routes, Surface};
+use reqwest::StatusCode;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn the_document_lists_exactly_the_routes_served() {
+    let app = spawn_app().await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+
+    let served: BTreeSet<(String, String)> = routes(Surface::Full)
+        .into_iter()
+        .map(|(m, p)| (m.as_str().to_lowercase(), p.to_owned()))
+        .collect();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "post", "put", "delete", "patch"].contains(&k.as_str()))
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let missing: Vec<_> = served.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&served).collect();
+    assert!(missing.is_empty(), "served but not documented: {missing:?}");
+    assert!(extra.is_empty(), "documented but not served: {extra:?}");
+
+    // Every operation documents its success and, on the API's own routes,
+    // the JSON error shape.
+    for (method, path) in &served {
+        let op = &doc["paths"][path][method];
+        let responses = op["responses"].as_object().unwrap();
+        assert!(
+            responses.keys().any(|k| k.starts_with('2')),
+            "{method} {path} documents no success"
+        );
+        for (code, r) in responses {
+            if code.starts_with('4') || code.starts_with('5') {
+                let schema = &r["content"]["application/json"]["schema"]["$ref"];
+                let body = schema.as_str().unwrap_or_default();
+                assert!(
+                    body.ends_with("/ErrorBody") || body.ends_with("/Readiness"),
+                    "{method} {path} {code}: {r}"
+                );
+            }
+        }
+    }
+    // Each documented route answers something other than 404/405.
+    for (method, path) in &served {
+        if path.contains("/admin/") || path == "/live" {
+            continue;
+        }
+        let url = app.url(&path.replace("{id}", "x"));
+        let res = app
+            .client
+            .request(method.to_uppercase().parse().unwrap(), url)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&res.status()),
+            "{method} {path}: {}",
+            res.status()
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_docs_page_and_its_assets_are_served() {
+    let app = spawn_app().await;
+    for (path, kind) in [
+        ("/docs", "text/html"),
+        ("/vendor/swagger-ui/swagger-ui-bundle.js", "javascript"),
+        ("/vendor/swagger-ui/swagger-ui.css", "text/css"),
+        ("/vendor/swagger-ui/init.js", "javascript"),
+    ] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.contains(kind), "{path}: {ct}");
+        let body = res.text().await.unwrap();
+        if path == "/docs" {
+            assert!(body.contains("swagger-ui-bundle.js") && body.contains("init.js"));
+        }
+        if path.ends_with("init.js") {
+            assert!(body.contains("/openapi.json"));
+        }
+    }
+    app.stop().await;
+}
