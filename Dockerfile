@@ -2,6 +2,11 @@
 
 # --- build ------------------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (adtrack's allocator) is built from source with make.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # No query needs a live database at compile time; migrations are embedded.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
