@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::analytics::query_map;
-use super::openapi::{DeadLetters, ErrorBody, Moved, Purged, QueueStatus};
+use super::openapi::{AdminErrors, DeadLetters, ErrorBody, Moved, Purged, QueueStatus};
 use super::{ApiError, AppState};
 
 fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
@@ -76,9 +76,7 @@ pub(crate) async fn queue_status(state: &AppState) -> anyhow::Result<serde_json:
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The pipeline now", body = QueueStatus),
-        (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        AdminErrors
     )
 )]
 pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -97,9 +95,7 @@ pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     responses(
         (status = 200, description = "The total and the newest letters", body = DeadLetters),
         (status = 400, description = "An invalid limit", body = ErrorBody),
-        (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        AdminErrors
     )
 )]
 pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -130,9 +126,7 @@ pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "How many moved", body = Moved),
-        (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        AdminErrors
     )
 )]
 pub async fn dlq_replay(
@@ -158,9 +152,7 @@ pub async fn dlq_replay(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "How many were deleted", body = Purged),
-        (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 404, description = "ADMIN_TOKEN is unset: the admin API does not exist", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        AdminErrors
     )
 )]
 pub async fn dlq_purge(

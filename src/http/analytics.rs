@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 
-use super::openapi::ErrorBody;
+use super::openapi::ReadErrors;
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
 use crate::counters::{AdAnalytics, CampaignPlays, ScreenPlays};
@@ -60,9 +60,7 @@ fn ident_param(value: &str, name: &str) -> Result<Ident, ApiError> {
     ),
     responses(
         (status = 200, description = "The ad's figures (zeros for an ad without events)", body = AdAnalytics),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn ad_analytics(
@@ -91,9 +89,7 @@ pub async fn ad_analytics(
     tag = "analytics",
     responses(
         (status = 200, description = "Every ad", body = Vec<Ad>),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn ads(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -111,9 +107,7 @@ pub async fn ads(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     tag = "analytics",
     responses(
         (status = 200, description = "Campaigns, with the catalogue's campaigns listed even without plays", body = Vec<CampaignPlays>),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn campaigns(
@@ -140,9 +134,7 @@ pub async fn campaigns(
     params(("id" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(
         (status = 200, description = "The campaign's screens", body = Vec<ScreenPlays>),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn campaign_screens(

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::openapi::{self, Accepted, BatchAccepted, ErrorBody, EventBody, Rejected};
+use super::openapi::{self, Accepted, BatchAccepted, EventBody, IngestErrors, Rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
 use crate::queue::{LocalPusher, PushError};
@@ -35,12 +35,7 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6164_7472_6163_6b2d_6964_6
     request_body(content = EventBody, description = "Usually `{\"adId\",\"timestamp\",\"ipAddress\",\"videoPlaybackTime\"}`; `type` may be left out or be `click`"),
     responses(
         (status = 202, description = "Queued (in Redis, or in the synced spool while Redis is down)", body = Accepted),
-        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
-        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        IngestErrors
     )
 )]
 pub async fn click(
@@ -59,12 +54,7 @@ pub async fn click(
     request_body(content = EventBody, description = "`{\"adId\"}` or `{\"ad_id\"}` at least"),
     responses(
         (status = 202, description = "Queued", body = Accepted),
-        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
-        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        IngestErrors
     )
 )]
 pub async fn impression(
@@ -83,12 +73,7 @@ pub async fn impression(
     request_body = EventBody,
     responses(
         (status = 202, description = "Queued", body = Accepted),
-        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
-        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        IngestErrors
     )
 )]
 pub async fn event(
@@ -146,12 +131,7 @@ struct BatchItems<'a> {
     request_body(content = openapi::BatchBody, description = "`{\"events\":[…]}`, or NDJSON (`application/x-ndjson`, one event per line)"),
     responses(
         (status = 202, description = "The good items queued; the bad ones with their index and error", body = BatchAccepted),
-        (status = 400, description = "An invalid field (the message names it), bad JSON, a duplicate key, nesting past 32, properties over 4 KiB", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
-        (status = 503, description = "Cannot queue now (spool full, shutting down)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        IngestErrors
     )
 )]
 pub async fn batch(

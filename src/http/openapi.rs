@@ -177,6 +177,61 @@ pub struct Purged {
     pub purged: u64,
 }
 
+/// The errors of every ingest endpoint.
+#[allow(dead_code)] // Describes answers; ApiError produces them.
+#[derive(utoipa::IntoResponses)]
+pub enum IngestErrors {
+    /// An invalid field (the message names it), bad JSON, a duplicate key,
+    /// nesting past 32, properties over 4 KiB.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `TENANTS=on` and no valid `X-API-Key`.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The body is over the size limit (16 KiB, or 1 MiB / 1,000 events).
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Not JSON.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Over a rate limit.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    RateLimited(ErrorBody),
+    /// Cannot queue now (the spool is full, or the server is shutting down).
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(ErrorBody),
+}
+
+/// The errors of every read endpoint.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum ReadErrors {
+    /// An invalid or repeated query parameter.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `TENANTS=on` and no valid `X-API-Key`.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Redis or Postgres is unavailable.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(ErrorBody),
+}
+
+/// The errors of every `/admin/*` endpoint.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum AdminErrors {
+    /// No valid bearer token.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `ADMIN_TOKEN` is unset: the admin API does not exist.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Redis is unavailable.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(ErrorBody),
+}
+
 /// Marks `/admin/*` as needing `Authorization: Bearer $ADMIN_TOKEN`.
 struct AdminAuth;
 

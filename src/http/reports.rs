@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::analytics::query_map;
-use super::openapi::{ErrorBody, EventsPage};
+use super::openapi::{EventsPage, ReadErrors};
 use super::{ApiError, AppState};
 use crate::domain::{Ident, Kind};
 use crate::store::reports::{self, AggregateFilter, EventFilter, Grouping};
@@ -89,9 +89,7 @@ fn time(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>
     ),
     responses(
         (status = 200, description = "Every bucket of the range, empty ones with zeros", body = Aggregates),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn aggregates(
@@ -167,9 +165,7 @@ fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
     ),
     responses(
         (status = 200, description = "One page", body = EventsPage),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn events(
@@ -308,9 +304,7 @@ fn failed_event(letter: Value) -> Value {
     params(("id" = String, Path, description = "The experimentId, 1 to 64 characters", pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")),
     responses(
         (status = 200, description = "The variants (none for an unknown experiment)", body = ExperimentSummary),
-        (status = 400, description = "An invalid or repeated query parameter", body = ErrorBody),
-        (status = 401, description = "TENANTS=on and no valid X-API-Key", body = ErrorBody),
-        (status = 503, description = "Redis or Postgres is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))
+        ReadErrors
     )
 )]
 pub async fn experiment_summary(
