@@ -411,7 +411,7 @@ async fn read_body(
     mut body: web::Payload,
     req: &HttpRequest,
     limit: usize,
-) -> Result<web::BytesMut, ApiError> {
+) -> Result<web::Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
     if let Some(len) = req
         .headers()
@@ -423,15 +423,28 @@ async fn read_body(
             return Err(too_large());
         }
     }
-    let mut bytes = web::BytesMut::new();
+    // A small body arrives in one chunk: keep it as it is, copy only when a
+    // second one follows.
+    let mut first: Option<web::Bytes> = None;
+    let mut joined = web::BytesMut::new();
+    let mut len = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
         })?;
-        if bytes.len() + chunk.len() > limit {
+        len += chunk.len();
+        if len > limit {
             return Err(too_large());
         }
-        bytes.extend_from_slice(&chunk);
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(bytes)
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
