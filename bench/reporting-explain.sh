@@ -72,13 +72,19 @@ day_to=$(q -Atc "SELECT to_char(date_trunc('day', now() AT TIME ZONE 'UTC') - in
 # The query of src/store/reports.rs::aggregates: whole hours from
 # rollup_hour, the partial hours at the ends from rollup_minute (none here:
 # the day is aligned, so $hours_from = from and $hours_to = to).
+# Plain timings, without EXPLAIN's per-row instrumentation: five runs of
+# the query as the server sends it.
+timed() {
+  { echo '\timing on'; for _ in 1 2 3 4 5; do echo "$1;"; done; } | q -o /dev/null 2>&1 |
+    grep -o 'Time: [0-9.]* ms' | tr '\n' ' '
+  echo
+}
 agg() {
   local unit=$1 label=$2 filter=$3 hours_from=$day_from hours_to=$day_to
   if [ "$unit" = minute ]; then hours_from=$day_to; fi
   echo
   echo "== one day ($day_from .. $day_to) by $unit, $label"
-  q -c "EXPLAIN (ANALYZE, BUFFERS)
-        SELECT date_trunc('$unit', bucket, 'UTC') AS start, sum(events)::bigint, sum(amount)::bigint
+  local sql="SELECT date_trunc('$unit', bucket, 'UTC') AS start, sum(events)::bigint, sum(amount)::bigint
         FROM (
             SELECT bucket, events, amount FROM rollup_minute
             WHERE tenant_id = ''
@@ -89,6 +95,8 @@ agg() {
             WHERE tenant_id = '' AND bucket >= '$hours_from' AND bucket < '$hours_to' $filter
         ) r
         GROUP BY 1 ORDER BY 1"
+  q -c "EXPLAIN (ANALYZE, BUFFERS) $sql"
+  echo "timings without EXPLAIN: $(timed "$sql")"
 }
 agg hour "one ad" "AND ad_id = 'ad-7'"
 agg hour "one campaign, clicks" "AND campaign_id = 'camp-3' AND kind = 'click'"
@@ -97,6 +105,7 @@ agg day "everything" ""
 agg minute "one ad" "AND ad_id = 'ad-7'"
 echo
 echo "== /events first page for one ad"
-q -c "EXPLAIN (ANALYZE, BUFFERS)
-      SELECT * FROM events WHERE tenant_id = '' AND ad_id = 'ad-7'
+page="SELECT * FROM events WHERE tenant_id = '' AND ad_id = 'ad-7'
       ORDER BY event_time DESC, event_id DESC LIMIT 51"
+q -c "EXPLAIN (ANALYZE, BUFFERS) $page"
+echo "timings without EXPLAIN: $(timed "$page")"
