@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use actix_web::dev::Service;
 use actix_web::http::Method;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{guard, web, HttpRequest, HttpResponse};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -189,16 +189,28 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
     for (path, routes) in table(surface) {
         // Each resource is named by its pattern, so the request metrics can
         // label by route without building a string per request.
+        // A GET route answers HEAD too (RFC 9110 9.3.2): the same handler,
+        // and actix leaves the body off the wire.
         let allow = routes
             .iter()
-            .map(|(m, _)| m.as_str())
+            .flat_map(|(m, _)| {
+                if *m == Method::GET {
+                    vec!["GET", "HEAD"]
+                } else {
+                    vec![m.as_str()]
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let mut resource = web::resource(path)
             .name(path)
             .default_service(method_not_allowed(allow));
         for (method, route) in routes {
-            resource = resource.route(route.method(method));
+            resource = resource.route(if method == Method::GET {
+                route.guard(guard::Any(guard::Get()).or(guard::Head()))
+            } else {
+                route.method(method)
+            });
         }
         cfg.service(resource);
     }

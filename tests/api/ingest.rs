@@ -193,8 +193,21 @@ async fn wrong_method_path_type_and_size_get_json_errors() {
     let app = spawn_app().await;
     let res = app.client.get(app.url("/ads/click")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "POST");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed");
+
+    // GET routes answer HEAD with the GET's status and headers, no body;
+    // HEAD is not a way around a resource's methods.
+    let res = app.client.head(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert!(res.bytes().await.unwrap().is_empty());
+    let res = app.client.head(app.url("/ads/click")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let res = app.client.delete(app.url("/events")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "POST, GET, HEAD");
 
     let (status, body) = app.get("/no/such/path").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
