@@ -183,31 +183,29 @@ pub fn routes(surface: Surface) -> Vec<(Method, &'static str)> {
         .collect()
 }
 
+/// Whether a route for `method` answers HEAD as well: GET routes do (RFC
+/// 9110 9.3.2), with the same handler; actix leaves the body off the wire.
+fn answers_head(method: &Method) -> bool {
+    *method == Method::GET
+}
+
 /// Registers the routes; `surface` decides which. Other paths are the UI's
 /// static files or a JSON 404.
 pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
     for (path, routes) in table(surface) {
-        // Each resource is named by its pattern, so the request metrics can
-        // label by route without building a string per request.
-        // A GET route answers HEAD too (RFC 9110 9.3.2): the same handler,
-        // and actix leaves the body off the wire.
         let allow = routes
             .iter()
-            .flat_map(|(m, _)| {
-                if *m == Method::GET {
-                    vec!["GET", "HEAD"]
-                } else {
-                    vec![m.as_str()]
-                }
-            })
+            .flat_map(|(m, _)| std::iter::once(m.as_str()).chain(answers_head(m).then_some("HEAD")))
             .collect::<Vec<_>>()
             .join(", ");
+        // Each resource is named by its pattern, so the request metrics can
+        // label by route without building a string per request.
         let mut resource = web::resource(path)
             .name(path)
             .default_service(method_not_allowed(allow));
         for (method, route) in routes {
-            resource = resource.route(if method == Method::GET {
-                route.guard(guard::Any(guard::Get()).or(guard::Head()))
+            resource = resource.route(if answers_head(&method) {
+                route.guard(guard::Any(guard::Method(method)).or(guard::Head()))
             } else {
                 route.method(method)
             });
