@@ -127,8 +127,8 @@ async fn prune_locked(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pr
     }
     loop {
         let done = sqlx::query(
-            "DELETE FROM event_keys WHERE event_id IN (
-                 SELECT event_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
+            "DELETE FROM event_keys WHERE (event_id, tenant_id) IN (
+                 SELECT event_id, tenant_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
         )
         .bind(cutoff)
         .bind(PURGE_CHUNK)

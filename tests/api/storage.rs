@@ -104,6 +104,20 @@ async fn retention_drops_old_days_and_keeps_rollups_and_analytics() {
     app.wait_drained().await;
     assert_eq!(app.stored().await, 5);
     let before = app.analytics(ad, "all").await;
+    // Another tenant's recent event that happens to carry the same eventId
+    // as an expired one: its key must outlive the purge of the other.
+    let shared_id: Uuid =
+        sqlx::query_scalar("SELECT event_id FROM event_keys ORDER BY event_time LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO event_keys (tenant_id, event_id, event_time) VALUES ('other', $1, now())",
+    )
+    .bind(shared_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     // A second process over the same database with a 7-day retention: its
     // maintenance runs at start.
@@ -133,7 +147,18 @@ async fn retention_drops_old_days_and_keeps_rollups_and_analytics() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(keys, 2, "the dropped days' keys are purged");
+    assert_eq!(keys, 3, "the dropped days' keys are purged");
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_keys WHERE tenant_id = 'other' AND event_id = $1",
+    )
+    .bind(shared_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept, 1,
+        "a purge takes only expired keys, not another tenant's with the same id"
+    );
     assert_eq!(second.metric("adtrack_event_keys_purged_total").await, 3.0);
     // Rollups are the long-term record: untouched.
     assert_eq!(rollup_total(&app.pool, ad).await, 5);
