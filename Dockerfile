@@ -12,7 +12,10 @@ WORKDIR /src
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 
 # Dependencies first, in their own layer: rebuilt only when Cargo.* change.
+# .cargo/config.toml carries jemalloc's built-in options, which the
+# allocator's build (a dependency) reads.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
