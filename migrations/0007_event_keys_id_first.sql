@@ -2,6 +2,5 @@
 -- one entry into this index and first probes it for a conflict; with the
 -- fixed-width uuid first, almost every comparison is decided by it alone,
 -- where the tenant text first meant a collation-aware text comparison and
--- a slow attribute lookup for the uuid behind it on every step. Retention's
--- purge, which finds keys by eventId, can use the index too.
+-- a slow attribute lookup for the uuid behind it on every step.
 ALTER TABLE event_keys DROP CONSTRAINT event_keys_pkey, ADD PRIMARY KEY (event_id, tenant_id);
