@@ -22,7 +22,7 @@ pub struct Metrics {
     pub push_group_size: Histogram,
     pub push_duration: Histogram,
     pub push_failures: IntCounter,
-    pub worker_errors: IntCounterVec,
+    pub outages: IntCounterVec,
     pub requeued_items: IntCounter,
     pub outbox_recovered: IntCounter,
     pub dependency_up: IntGaugeVec,
@@ -113,9 +113,12 @@ impl Metrics {
                 "push_failures_total",
                 "Group LPUSHes Redis did not take",
             )?,
-            worker_errors: IntCounterVec::new(
-                Opts::new("worker_errors_total", "Worker rounds that failed, by stage"),
-                &["stage"],
+            outages: IntCounterVec::new(
+                Opts::new(
+                    "outages_total",
+                    "Rounds a dependency failed (worker rounds, replay rounds, push groups), by cause",
+                ),
+                &["component", "dependency", "cause"],
             )?,
             requeued_items: IntCounter::new(
                 "requeued_items_total",
@@ -204,7 +207,7 @@ impl Metrics {
         m.registry.register(Box::new(m.push_group_size.clone()))?;
         m.registry.register(Box::new(m.push_duration.clone()))?;
         m.registry.register(Box::new(m.push_failures.clone()))?;
-        m.registry.register(Box::new(m.worker_errors.clone()))?;
+        m.registry.register(Box::new(m.outages.clone()))?;
         m.registry.register(Box::new(m.requeued_items.clone()))?;
         m.registry.register(Box::new(m.outbox_recovered.clone()))?;
         m.registry.register(Box::new(m.dependency_up.clone()))?;
@@ -227,6 +230,13 @@ impl Metrics {
         m.registry
             .register(Box::new(m.rate_limit_fail_open.clone()))?;
         Ok(m)
+    }
+
+    /// Counts one round of `component` that an outage failed.
+    pub fn outage(&self, component: &str, outage: crate::fault::Outage) {
+        self.outages
+            .with_label_values(&[component, outage.dependency.as_str(), outage.cause.as_str()])
+            .inc();
     }
 
     /// The registry in Prometheus text format.

@@ -117,8 +117,10 @@ pub async fn campaigns(
     let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
     let known: Vec<String> = store::catalogue(&state.pool)
         .await
-        .map(|ads| ads.into_iter().map(|a| a.campaign_id).collect())
-        .unwrap_or_default();
+        .map_err(ApiError::dependency)?
+        .into_iter()
+        .map(|a| a.campaign_id)
+        .collect();
     let mut conn = state.redis.clone();
     let list = counters::campaigns(&mut conn, &layout, known)
         .await

@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::domain::EventError;
+use crate::fault::Fault;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -52,12 +53,28 @@ impl ApiError {
         Self::bad_request("invalid_field", message)
     }
 
-    /// A failed read from Redis or Postgres: 503, logged with its cause.
+    /// A failed read from Redis or Postgres. A dependency that is down or
+    /// refuses work is 503 with `Retry-After`; anything else is a bug and
+    /// answers 500, so an alert on 503s always means a dependency.
     pub fn dependency(err: anyhow::Error) -> Self {
-        tracing::warn!(error = format!("{err:#}"), "dependency unavailable");
-        Self::Unavailable {
-            message: "a backing service is unavailable; retry shortly".into(),
-            retry_after_secs: 1,
+        match Fault::of(&err) {
+            Fault::Outage(outage) if outage.is_known() => {
+                tracing::warn!(
+                    dependency = outage.dependency.as_str(),
+                    cause = outage.cause.as_str(),
+                    error = format!("{err:#}"),
+                    "dependency unavailable"
+                );
+                Self::Unavailable {
+                    message: format!(
+                        "{} is unavailable ({}); retry shortly",
+                        outage.dependency.as_str(),
+                        outage.cause.as_str()
+                    ),
+                    retry_after_secs: 1,
+                }
+            }
+            _ => Self::Unexpected(err),
         }
     }
 

@@ -6,6 +6,7 @@ use super::openapi::{Health, Readiness};
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
+use crate::fault::{Cause, Fault};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -20,35 +21,35 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
-/// 200 when Postgres and Redis both answer, else 503 naming the one down.
+/// 200 when Postgres and Redis both take writes, else 503 naming what is
+/// wrong with each: `down`, or how it refuses (`read-only`, `no-privilege`,
+/// `schema`, `out-of-memory`, … as in [`crate::fault::Cause`]).
 #[utoipa::path(
     get,
     path = "/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Both dependencies answer", body = Readiness),
+        (status = 200, description = "Both dependencies take writes", body = Readiness),
         (status = 503, description = "At least one does not", body = Readiness, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed"))),
     )
 )]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let (pg, redis) = tokio::join!(postgres_up(&state), redis_up(&state));
-    state
-        .metrics
-        .dependency_up
-        .with_label_values(&["postgres"])
-        .set(pg as i64);
-    state
-        .metrics
-        .dependency_up
-        .with_label_values(&["redis"])
-        .set(redis as i64);
-    let word = |up: bool| if up { "ok" } else { "down" };
+    let (pg, redis) = tokio::join!(postgres_state(&state), redis_state(&state));
+    for (name, result) in [("postgres", pg), ("redis", redis)] {
+        state
+            .metrics
+            .dependency_up
+            .with_label_values(&[name])
+            .set(result.is_ok() as i64);
+    }
+    let word = |r: Result<(), Cause>| r.err().map_or("ok", Cause::as_str);
+    let ok = pg.is_ok() && redis.is_ok();
     let body = Readiness {
-        status: if pg && redis { "ready" } else { "degraded" },
+        status: if ok { "ready" } else { "degraded" },
         postgres: word(pg),
         redis: word(redis),
     };
-    if pg && redis {
+    if ok {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable()
@@ -57,16 +58,61 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn postgres_up(state: &AppState) -> bool {
-    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
-    matches!(tokio::time::timeout(CHECK_TIMEOUT, check).await, Ok(Ok(1)))
+/// Whether the workers could write now: the server answers, is not a
+/// read-only standby, has adtrack's tables and lets it insert into them.
+async fn postgres_state(state: &AppState) -> Result<(), Cause> {
+    let check = sqlx::query_as::<_, (bool, bool, bool)>(
+        "SELECT current_setting('transaction_read_only') = 'on',
+                count(t.oid) = cardinality($1::text[]),
+                coalesce(bool_and(has_table_privilege(t.oid, 'INSERT')), false)
+         FROM unnest($1::text[]) AS n(name)
+         CROSS JOIN LATERAL (SELECT to_regclass(n.name) AS oid) AS t",
+    )
+    .bind(WRITTEN_TABLES)
+    .fetch_one(&state.pool);
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Err(_) => Err(Cause::Timeout),
+        Ok(Err(e)) => Err(cause_of(e.into())),
+        Ok(Ok((true, _, _))) => Err(Cause::ReadOnly),
+        Ok(Ok((_, false, _))) => Err(Cause::Schema),
+        Ok(Ok((_, _, false))) => Err(Cause::NoPrivilege),
+        Ok(Ok(_)) => Ok(()),
+    }
 }
 
-async fn redis_up(state: &AppState) -> bool {
+/// The tables a worker round writes.
+const WRITTEN_TABLES: &[&str] = &[
+    "events",
+    "event_keys",
+    "counter_outbox",
+    "rollup_minute",
+    "rollup_hour",
+];
+
+/// Whether Redis takes a write: a `PING` answers on a replica and on a
+/// server out of memory, where every push would fail.
+async fn redis_state(state: &AppState) -> Result<(), Cause> {
     let mut conn = state.redis.clone();
-    let ping = redis::cmd("PING");
-    let check = ping.query_async::<String>(&mut conn);
-    matches!(tokio::time::timeout(CHECK_TIMEOUT, check).await, Ok(Ok(_)))
+    let mut probe = redis::cmd("SET");
+    probe
+        .arg(state.keys.ready_probe())
+        .arg(1)
+        .arg("PX")
+        .arg(10_000);
+    let check = probe.query_async::<()>(&mut conn);
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Err(_) => Err(Cause::Timeout),
+        Ok(Err(e)) => Err(cause_of(e.into())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+fn cause_of(err: anyhow::Error) -> Cause {
+    match Fault::of(&err) {
+        Fault::Outage(o) => o.cause,
+        // A data error from a probe means nothing about the data: say so.
+        Fault::Poison => Cause::Unknown,
+    }
 }
 
 /// Prometheus text format.

@@ -232,11 +232,13 @@ async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Resul
                 count_enqueued(state, events);
                 return Ok(());
             }
-            Err((PushError::Unavailable(reason), back)) => {
+            Err((PushError::Unavailable { outage, reason }, back)) => {
                 // Send the next requests straight to the spool until the
                 // replayer sees Redis answer again.
                 state.redis_down.set(true);
+                state.metrics.outage("ingest", outage);
                 tracing::warn!(
+                    cause = outage.cause.as_str(),
                     reason,
                     events = back.len(),
                     "redis refused a push; spooling"

@@ -14,6 +14,7 @@ use super::analytics::{query_map, timeframe_param};
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
 use crate::domain::Ident;
+use crate::fault::Fault;
 use crate::store;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -67,45 +68,69 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .streaming(stream))
 }
 
-/// One round of events; a part whose source is down is left out, and a
-/// comment line keeps the connection alive.
+/// One round of events. A part whose source fails is left out of this
+/// round and logged with its cause (a comment line keeps the connection
+/// alive when nothing could be sent).
 async fn frame(state: &AppState, tenant: &str, ad: Option<&Ident>, timeframe: Timeframe) -> String {
     let mut out = String::new();
     let mut conn = state.redis.clone();
     let layout = state.layout.tenant(tenant);
     // The pipeline overview spans every tenant: operators only (with
     // tenants on it stays behind /admin/queue).
-    let status = if state.api_keys.is_none() {
-        super::admin::queue_status(state).await.ok()
-    } else {
-        None
-    };
-    if let Some(mut status) = status {
-        status["ts"] = json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        push_event(&mut out, "pipeline", &status.to_string());
-    }
-    if let Some(ad) = ad {
-        if let Ok(a) =
-            counters::ad_analytics(&mut conn, &layout, ad.as_str(), timeframe, Utc::now()).await
-        {
-            if let Ok(text) = serde_json::to_string(&a) {
-                push_event(&mut out, "analytics", &text);
-            }
+    if state.api_keys.is_none() {
+        if let Some(mut status) = logged("pipeline", super::admin::queue_status(state).await) {
+            status["ts"] = json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            push_event(&mut out, "pipeline", &status.to_string());
         }
     }
-    let known: Vec<String> = store::catalogue(&state.pool)
-        .await
-        .map(|ads| ads.into_iter().map(|a| a.campaign_id).collect())
-        .unwrap_or_default();
-    if let Ok(list) = counters::campaigns(&mut conn, &layout, known).await {
-        if let Ok(text) = serde_json::to_string(&list) {
-            push_event(&mut out, "campaigns", &text);
+    if let Some(ad) = ad {
+        let read = counters::ad_analytics(&mut conn, &layout, ad.as_str(), timeframe, Utc::now());
+        if let Some(a) = logged("analytics", read.await) {
+            push_json(&mut out, "analytics", &a);
+        }
+    }
+    if let Some(ads) = logged("campaigns", store::catalogue(&state.pool).await) {
+        let known: Vec<String> = ads.into_iter().map(|a| a.campaign_id).collect();
+        if let Some(list) = logged(
+            "campaigns",
+            counters::campaigns(&mut conn, &layout, known).await,
+        ) {
+            push_json(&mut out, "campaigns", &list);
         }
     }
     if out.is_empty() {
-        out.push_str(": waiting for redis\n\n");
+        out.push_str(": waiting for redis and postgres\n\n");
     }
     out
+}
+
+/// The value of a part's read, or `None` after logging why it failed.
+fn logged<T>(part: &'static str, read: anyhow::Result<T>) -> Option<T> {
+    match read {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let fault = Fault::of(&e);
+            let (dependency, cause) = match fault {
+                Fault::Outage(o) => (o.dependency.as_str(), o.cause.as_str()),
+                Fault::Poison => ("postgres", "data"),
+            };
+            tracing::warn!(
+                part,
+                dependency,
+                cause,
+                error = format!("{e:#}"),
+                "live stream part left out"
+            );
+            None
+        }
+    }
+}
+
+fn push_json(out: &mut String, name: &str, value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => push_event(out, name, &text),
+        Err(e) => tracing::error!(part = name, error = %e, "encoding a live stream part failed"),
+    }
 }
 
 fn push_event(out: &mut String, name: &str, data: &str) {

@@ -121,9 +121,13 @@ pub struct Readiness {
     /// `ready` or `degraded`.
     #[schema(example = "ready")]
     pub status: &'static str,
-    /// `ok` or `down`.
+    /// `ok`, `down`, or how it refuses work: `read-only`, `no-privilege`,
+    /// `schema`, `disk-full`, `out-of-memory`, `timeout`, …
+    #[schema(example = "ok")]
     pub postgres: &'static str,
-    /// `ok` or `down`.
+    /// `ok`, `down`, or how it refuses work: `read-only`, `out-of-memory`,
+    /// `loading`, `failover`, `timeout`, …
+    #[schema(example = "ok")]
     pub redis: &'static str,
 }
 
@@ -215,6 +219,9 @@ pub enum ReadErrors {
     /// Redis or Postgres is unavailable.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
     Unavailable(ErrorBody),
+    /// A failure that is not a dependency's (a bug), logged with its cause.
+    #[response(status = 500)]
+    Internal(ErrorBody),
 }
 
 /// The errors of every `/admin/*` endpoint.
@@ -230,6 +237,9 @@ pub enum AdminErrors {
     /// Redis is unavailable.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
     Unavailable(ErrorBody),
+    /// A failure that is not a dependency's (a bug), logged with its cause.
+    #[response(status = 500)]
+    Internal(ErrorBody),
 }
 
 /// Marks `/admin/*` as needing `Authorization: Bearer $ADMIN_TOKEN`.

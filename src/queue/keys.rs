@@ -91,6 +91,12 @@ impl Keys {
         format!("{}:stats", self.home)
     }
 
+    /// `{P}:ready`: written by `/ready` (10 s TTL) to find out whether
+    /// Redis takes writes, not just whether it answers.
+    pub fn ready_probe(&self) -> String {
+        format!("{}:ready", self.home)
+    }
+
     /// Marker that a batch's counter update was applied (see `worker`).
     pub fn applied(&self, batch: &uuid::Uuid) -> String {
         format!("{}:applied:{batch}", self.home)

@@ -24,6 +24,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{oneshot, OnceCell};
 
 use super::Keys;
+use crate::fault::{Cause, Dependency, Outage};
 use crate::metrics::Metrics;
 
 /// Most envelopes sent in one `LPUSH`; more wait for the next one.
@@ -33,12 +34,30 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PushError {
-    /// Redis did not take the envelopes; the caller may spool them.
-    #[error("redis did not accept the push: {0}")]
-    Unavailable(String),
+    /// Redis did not take the envelopes (always an outage: every Redis
+    /// failure is); the caller may spool them.
+    #[error("redis did not accept the push ({}): {reason}", outage.cause.as_str())]
+    Unavailable { outage: Outage, reason: String },
     /// The flush task has stopped (the server is shutting down).
     #[error("the push queue is closed")]
     Closed,
+}
+
+impl PushError {
+    fn redis(e: redis::RedisError, doing: &str) -> Self {
+        let reason = format!("{doing}: {e}");
+        // Whatever the chain says, it was Redis that failed.
+        let cause = crate::fault::OutageError::from(e).outage.cause;
+        let outage = Outage::new(Dependency::Redis, cause);
+        Self::Unavailable { outage, reason }
+    }
+
+    fn timeout(reason: String) -> Self {
+        Self::Unavailable {
+            outage: Outage::new(Dependency::Redis, Cause::Timeout),
+            reason,
+        }
+    }
 }
 
 /// A failed push hands its envelopes back, so the caller can spool them.
@@ -195,12 +214,12 @@ impl Local {
             let config = crate::app::redis_manager_config(PUSH_TIMEOUT);
             ConnectionManager::new_with_config(self.shared.client.clone(), config)
                 .await
-                .map_err(|e| PushError::Unavailable(format!("connecting to redis: {e}")))
+                .map_err(|e| PushError::redis(e, "connecting to redis"))
         });
         match tokio::time::timeout(PUSH_TIMEOUT, connect).await {
             Ok(Ok(conn)) => Ok(conn.clone()),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(PushError::Unavailable(format!(
+            Err(_) => Err(PushError::timeout(format!(
                 "no connection to redis within {PUSH_TIMEOUT:?}"
             ))),
         }
@@ -228,8 +247,8 @@ async fn flush(
         .ignore();
     match tokio::time::timeout(PUSH_TIMEOUT, pipe.query_async::<()>(conn)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(PushError::Unavailable(e.to_string())),
-        Err(_) => Err(PushError::Unavailable(format!(
+        Ok(Err(e)) => Err(PushError::redis(e, "pushing a group")),
+        Err(_) => Err(PushError::timeout(format!(
             "no answer within {PUSH_TIMEOUT:?} for {count} events"
         ))),
     }

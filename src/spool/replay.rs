@@ -63,7 +63,16 @@ impl Replayer {
                 match self.replay_all().await {
                     Ok(n) if n > 0 => tracing::info!(events = n, "replayed the spool into Redis"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = format!("{e:#}"), "spool replay paused"),
+                    Err(e) => {
+                        let outage = crate::fault::OutageError::from(e);
+                        self.metrics.outage("replayer", outage.outage);
+                        tracing::warn!(
+                            dependency = outage.outage.dependency.as_str(),
+                            cause = outage.outage.cause.as_str(),
+                            error = format!("{:#}", outage.error),
+                            "spool replay paused"
+                        );
+                    }
                 }
                 self.update_gauges();
             }

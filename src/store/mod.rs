@@ -77,39 +77,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running migrations")
 }
 
-/// Whether a database error may go away by itself (connection loss,
-/// overload, lock conflicts) rather than being caused by the data.
-pub fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Database(db)) => {
-                let code = db.code().unwrap_or_default();
-                // 40xxx: serialization/deadlock; 53xxx: resources; 57xxx:
-                // operator intervention (shutdown); 08xxx: connection; 58xxx:
-                // system errors.
-                ["40", "53", "57", "08", "58"]
-                    .iter()
-                    .any(|p| code.starts_with(p))
-            }
-            // Errors in what adtrack sent or expected: retrying cannot help.
-            Some(
-                sqlx::Error::Encode(_)
-                | sqlx::Error::Decode(_)
-                | sqlx::Error::ColumnDecode { .. }
-                | sqlx::Error::ColumnNotFound(_)
-                | sqlx::Error::ColumnIndexOutOfBounds { .. }
-                | sqlx::Error::TypeNotFound { .. }
-                | sqlx::Error::RowNotFound
-                | sqlx::Error::Configuration(_)
-                | sqlx::Error::Migrate(_),
-            ) => false,
-            // I/O, TLS, protocol breakage mid-stream, pool time-outs, a closed
-            // pool: the connection, not the data.
-            Some(_) => true,
-            None => cause.downcast_ref::<std::io::Error>().is_some(),
-        })
-}
-
 const INSERT_BATCH: &str = r"
 WITH input AS (
     SELECT * FROM UNNEST(

@@ -15,8 +15,9 @@
 //! A crash anywhere leaves either the items in the processing list (the
 //! reaper returns them to the queue; re-processing inserts nothing twice) or
 //! an outbox row (recovery applies it; the marker prevents a double apply).
-//! Connection errors never count as attempts: the round fails as a whole,
-//! the items stay where they are, and the worker backs off.
+//! Outages never count as attempts ([`crate::fault`] decides what is one):
+//! the round fails as a whole, the items stay where they are, and the worker
+//! backs off.
 
 mod maintenance;
 
@@ -37,6 +38,7 @@ use uuid::Uuid;
 
 use crate::counters::{Applied, Counted, Counters};
 use crate::domain::{Event, Kind};
+use crate::fault::{Fault, OutageError};
 use crate::metrics::Metrics;
 use crate::queue::{Divert, Queue, Queues};
 use crate::store;
@@ -115,18 +117,16 @@ impl Worker {
             match self.step().await {
                 Ok(_) => backoff.reset(),
                 Err(e) => {
-                    let stage = if store::is_transient(&e) || is_redis(&e) {
-                        "outage"
-                    } else {
-                        "other"
-                    };
-                    self.ctx
-                        .metrics
-                        .worker_errors
-                        .with_label_values(&[stage])
-                        .inc();
+                    self.ctx.metrics.outage("worker", e.outage);
                     let delay = backoff.next_delay();
-                    tracing::warn!(worker = %self.id, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "worker round failed; backing off");
+                    tracing::warn!(
+                        worker = %self.id,
+                        dependency = e.outage.dependency.as_str(),
+                        cause = e.outage.cause.as_str(),
+                        error = format!("{:#}", e.error),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "worker round failed on an outage; backing off"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => {}
@@ -138,8 +138,13 @@ impl Worker {
     }
 
     /// One round: reserve, commit, count, acknowledge.
+    ///
+    /// Every error is an outage by type: it fails the round as a whole,
+    /// counts no attempt and leaves the items in the processing list, where
+    /// the next round (or the reaper) takes them again. Only events that
+    /// fail on their own data are retried or dead-lettered, inside the round.
     #[tracing::instrument(skip_all, fields(worker = %self.id))]
-    pub async fn step(&mut self) -> anyhow::Result<StepOutcome> {
+    pub async fn step(&mut self) -> Result<StepOutcome, OutageError> {
         let ctx = self.ctx.clone();
         let held_nothing = std::mem::replace(&mut self.acked, false);
         let items = self
@@ -266,11 +271,12 @@ impl Worker {
 
     /// Commits `events`, splitting the batch to isolate events that fail on
     /// their own. Returns the committed sub-batches (batch id, new eventIds)
-    /// and the failed events. A transient error fails the whole round.
+    /// and the failed events. Only [`Fault::Poison`] splits a batch: any
+    /// other error fails the whole round as an outage.
     async fn commit_isolating(
         &self,
         events: &[(&str, Event)],
-    ) -> anyhow::Result<(Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>)> {
+    ) -> Result<(Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>), OutageError> {
         let mut committed = Vec::new();
         let mut failures = Vec::new();
         let mut pending: Vec<&[(&str, Event)]> = if events.is_empty() {
@@ -281,27 +287,29 @@ impl Worker {
         while let Some(part) = pending.pop() {
             let batch = Uuid::now_v7();
             let refs: Vec<&Event> = part.iter().map(|(_, e)| e).collect();
-            match store::insert_batch(&self.ctx.pool, &refs, batch).await {
+            let err = match store::insert_batch(&self.ctx.pool, &refs, batch).await {
                 Ok(ids) => {
                     if !ids.is_empty() {
                         committed.push((batch, ids));
                     }
+                    continue;
                 }
-                Err(e) if store::is_transient(&e) => return Err(e),
-                Err(e) if part.len() == 1 => {
-                    let (raw, event) = &part[0];
-                    tracing::warn!(worker = %self.id, event_id = %event.event_id, error = format!("{e:#}"), "event failed to store");
-                    failures.push(Failure {
-                        raw: (*raw).to_owned(),
-                        event: Some(event.clone()),
-                        error: format!("{:#}", e.root_cause()),
-                    });
-                }
-                Err(_) => {
-                    let (a, b) = part.split_at(part.len() / 2);
-                    pending.push(b);
-                    pending.push(a);
-                }
+                Err(e) => e,
+            };
+            if !Fault::of(&err).is_poison() {
+                return Err(err.into());
+            }
+            if let [(raw, event)] = part {
+                tracing::warn!(worker = %self.id, event_id = %event.event_id, error = format!("{err:#}"), "event failed to store");
+                failures.push(Failure {
+                    raw: (*raw).to_owned(),
+                    event: Some(event.clone()),
+                    error: format!("{:#}", err.root_cause()),
+                });
+            } else {
+                let (a, b) = part.split_at(part.len() / 2);
+                pending.push(b);
+                pending.push(a);
             }
         }
         Ok((committed, failures))
@@ -420,11 +428,6 @@ pub fn retry_delay(attempt: u32) -> chrono::Duration {
     let capped = base_ms.min(300_000);
     let jittered = capped / 2 + rand::rng().random_range(0..=capped / 2);
     chrono::Duration::milliseconds(jittered as i64)
-}
-
-fn is_redis(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|c| c.downcast_ref::<redis::RedisError>().is_some())
 }
 
 /// Capped exponential backoff for outages.

@@ -154,7 +154,7 @@ async fn the_whole_pipeline_runs_on_redis_in_cluster_mode() {
     let a = app.analytics(ad, "all").await;
     assert_eq!(a["totalClicks"], 60, "{a}");
     assert_eq!(a["impressions"], 1, "{a}");
-    assert_eq!(app.metric("adtrack_worker_errors_total").await, 0.0);
+    assert_eq!(app.metric("adtrack_outages_total").await, 0.0);
 
     // Outbox recovery: a batch committed to Postgres whose worker died before
     // updating the counters (applied without a processing list).

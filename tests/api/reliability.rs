@@ -88,7 +88,7 @@ async fn postgres_cut_mid_load_dead_letters_nothing() {
     b.wait_drained().await;
     let recovery = restored.elapsed();
     assert!(
-        app.metric("adtrack_worker_errors_total").await > 0.0,
+        app.metric("adtrack_outages_total").await > 0.0,
         "the outage never reached the workers"
     );
     assert_eq!(
