@@ -366,12 +366,19 @@ async fn postgres_fault_dead_letters_nothing(fault: PgFault) {
         "an outage counted attempts"
     );
 
+    let in_flight = app.queue_len().await + app.processing_len().await;
     owned.clear(fault).await;
+    let cleared = Instant::now();
     wait_until(Duration::from_secs(20), "/ready is ready again", || async {
         readiness(&app).await["status"] == "ready"
     })
     .await;
     app.wait_drained().await;
+    eprintln!(
+        "[postgres {fault:?}] accepted {}, in flight when it cleared {in_flight}, drained {:.1} s after",
+        ids.len(),
+        cleared.elapsed().as_secs_f64()
+    );
     assert_eq!(
         llen(&app, &app.keys.dlq()).await,
         0,
@@ -622,11 +629,18 @@ async fn redis_fault_dead_letters_nothing(fault: RedisFault) {
     .query_async(&mut admin)
     .await
     .unwrap();
+    let cleared = Instant::now();
     wait_until(Duration::from_secs(30), "the spool is replayed", || async {
         app.metric("adtrack_spool_events").await == 0.0
     })
     .await;
     app.wait_drained().await;
+    eprintln!(
+        "[redis {fault:?}] accepted {}, spooled {}, drained {:.1} s after it cleared",
+        ids.len(),
+        app.metric("adtrack_events_spooled_total").await,
+        cleared.elapsed().as_secs_f64()
+    );
     assert_eq!(
         llen(&app, &app.keys.dlq()).await,
         0,
