@@ -37,6 +37,7 @@ pub struct Metrics {
     pub event_partitions: IntGauge,
     pub event_partitions_dropped: IntCounter,
     pub event_keys_purged: IntCounter,
+    pub events_purged: IntCounter,
     pub partition_maintenance_errors: IntCounter,
     pub rate_limited: IntCounterVec,
     pub rate_limit_fail_open: IntCounter,
@@ -176,6 +177,10 @@ impl Metrics {
                 "event_keys_purged_total",
                 "Idempotency keys of dropped days deleted",
             )?,
+            events_purged: IntCounter::new(
+                "events_purged_total",
+                "Expired raw events deleted from the default partition by retention",
+            )?,
             partition_maintenance_errors: IntCounter::new(
                 "partition_maintenance_errors_total",
                 "Failed partition creation or retention passes",
@@ -224,6 +229,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.event_partitions_dropped.clone()))?;
         m.registry.register(Box::new(m.event_keys_purged.clone()))?;
+        m.registry.register(Box::new(m.events_purged.clone()))?;
         m.registry
             .register(Box::new(m.partition_maintenance_errors.clone()))?;
         m.registry.register(Box::new(m.rate_limited.clone()))?;

@@ -1,6 +1,11 @@
-//! Day partitions of the raw `events` table: created ahead of time and on
-//! demand, and dropped whole once older than `EVENT_RETENTION`. Rollups are
-//! never touched, so aggregates and analytics keep every day.
+//! Partitions of the raw `events` table: one per UTC day, created ahead of
+//! time by maintenance only (today and `PARTITIONS_AHEAD` days), and one
+//! default partition for every time without a day partition (late events,
+//! days retention dropped). Input never creates a table, so the count grows
+//! by one a day whatever clients send (bound: one per day kept, plus the
+//! default). `EVENT_RETENTION` drops old days whole and deletes old rows
+//! from the default partition in chunks. Rollups are never touched, so
+//! aggregates and analytics keep every day.
 
 use std::time::Duration;
 
@@ -8,24 +13,13 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 
-/// Keys of dropped days are deleted in chunks this size, so one purge never
+/// Expired keys and default-partition rows are deleted in chunks this size, so one purge never
 /// holds a long transaction.
 const PURGE_CHUNK: i64 = 10_000;
 
 /// Session-level advisory lock: one retention pass at a time across every
 /// process sharing the database.
 const RETENTION_LOCK: i64 = 0x6164_7472_6574_6e00; // "adtretn\0"
-
-/// Whether an insert failed because no partition holds one of its rows
-/// (SQLSTATE 23514 raised on the partitioned `events` table).
-pub fn is_missing_partition(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some("23514") && db.message().contains("no partition")
-        }
-        _ => false,
-    }
-}
 
 /// Creates the partitions for `days` that do not exist yet; returns how many
 /// it created.
@@ -39,6 +33,14 @@ pub async fn ensure_partitions(pool: &PgPool, days: &[NaiveDate]) -> anyhow::Res
         tracing::info!(created, first_day = %days[0], "created event partitions");
     }
     Ok(created)
+}
+
+/// How many partitions `events` has, the default one included.
+pub async fn count_partitions(pool: &PgPool) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
+        .fetch_one(pool)
+        .await
+        .context("counting event partitions")
 }
 
 /// The day partitions of `events`, oldest first.
@@ -65,6 +67,8 @@ pub async fn list_partitions(pool: &PgPool) -> anyhow::Result<Vec<(String, Naive
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub partitions_dropped: u64,
+    /// Expired rows deleted from the default partition.
+    pub default_rows_purged: u64,
     pub keys_purged: u64,
 }
 
@@ -124,6 +128,22 @@ async fn prune_locked(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pr
             .with_context(|| format!("dropping partition {name}"))?;
         pruned.partitions_dropped += 1;
         tracing::info!(partition = %name, %day, "dropped an expired event partition");
+    }
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM events_default WHERE ctid IN (
+                 SELECT ctid FROM events_default WHERE event_time < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PURGE_CHUNK)
+        .execute(pool)
+        .await
+        .context("purging expired rows of the default partition")?
+        .rows_affected();
+        pruned.default_rows_purged += done;
+        if done < PURGE_CHUNK as u64 {
+            break;
+        }
     }
     loop {
         let done = sqlx::query(

@@ -127,8 +127,9 @@ impl Maintenance {
 }
 
 impl Maintenance {
-    /// Creates the partitions of today and the next days, drops the days
-    /// `EVENT_RETENTION` no longer keeps, and updates the partition gauge.
+    /// Creates the partitions of today and the next days (the only place
+    /// partitions are made), drops what `EVENT_RETENTION` no longer keeps,
+    /// and updates the partition gauge.
     pub async fn partitions(&self) -> anyhow::Result<()> {
         let pool = &self.ctx.pool;
         let today = Utc::now().date_naive();
@@ -141,20 +142,22 @@ impl Maintenance {
                 let m = &self.ctx.metrics;
                 m.event_partitions_dropped.inc_by(pruned.partitions_dropped);
                 m.event_keys_purged.inc_by(pruned.keys_purged);
-                if pruned.partitions_dropped > 0 || pruned.keys_purged > 0 {
+                m.events_purged.inc_by(pruned.default_rows_purged);
+                if pruned.partitions_dropped > 0
+                    || pruned.keys_purged > 0
+                    || pruned.default_rows_purged > 0
+                {
                     tracing::info!(
                         partitions_dropped = pruned.partitions_dropped,
+                        default_rows_purged = pruned.default_rows_purged,
                         keys_purged = pruned.keys_purged,
                         "event retention pass"
                     );
                 }
             }
         }
-        let partitions = store::list_partitions(pool).await?;
-        self.ctx
-            .metrics
-            .event_partitions
-            .set(partitions.len() as i64);
+        let partitions = store::count_partitions(pool).await?;
+        self.ctx.metrics.event_partitions.set(partitions);
         Ok(())
     }
 }
