@@ -440,3 +440,21 @@ async fn random_faults_never_lose_or_merge_an_acknowledged_line() {
         rig.assert_replay_is_exactly_the_acknowledged().await;
     }
 }
+
+#[tokio::test]
+async fn a_second_spool_on_the_same_directory_is_refused_until_the_first_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, writer) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let err = match Spool::open(dir.path(), 1 << 20) {
+        Ok(_) => panic!("two spools opened one directory"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(err.contains("SPOOL_DIR"), "{err}");
+    // The writer holds the lock until it ends.
+    drop(first);
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let (_again, _w) = Spool::open(dir.path(), 1 << 20).unwrap();
+}

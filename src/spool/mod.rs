@@ -5,9 +5,14 @@
 //! (closed), or `…-upto<N>.jsonl` (closed after a failed append: only its
 //! first N bytes, all acknowledged, are replayed). A segment is JSON Lines:
 //! one queue envelope (the same JSON the Redis queue holds) per line, each
-//! line ended by `\n`; nothing else, no header.
+//! line ended by `\n`; nothing else, no header. The directory itself
+//! carries an exclusive `flock` held by the one process that owns it.
 //!
 //! Invariants:
+//! - One process per `SPOOL_DIR`. [`Spool::open`] takes the directory's
+//!   lock before touching any segment and keeps it for the writer's life;
+//!   a second process is refused at start. The kernel drops the lock when
+//!   its holder dies, so `kill -9` never leaves a stale one.
 //! - An append is answered only after its lines are written and the file is
 //!   `fdatasync`ed, so a 202 backed by the spool survives `kill -9` and power
 //!   loss. Appends are group-committed: one thread takes every append
@@ -42,7 +47,7 @@ pub use replay::{RedisDown, Replayer};
 
 pub(crate) use fs::{RealFs, SegmentFile, SpoolFs};
 
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +146,33 @@ pub struct Spool {
     stats: Arc<SpoolStats>,
 }
 
+/// The exclusive `flock` on a spool directory, released when dropped or
+/// when the process dies.
+struct DirLock {
+    _dir: File,
+}
+
+/// Takes the lock on `dir` itself rather than on a file in it, so the
+/// directory holds segments only (an empty directory means nothing is
+/// waiting).
+fn lock_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    let handle = File::open(dir)
+        .with_context(|| format!("opening the spool directory {} to lock it", dir.display()))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(DirLock { _dir: handle }),
+        Err(TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "the spool directory {} (SPOOL_DIR) is locked by another running process; \
+             adtrack allows one process per SPOOL_DIR, so give each its own \
+             (retrying helps only once that process has exited)",
+            dir.display()
+        )),
+        Err(TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("locking the spool directory {}", dir.display())))
+        }
+    }
+}
+
 /// One decoded line: the envelope text, or why it was skipped.
 pub fn decode_line(line: &[u8]) -> Result<&str, &'static str> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
@@ -189,8 +221,9 @@ pub fn split_segment(data: &[u8]) -> Lines<'_> {
 }
 
 impl Spool {
-    /// Opens `dir` (creating it), closes segments a crash left open, and
-    /// starts the writer thread.
+    /// Locks `dir` (creating it) for this process, closes segments a crash
+    /// left open, and starts the writer thread, which holds the lock until
+    /// it ends.
     pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
         Self::open_with(dir, max_bytes, Arc::new(RealFs))
     }
@@ -202,6 +235,7 @@ impl Spool {
     ) -> anyhow::Result<(Self, std::thread::JoinHandle<()>)> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the spool directory {}", dir.display()))?;
+        let lock = lock_dir(dir)?;
         let stats = Arc::new(SpoolStats::default());
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
@@ -227,6 +261,7 @@ impl Spool {
             stats: stats.clone(),
             active: None,
             stranded: Vec::new(),
+            _lock: lock,
         };
         let handle = std::thread::Builder::new()
             .name("adtrack-spool".into())
@@ -305,6 +340,7 @@ struct Writer {
     /// Closed segments whose rename to `.jsonl` failed; retried at every
     /// rotation (and done at the next start-up otherwise).
     stranded: Vec<(PathBuf, PathBuf)>,
+    _lock: DirLock,
 }
 
 impl Writer {
