@@ -14,5 +14,6 @@ mod ratelimit;
 mod reliability;
 mod reports;
 mod shards;
+mod spool;
 mod storage;
 mod tenants;
