@@ -704,6 +704,26 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_closed_after_a_fault_is_replayed_up_to_its_recorded_length() {
+        let open = Path::new("/s/spool-20260101T000000.000000-ab12.open");
+        let plain = closed_name(open, None);
+        assert_eq!(
+            plain,
+            Path::new("/s/spool-20260101T000000.000000-ab12.jsonl")
+        );
+        assert_eq!(replayable_len(&plain, 500), 500);
+        let cut = closed_name(open, Some(406));
+        assert_eq!(
+            cut,
+            Path::new("/s/spool-20260101T000000.000000-ab12-upto406.jsonl")
+        );
+        assert_eq!(replayable_len(&cut, 500), 406);
+        // A file shorter than its name says (never written that far) is
+        // read whole.
+        assert_eq!(replayable_len(&cut, 100), 100);
+    }
+
+    #[test]
     fn decode_line_rejects_what_is_not_an_envelope() {
         assert!(decode_line(envelope().as_bytes()).is_ok());
         for bad in [&b""[..], b"{", b"[]", b"{\"eventId\":\"x\"}", b"\xff\xfe"] {
