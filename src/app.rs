@@ -114,6 +114,9 @@ impl Application {
             .local_addr()
             .context("reading the bound port")?
             .port();
+        // First, before any other side effect: a second process on this
+        // SPOOL_DIR is refused here (the spool takes the directory's lock).
+        let (spool, spool_thread) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
         let metrics = Arc::new(Metrics::new().context("creating metrics")?);
         let pool_size = (settings.worker_count as u32 * 2 + 8).min(64);
         let pool = store::connect(&settings.database_url, pool_size).await?;
@@ -132,7 +135,6 @@ impl Application {
 
         let shard_keys: Vec<Keys> = queues.all().iter().map(|q| q.keys().clone()).collect();
         let pusher = Pusher::new(&settings.redis_url, &shard_keys, metrics.clone())?;
-        let (spool, spool_thread) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
         let redis_down = Arc::new(RedisDown::default());
 
         let mut workers = Vec::new();

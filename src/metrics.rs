@@ -32,6 +32,7 @@ pub struct Metrics {
     pub spool_replayed: IntCounter,
     pub spool_skipped_lines: IntCounterVec,
     pub spool_full: IntCounter,
+    pub spool_append_failures: IntCounterVec,
     pub dead_lettered: IntCounter,
     pub retried: IntCounter,
     pub event_partitions: IntGauge,
@@ -157,6 +158,13 @@ impl Metrics {
                 "spool_full_total",
                 "Requests refused with 503 because the spool was full",
             )?,
+            spool_append_failures: IntCounterVec::new(
+                Opts::new(
+                    "spool_append_failures_total",
+                    "Spool appends refused with 503 because the write failed and was rolled back, by cause",
+                ),
+                &["cause"],
+            )?,
             dead_lettered: IntCounter::new(
                 "dead_lettered_total",
                 "Events moved to the dead-letter list",
@@ -223,6 +231,13 @@ impl Metrics {
         m.registry
             .register(Box::new(m.spool_skipped_lines.clone()))?;
         m.registry.register(Box::new(m.spool_full.clone()))?;
+        m.registry
+            .register(Box::new(m.spool_append_failures.clone()))?;
+        // Every cause is exported from the start, so an alert sees 0, not
+        // an absent series.
+        for cause in crate::spool::FailureCause::ALL {
+            m.spool_append_failures.with_label_values(&[cause.as_str()]);
+        }
         m.registry.register(Box::new(m.dead_lettered.clone()))?;
         m.registry.register(Box::new(m.retried.clone()))?;
         m.registry.register(Box::new(m.event_partitions.clone()))?;

@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
 use crate::queue::{LocalPusher, PushError};
 use crate::ratelimit::{client_ip, Decision};
-use crate::spool::SpoolError;
+use crate::spool::{FailureCause, SpoolError};
 
 /// Largest single-event body.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
@@ -265,11 +265,29 @@ async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Resul
             })
         }
         Err(SpoolError::Closed) => Err(shutting_down()),
-        Err(SpoolError::Io(e)) => {
-            tracing::error!(error = e, "spooling failed");
+        Err(SpoolError::Write { cause, message }) => {
+            // The group was rolled back: nothing of it will be replayed, so
+            // the client's retry is the only copy.
+            state
+                .metrics
+                .spool_append_failures
+                .with_label_values(&[cause.as_str()])
+                .inc();
+            tracing::error!(
+                cause = cause.as_str(),
+                error = message,
+                events = events.len(),
+                "spooling failed; refusing events"
+            );
+            let retry_after_secs = match cause {
+                FailureCause::NoSpace => 5,
+                _ => 1,
+            };
             Err(ApiError::Unavailable {
-                message: "the event queue is unavailable; retry shortly".into(),
-                retry_after_secs: 1,
+                message:
+                    "the event queue is unavailable and the spool could not be written; retry later"
+                        .into(),
+                retry_after_secs,
             })
         }
     }

@@ -113,9 +113,13 @@ impl Replayer {
     }
 
     async fn replay_segment(&mut self, path: &Path) -> anyhow::Result<u64> {
-        let data = tokio::fs::read(path)
+        let mut data = tokio::fs::read(path)
             .await
             .with_context(|| format!("reading {}", path.display()))?;
+        // A segment closed after a failed append is read only up to what
+        // was acknowledged.
+        let keep = super::replayable_len(path, data.len() as u64);
+        data.truncate(usize::try_from(keep).unwrap_or(data.len()));
         let Lines {
             good,
             skipped,

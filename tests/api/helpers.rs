@@ -784,3 +784,52 @@ pub async fn assert_exactly_once(b: &Backends, ad: &str, outcome: &Outcome, base
         "counter differs from Postgres: {res}"
     );
 }
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop. The
+/// test fails (never skips) when it cannot be mounted.
+pub struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(bytes: u64) -> Self {
+        let path = std::env::temp_dir().join(format!("adtrack-tmpfs-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Self { path },
+            other => {
+                let _ = std::fs::remove_dir(&path);
+                panic!(
+                    "mounting a {bytes}-byte tmpfs on {} failed (the test needs root): {other:?}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a process that has not exited yet): detach it now,
+            // the kernel frees it when the last user goes.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .status();
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

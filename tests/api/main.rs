@@ -15,5 +15,6 @@ mod ratelimit;
 mod reliability;
 mod reports;
 mod shards;
+mod spool;
 mod storage;
 mod tenants;

@@ -62,7 +62,9 @@ async fn several_queue_shards_spread_ingest_and_drain_exactly_once() {
     );
 
     // Now the workers: one process, one worker per shard.
-    let workers = start(settings.clone(), Role::Worker).await;
+    let mut worker_settings = settings.clone();
+    worker_settings.spool_dir = settings.spool_dir.join("workers");
+    let workers = start(worker_settings, Role::Worker).await;
     api.wait_drained().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -114,6 +116,7 @@ async fn a_process_with_another_shard_count_refuses_to_start() {
 
     let mut other = settings.clone();
     other.queue_shards = 2;
+    other.spool_dir = settings.spool_dir.join("other");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err = match Application::build_with_listener(other, Role::Api, listener).await {
         Ok(_) => panic!("a process with QUEUE_SHARDS=2 started on a 3-shard prefix"),
