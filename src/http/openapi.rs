@@ -334,8 +334,17 @@ pub async fn openapi_json() -> HttpResponse {
 pub async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", DOCS_POLICY))
         .body(DOCS_PAGE)
 }
+
+/// The policy of `/docs`: the site-wide one, except that Swagger UI sets
+/// `style` attributes from its bundle, so inline styles are allowed here
+/// (never inline scripts: its start-up code is `init.js`).
+const DOCS_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 const DOCS_PAGE: &str = r#"<!doctype html>
 <html lang="en">
