@@ -408,7 +408,10 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
     }
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
+/// Reads the body, refusing it as soon as it passes `limit` bytes, or
+/// with 408 when it has not all arrived within `BODY_TIMEOUT` (actix's own
+/// client timeout covers only the headers; a body trickled a byte at a time
+/// would otherwise hold its connection for as long as the client likes).
 async fn read_body(
     mut body: web::Payload,
     req: &HttpRequest,
@@ -425,28 +428,41 @@ async fn read_body(
             return Err(too_large());
         }
     }
-    // A small body arrives in one chunk: keep it as it is, copy only when a
-    // second one follows.
-    let mut first: Option<web::Bytes> = None;
-    let mut joined = web::BytesMut::new();
-    let mut len = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
-        })?;
-        len += chunk.len();
-        if len > limit {
-            return Err(too_large());
-        }
-        match first.take() {
-            None if joined.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    joined.extend_from_slice(&earlier);
+    let deadline = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(crate::config::Settings::default().body_timeout, |s| {
+            s.settings.body_timeout
+        });
+    let read = async {
+        // A small body arrives in one chunk: keep it as it is, copy only
+        // when a second one follows.
+        let mut first: Option<web::Bytes> = None;
+        let mut joined = web::BytesMut::new();
+        let mut len = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
+            })?;
+            len += chunk.len();
+            if len > limit {
+                return Err(too_large());
+            }
+            match first.take() {
+                None if joined.is_empty() => first = Some(chunk),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        joined.extend_from_slice(&earlier);
+                    }
+                    joined.extend_from_slice(&chunk);
                 }
-                joined.extend_from_slice(&chunk);
             }
         }
-    }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
+        Ok(first.unwrap_or_else(|| joined.freeze()))
+    };
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs()
+        ))
+    })?
 }

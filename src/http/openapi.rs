@@ -192,6 +192,9 @@ pub enum IngestErrors {
     /// `TENANTS=on` and no valid `X-API-Key`.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
+    /// The body did not arrive within `BODY_TIMEOUT` (default 10 s).
+    #[response(status = 408)]
+    RequestTimeout(ErrorBody),
     /// The body is over the size limit (16 KiB, or 1 MiB / 1,000 events).
     #[response(status = 413)]
     TooLarge(ErrorBody),
