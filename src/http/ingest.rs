@@ -107,7 +107,7 @@ async fn ingest_one(
         .ok()
         .and_then(|e| e.ad_id.as_ref())
         .map(|a| (a.as_str(), 1));
-    limit(state, &ctx, ad.as_slice()).await?;
+    limit(state, &ctx, 1, ad.as_slice()).await?;
     let event = parsed.map_err(|e| rejected(state, e))?;
     enqueue(req, state, std::slice::from_ref(&event)).await?;
     Ok(HttpResponse::Accepted().json(Accepted {
@@ -203,8 +203,10 @@ pub async fn batch(
             None => per_ad.push((ad.as_str(), 1)),
         }
     }
-    // A limited batch is refused whole: nothing of it is queued.
-    limit(&state, &base, &per_ad).await?;
+    // A limited batch is refused whole: nothing of it is queued. The
+    // client pays for every item, a rejected one too.
+    let cost = u32::try_from(items.len()).unwrap_or(u32::MAX);
+    limit(&state, &base, cost, &per_ad).await?;
     enqueue(&req, &state, &accepted).await?;
     Ok(HttpResponse::Accepted().json(BatchAccepted {
         accepted: accepted.len(),
@@ -286,13 +288,24 @@ fn count_enqueued(state: &AppState, events: &[Event]) {
 }
 
 /// Applies the rate limits (when configured) to a request from
-/// `ctx.peer_ip` carrying `ads` (adId, events).
-async fn limit(state: &AppState, ctx: &ParseContext, ads: &[(&str, u32)]) -> Result<(), ApiError> {
+/// `ctx.peer_ip` carrying `events` events, `ads` (adId, events) of them.
+async fn limit(
+    state: &AppState,
+    ctx: &ParseContext,
+    events: u32,
+    ads: &[(&str, u32)],
+) -> Result<(), ApiError> {
     let Some(limiter) = &state.rate_limiter else {
         return Ok(());
     };
     let decision = limiter
-        .check(ctx.peer_ip, &ctx.tenant, ads, state.redis_down.is_down())
+        .check(
+            ctx.peer_ip,
+            events,
+            &ctx.tenant,
+            ads,
+            state.redis_down.is_down(),
+        )
         .await;
     match decision {
         Decision::Allowed => Ok(()),
@@ -303,7 +316,7 @@ async fn limit(state: &AppState, ctx: &ParseContext, ads: &[(&str, u32)]) -> Res
             let what = if scope == "ad" {
                 "too many events for this adId"
             } else {
-                "too many requests from this client"
+                "too many events from this client"
             };
             Err(ApiError::TooManyRequests {
                 message: format!("{what}; retry in {retry_after_secs} s"),
