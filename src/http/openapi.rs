@@ -216,7 +216,8 @@ pub enum ReadErrors {
     /// An invalid or repeated query parameter.
     #[response(status = 400)]
     BadRequest(ErrorBody),
-    /// `TENANTS=on` and no valid `X-API-Key`.
+    /// `TENANTS=on` and no valid `X-API-Key`; on `/events?status=failed`
+    /// with tenants off, no valid admin bearer token.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
     /// Redis or Postgres is unavailable.
