@@ -238,7 +238,10 @@ impl KeyResolver {
         match (loaded, stale) {
             (Ok(s), _) => Ok(s),
             (Err(e), Some(stale)) => {
-                tracing::warn!(error = format!("{e:#}"), "reloading the API keys failed; using the previous set");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reloading the API keys failed; using the previous set"
+                );
                 Ok(stale)
             }
             (Err(e), None) => Err(e),

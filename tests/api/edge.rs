@@ -74,7 +74,11 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
         assert!(!html.contains(" style="), "{path}: a style attribute");
         assert!(!html.contains("javascript:"), "{path}: a javascript: URL");
         let handler = html.split_whitespace().any(|w| {
-            w.starts_with("on") && w.contains('=') && w[2..w.find('=').unwrap()].chars().all(|c| c.is_ascii_lowercase())
+            w.starts_with("on")
+                && w.contains('=')
+                && w[2..w.find('=').unwrap()]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase())
         });
         assert!(!handler, "{path}: an inline event handler");
     }
@@ -140,7 +144,10 @@ async fn cursors_times_and_numbers_out_of_range_are_400_naming_the_parameter() {
     let zeros = "0".repeat(32);
     let id = Uuid::new_v4().simple();
     for (path, name) in [
-        (format!("/events?before=-220000000000000000~{zeros}"), "before"),
+        (
+            format!("/events?before=-220000000000000000~{zeros}"),
+            "before",
+        ),
         (format!("/events?before=-220000000000000000~{id}"), "before"),
         (format!("/events?before=-62135596800000001~{id}"), "before"),
         (format!("/events?before=9223372036854775807~{id}"), "before"),
@@ -237,8 +244,12 @@ async fn failed_events_are_operator_data() {
 
     // Tenants on: a key sees its own tenant's letters only.
     let app = spawn_app_with(|s| s.tenants = true).await;
-    let acme = adtrack::tenants::create(&app.pool, "acme", "").await.unwrap();
-    let globex = adtrack::tenants::create(&app.pool, "globex", "").await.unwrap();
+    let acme = adtrack::tenants::create(&app.pool, "acme", "")
+        .await
+        .unwrap();
+    let globex = adtrack::tenants::create(&app.pool, "globex", "")
+        .await
+        .unwrap();
     push_letter(&app, Some("acme"), "acme failure").await;
     push_letter(&app, Some("globex"), "globex failure").await;
     push_letter(&app, None, "untenanted failure").await;
@@ -260,7 +271,9 @@ async fn failed_events_are_operator_data() {
 #[tokio::test]
 async fn api_keys_in_the_query_are_refused_except_on_live() {
     let app = spawn_app_with(|s| s.tenants = true).await;
-    let key = adtrack::tenants::create(&app.pool, "acme", "").await.unwrap();
+    let key = adtrack::tenants::create(&app.pool, "acme", "")
+        .await
+        .unwrap();
     for (method, path) in [
         ("GET", format!("/ads/analytics?adId=ad-q&apiKey={key}")),
         ("GET", format!("/events?apiKey={key}")),
@@ -342,7 +355,9 @@ async fn ten_thousand_unknown_keys_cost_no_postgres_queries_nor_evict_a_valid_on
     let mut settings = test_settings();
     settings.tenants = true;
     let mut app = start(settings, Role::Api).await;
-    let key = adtrack::tenants::create(&app.pool, "acme", "").await.unwrap();
+    let key = adtrack::tenants::create(&app.pool, "acme", "")
+        .await
+        .unwrap();
     let db = app
         .settings
         .database_url
@@ -389,14 +404,19 @@ async fn ten_thousand_unknown_keys_cost_no_postgres_queries_nor_evict_a_valid_on
     // The key set is reloaded every few seconds; one query per key would
     // be 10,000.
     eprintln!("{queries} transactions for 10,000 unknown keys");
-    assert!(queries < 200, "{queries} transactions for 10,000 unknown keys");
+    assert!(
+        queries < 200,
+        "{queries} transactions for 10,000 unknown keys"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_revoked_keys_live_stream_ends() {
     let app = spawn_app_with(|s| s.tenants = true).await;
-    let key = adtrack::tenants::create(&app.pool, "acme", "").await.unwrap();
+    let key = adtrack::tenants::create(&app.pool, "acme", "")
+        .await
+        .unwrap();
     let mut live = app
         .client
         .get(app.url(&format!("/live?apiKey={key}")))
@@ -416,7 +436,10 @@ async fn a_revoked_keys_live_stream_ends() {
         while let Ok(Some(_)) = live.chunk().await {}
     })
     .await;
-    assert!(ended.is_ok(), "the stream still runs {limit:?} after revocation");
+    assert!(
+        ended.is_ok(),
+        "the stream still runs {limit:?} after revocation"
+    );
     let res = app
         .client
         .get(app.url("/ads"))
