@@ -31,9 +31,14 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub simulate_failures: bool,
     pub heartbeat_ttl: Duration,
-    /// Ingest requests a second per client IP (`0` = off).
+    /// How long a request body may take to arrive once its headers have
+    /// (`BODY_TIMEOUT`); past it the answer is 408. Bounds the connections
+    /// a client can hold open by trickling bodies.
+    pub body_timeout: Duration,
+    /// Ingest events a second per client IP (`0` = off); a batch costs
+    /// one token per event.
     pub rate_limit_per_ip: u32,
-    /// Requests a quiet client may send at once (default: twice the rate).
+    /// Events a quiet client may send at once (default: twice the rate).
     pub rate_limit_burst: Option<u32>,
     /// Events a second per adId (`0` = off).
     pub rate_limit_per_ad: u32,
@@ -68,6 +73,7 @@ impl Default for Settings {
             admin_token: None,
             simulate_failures: false,
             heartbeat_ttl: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(10),
             rate_limit_per_ip: 0,
             rate_limit_burst: None,
             rate_limit_per_ad: 0,
@@ -141,6 +147,10 @@ impl Settings {
             s.heartbeat_ttl = humantime::parse_duration(&v)
                 .with_context(|| format!("HEARTBEAT_TTL: {v:?} is not a duration such as 15s"))?;
         }
+        if let Some(v) = get("BODY_TIMEOUT") {
+            s.body_timeout = humantime::parse_duration(&v)
+                .with_context(|| format!("BODY_TIMEOUT: {v:?} is not a duration such as 10s"))?;
+        }
         if let Some(v) = get("RATE_LIMIT_PER_IP") {
             s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
         }
@@ -212,6 +222,9 @@ impl Settings {
         }
         if self.heartbeat_ttl < Duration::from_secs(1) {
             bail!("HEARTBEAT_TTL: must be at least 1s");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.body_timeout) {
+            bail!("BODY_TIMEOUT: must be between 1s and 5m");
         }
         if self
             .event_retention

@@ -82,7 +82,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     println!("{{\"revokedKeys\":{n}}}");
                     eprintln!(
                         "running servers stop accepting the key(s) within {} s",
-                        tenants::CACHE_TTL.as_secs()
+                        tenants::REFRESH.as_secs()
                     );
                 }
             }

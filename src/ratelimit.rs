@@ -36,10 +36,13 @@ pub struct Limit {
     pub burst: u32,
 }
 
-/// KEYS: the buckets. ARGV: per bucket `rate burst cost`. Returns `{1, 0, 0}`
-/// when every bucket had its cost (and took it), else `{0, wait_ms, i}`: how
-/// long until bucket `i`, the one furthest short, would have it; nothing is
-/// taken then.
+/// KEYS: the buckets. ARGV: per bucket `rate burst cost`. A bucket takes a
+/// request when it holds its cost, or is full when the cost exceeds the
+/// burst; the whole cost is taken either way, so a batch larger than the
+/// burst leaves the bucket in debt for as long as it takes to refill (it
+/// is charged in full, never refused forever). Returns `{1, 0, 0}` when
+/// every bucket took its cost, else `{0, wait_ms, i}`: how long until
+/// bucket `i`, the one furthest short, would take it; nothing is taken then.
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -55,8 +58,9 @@ for i = 1, #KEYS do
   local at = tonumber(v[2]) or now
   tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
   left[i] = tokens - cost
-  if left[i] < 0 then
-    local w = math.ceil(-left[i] * 1000 / rate)
+  local short_by = math.min(cost, burst) - tokens
+  if short_by > 0 then
+    local w = math.ceil(short_by * 1000 / rate)
     if w > wait then wait = w short = i end
   end
 end
@@ -66,7 +70,7 @@ for i = 1, #KEYS do
   local burst = tonumber(ARGV[3 * i - 1])
   redis.call('HSET', KEYS[i], 'tokens', tostring(left[i]), 'at', now)
   -- A bucket idle long enough to be full again is the same as no bucket.
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+  redis.call('PEXPIRE', KEYS[i], math.ceil((burst - left[i]) * 1000 / rate) + 1000)
 end
 return {1, 0, 0}
 ";
@@ -110,12 +114,14 @@ impl RateLimiter {
         })
     }
 
-    /// Charges one request from `client` and `events` events per ad of
-    /// `ads` (tenant, adId, events). `redis_down`: the spool is taking
-    /// events, so the limiter is skipped rather than waited for.
+    /// Charges `events` tokens to `client` (a request costs what it
+    /// carries: one per event of a batch) and per ad of `ads` (tenant,
+    /// adId, events) its events. `redis_down`: the spool is taking events,
+    /// so the limiter is skipped rather than waited for.
     pub async fn check(
         &self,
         client: Option<IpAddr>,
+        events: u32,
         tenant: &str,
         ads: &[(&str, u32)],
         redis_down: bool,
@@ -126,7 +132,7 @@ impl RateLimiter {
                 "ip",
                 self.keys.rate_limit_client(&client_bucket(ip)),
                 limit,
-                1,
+                events.max(1),
             ));
         }
         if let Some(limit) = self.per_ad {

@@ -1,12 +1,18 @@
 //! Optional multi-tenancy (`TENANTS=on`): tenants, their API keys (stored as
 //! SHA-256 digests) and the lookup of a request's `X-API-Key`.
 //!
-//! A key is resolved through a small in-process cache, so ingest does not
-//! pay a Postgres round trip per request; a revoked key stops working once
-//! its cache entry expires (`CACHE_TTL`).
+//! Keys are resolved from memory: each process holds the digests of every
+//! valid key (one row per key an operator made, so the set is bounded by
+//! the operator, never by clients). The set is reloaded from Postgres when
+//! it is older than `REFRESH` and at once after a `create` or `revoke` in
+//! the same process. So a request never costs a Postgres query: a
+//! malformed key is refused by its shape, an unknown well-formed one by the
+//! set, and a flood of either cannot push a valid key out. A key revoked by
+//! another process stops working within `REFRESH`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,12 +22,29 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-/// How long a resolved key (or a refused one) is remembered.
-pub const CACHE_TTL: Duration = Duration::from_secs(30);
-/// Entries kept before the cache is cleared (bounds memory under key spraying).
-const CACHE_MAX: usize = 100_000;
+/// Longest a process uses its set of valid keys before reloading it: the
+/// most a key revoked elsewhere keeps working (and an open `/live` stream
+/// with it keeps running).
+pub const REFRESH: Duration = Duration::from_secs(5);
 /// Every key starts with this, so leaked keys are easy to grep for.
 pub const KEY_PREFIX: &str = "adt_";
+/// Hex digits after the prefix (32 random bytes).
+const KEY_HEX_LEN: usize = 64;
+
+/// Bumped by every `create` and `revoke` in this process, so resolvers
+/// here reload at once instead of after `REFRESH`.
+static KEYS_CHANGED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `key` has the shape of a key `create` makes: `adt_` and 64
+/// lowercase hex digits. Anything else cannot be valid and is refused
+/// without a lookup.
+pub fn well_formed_key(key: &str) -> bool {
+    key.len() == KEY_PREFIX.len() + KEY_HEX_LEN
+        && key.starts_with(KEY_PREFIX)
+        && key[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 pub fn valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
@@ -64,6 +87,7 @@ pub async fn create(pool: &PgPool, id: &str, name: &str) -> anyhow::Result<Strin
         .await
         .context("storing the API key")?;
     tx.commit().await.context("committing the tenant")?;
+    KEYS_CHANGED.fetch_add(1, Ordering::Relaxed);
     Ok(key)
 }
 
@@ -140,6 +164,7 @@ pub async fn revoke(pool: &PgPool, id: &str, key_prefix: Option<&str>) -> anyhow
             .context("revoking the tenant")?;
     }
     tx.commit().await.context("committing the revocation")?;
+    KEYS_CHANGED.fetch_add(1, Ordering::Relaxed);
     Ok(revoked)
 }
 
@@ -147,49 +172,104 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A key digest's tenant (`None`: refused) and when it was looked up.
-type CacheEntry = (Option<String>, Instant);
+/// The valid keys' digests and their tenants, as loaded at `at`.
+struct Snapshot {
+    tenants: HashMap<[u8; 32], String>,
+    at: Instant,
+    /// `KEYS_CHANGED` when the load started.
+    generation: u64,
+}
 
-/// Resolves API keys to tenants, with a short-lived cache.
+/// Resolves API keys to tenants from the in-memory set of valid keys.
 pub struct KeyResolver {
     pool: PgPool,
-    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// One reload at a time; the others keep using the current set.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl KeyResolver {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            cache: Mutex::new(HashMap::new()),
+            snapshot: RwLock::new(None),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The tenant of `key`, or `None` when the key is unknown or revoked.
+    /// The tenant of `key`, or `None` when the key is malformed, unknown or
+    /// revoked. Errs only when no set of keys could ever be loaded.
     pub async fn tenant_of(&self, key: &str) -> anyhow::Result<Option<String>> {
-        let hash = digest(key);
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((tenant, at)) = cache.get(&hash) {
-                if at.elapsed() < CACHE_TTL {
-                    return Ok(tenant.clone());
-                }
-            }
+        if !well_formed_key(key) {
+            return Ok(None);
         }
-        let row: Option<(String,)> = sqlx::query_as(
-            "SELECT k.tenant_id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND t.revoked_at IS NULL",
+        let snapshot = self.current().await?;
+        Ok(snapshot.tenants.get(&digest(key)).cloned())
+    }
+
+    fn cached(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.read().ok().and_then(|s| s.clone())
+    }
+
+    fn fresh(s: &Snapshot) -> bool {
+        s.at.elapsed() < REFRESH && s.generation == KEYS_CHANGED.load(Ordering::Relaxed)
+    }
+
+    /// The set of keys, reloaded first when stale. While one caller reloads
+    /// the others answer from the stale set; a failed reload keeps it (and
+    /// is retried by the next caller), so a Postgres outage does not stop
+    /// ingest with keys already known.
+    async fn current(&self) -> anyhow::Result<Arc<Snapshot>> {
+        let stale = match self.cached() {
+            Some(s) if Self::fresh(&s) => return Ok(s),
+            stale => stale,
+        };
+        let guard = match (&stale, self.reloading.try_lock()) {
+            (_, Ok(guard)) => guard,
+            (Some(s), Err(_)) => return Ok(s.clone()),
+            // Nothing loaded yet: wait for the load under way.
+            (None, Err(_)) => self.reloading.lock().await,
+        };
+        if let Some(s) = self.cached().filter(|s| Self::fresh(s)) {
+            return Ok(s);
+        }
+        let loaded = self.load().await;
+        drop(guard);
+        match (loaded, stale) {
+            (Ok(s), _) => Ok(s),
+            (Err(e), Some(stale)) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reloading the API keys failed; using the previous set"
+                );
+                Ok(stale)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    async fn load(&self) -> anyhow::Result<Arc<Snapshot>> {
+        let generation = KEYS_CHANGED.load(Ordering::Relaxed);
+        let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
+            "SELECT k.key_hash, k.tenant_id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.revoked_at IS NULL AND t.revoked_at IS NULL",
         )
-        .bind(&hash[..])
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .context("looking up the API key")?;
-        let tenant = row.map(|(t,)| t);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(hash, (tenant.clone(), Instant::now()));
+        .context("loading the valid API keys")?;
+        let tenants = rows
+            .into_iter()
+            .filter_map(|(hash, tenant)| Some((<[u8; 32]>::try_from(hash).ok()?, tenant)))
+            .collect();
+        let snapshot = Arc::new(Snapshot {
+            tenants,
+            at: Instant::now(),
+            generation,
+        });
+        if let Ok(mut slot) = self.snapshot.write() {
+            *slot = Some(snapshot.clone());
         }
-        Ok(tenant)
+        Ok(snapshot)
     }
 }
 
@@ -204,6 +284,24 @@ mod tests {
         }
         for bad in ["", "-x", "Acme", "a:b", "a b", "a_b", &"x".repeat(64)] {
             assert!(!valid_tenant_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_keys_of_the_made_shape_are_well_formed() {
+        let good = format!("adt_{}", "0123456789abcdef".repeat(4));
+        assert!(well_formed_key(&good));
+        for bad in [
+            String::new(),
+            "adt_".into(),
+            good.replace("adt_", "adx_"),
+            good.to_uppercase(),
+            format!("{good}0"),
+            good[..good.len() - 1].to_owned(),
+            good.replacen('0', "g", 1),
+            good.replacen('0', "é", 1),
+        ] {
+            assert!(!well_formed_key(&bad), "{bad}");
         }
     }
 }

@@ -15,7 +15,7 @@ use super::analytics::query_map;
 use super::openapi::{AdminErrors, DeadLetters, ErrorBody, Moved, Purged, QueueStatus};
 use super::{ApiError, AppState};
 
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(expected) = state.settings.admin_token.as_deref() else {
         return Err(ApiError::NotFound(
             "the admin API is disabled; start adtrack with ADMIN_TOKEN set".into(),

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// `allow`: the methods the resource takes, for the `Allow` header.
     #[error("method not allowed; this resource takes {allow}")]
     MethodNotAllowed { allow: String },
+    /// The request body did not arrive within its deadline.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -84,6 +87,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooManyRequests { .. } => "rate_limited",
@@ -109,6 +113,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -140,6 +145,11 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed { allow } => {
                 res.insert_header((header::ALLOW, allow.as_str()));
+            }
+            // The rest of the body is still on the wire: the connection
+            // cannot carry another request.
+            Self::RequestTimeout(_) => {
+                res.force_close();
             }
             _ => {}
         }

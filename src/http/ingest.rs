@@ -107,7 +107,7 @@ async fn ingest_one(
         .ok()
         .and_then(|e| e.ad_id.as_ref())
         .map(|a| (a.as_str(), 1));
-    limit(state, &ctx, ad.as_slice()).await?;
+    limit(state, &ctx, 1, ad.as_slice()).await?;
     let event = parsed.map_err(|e| rejected(state, e))?;
     enqueue(req, state, std::slice::from_ref(&event)).await?;
     Ok(HttpResponse::Accepted().json(Accepted {
@@ -203,8 +203,10 @@ pub async fn batch(
             None => per_ad.push((ad.as_str(), 1)),
         }
     }
-    // A limited batch is refused whole: nothing of it is queued.
-    limit(&state, &base, &per_ad).await?;
+    // A limited batch is refused whole: nothing of it is queued. The
+    // client pays for every item, a rejected one too.
+    let cost = u32::try_from(items.len()).unwrap_or(u32::MAX);
+    limit(&state, &base, cost, &per_ad).await?;
     enqueue(&req, &state, &accepted).await?;
     Ok(HttpResponse::Accepted().json(BatchAccepted {
         accepted: accepted.len(),
@@ -304,13 +306,24 @@ fn count_enqueued(state: &AppState, events: &[Event]) {
 }
 
 /// Applies the rate limits (when configured) to a request from
-/// `ctx.peer_ip` carrying `ads` (adId, events).
-async fn limit(state: &AppState, ctx: &ParseContext, ads: &[(&str, u32)]) -> Result<(), ApiError> {
+/// `ctx.peer_ip` carrying `events` events, `ads` (adId, events) of them.
+async fn limit(
+    state: &AppState,
+    ctx: &ParseContext,
+    events: u32,
+    ads: &[(&str, u32)],
+) -> Result<(), ApiError> {
     let Some(limiter) = &state.rate_limiter else {
         return Ok(());
     };
     let decision = limiter
-        .check(ctx.peer_ip, &ctx.tenant, ads, state.redis_down.is_down())
+        .check(
+            ctx.peer_ip,
+            events,
+            &ctx.tenant,
+            ads,
+            state.redis_down.is_down(),
+        )
         .await;
     match decision {
         Decision::Allowed => Ok(()),
@@ -321,7 +334,7 @@ async fn limit(state: &AppState, ctx: &ParseContext, ads: &[(&str, u32)]) -> Res
             let what = if scope == "ad" {
                 "too many events for this adId"
             } else {
-                "too many requests from this client"
+                "too many events from this client"
             };
             Err(ApiError::TooManyRequests {
                 message: format!("{what}; retry in {retry_after_secs} s"),
@@ -426,7 +439,10 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
     }
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
+/// Reads the body, refusing it as soon as it passes `limit` bytes, or
+/// with 408 when it has not all arrived within `BODY_TIMEOUT` (actix's own
+/// client timeout covers only the headers; a body trickled a byte at a time
+/// would otherwise hold its connection for as long as the client likes).
 async fn read_body(
     mut body: web::Payload,
     req: &HttpRequest,
@@ -443,28 +459,41 @@ async fn read_body(
             return Err(too_large());
         }
     }
-    // A small body arrives in one chunk: keep it as it is, copy only when a
-    // second one follows.
-    let mut first: Option<web::Bytes> = None;
-    let mut joined = web::BytesMut::new();
-    let mut len = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
-        })?;
-        len += chunk.len();
-        if len > limit {
-            return Err(too_large());
-        }
-        match first.take() {
-            None if joined.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    joined.extend_from_slice(&earlier);
+    let deadline = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(crate::config::Settings::default().body_timeout, |s| {
+            s.settings.body_timeout
+        });
+    let read = async {
+        // A small body arrives in one chunk: keep it as it is, copy only
+        // when a second one follows.
+        let mut first: Option<web::Bytes> = None;
+        let mut joined = web::BytesMut::new();
+        let mut len = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
+            })?;
+            len += chunk.len();
+            if len > limit {
+                return Err(too_large());
+            }
+            match first.take() {
+                None if joined.is_empty() => first = Some(chunk),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        joined.extend_from_slice(&earlier);
+                    }
+                    joined.extend_from_slice(&chunk);
                 }
-                joined.extend_from_slice(&chunk);
             }
         }
-    }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
+        Ok(first.unwrap_or_else(|| joined.freeze()))
+    };
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs()
+        ))
+    })?
 }

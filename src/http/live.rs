@@ -44,14 +44,19 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     };
     let timeframe = timeframe_param(&q)?;
     let tenant = super::tenant_of(&req, &state).await?;
+    let key = super::api_key(&req)?;
     let stream = futures_util::stream::unfold((state, true), move |(state, first)| {
         let ad = ad.clone();
         let tenant = tenant.clone();
+        let key = key.clone();
         async move {
             if !first {
                 tokio::select! {
                     _ = tokio::time::sleep(PERIOD) => {}
                     _ = state.shutdown.cancelled() => return None,
+                }
+                if !still_valid(&state, &key).await {
+                    return None;
                 }
             }
             let chunk = frame(&state, &tenant, ad.as_ref(), timeframe).await;
@@ -66,6 +71,16 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(stream))
+}
+
+/// Whether the stream's key still resolves (always, with tenants off). The
+/// resolver answers from memory, refreshed within `tenants::REFRESH`; when
+/// it cannot load keys at all the stream goes on.
+async fn still_valid(state: &AppState, key: &str) -> bool {
+    match &state.api_keys {
+        None => true,
+        Some(resolver) => !matches!(resolver.tenant_of(key).await, Ok(None)),
+    }
 }
 
 /// One round of events. A part whose source fails is left out of this

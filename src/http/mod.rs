@@ -51,34 +51,71 @@ pub struct AppState {
 }
 
 /// The tenant of a request: `""` with tenants off; with `TENANTS=on` the
-/// owner of its `X-API-Key` header (or, for `EventSource`, which cannot set
-/// headers, its `apiKey` query parameter), else 401.
+/// owner of its API key, else 401.
 pub(crate) async fn tenant_of(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
     let Some(resolver) = &state.api_keys else {
         return Ok(String::new());
     };
-    let header = req
-        .headers()
-        .get("x-api-key")
-        .map(|v| v.to_str().map(str::to_owned).unwrap_or_default());
-    let key = match header {
-        Some(k) => k,
-        None => analytics::query_map(req)?
-            .remove("apiKey")
-            .unwrap_or_default(),
-    };
+    let key = api_key(req)?;
     if key.is_empty() {
         return Err(ApiError::Unauthorized(
             "this server has tenants: send your API key in the X-API-Key header".into(),
         ));
     }
-    match resolver.tenant_of(key.trim()).await {
+    match resolver.tenant_of(&key).await {
         Ok(Some(tenant)) => Ok(tenant),
         Ok(None) => Err(ApiError::Unauthorized(
             "the API key is unknown or revoked".into(),
         )),
         Err(e) => Err(ApiError::dependency(e)),
     }
+}
+
+/// The API key of a request (`""` when none): its `X-API-Key` header, or on
+/// `/live` only, whose `EventSource` cannot set headers, its `apiKey` query
+/// parameter. Elsewhere `?apiKey=` is refused (400), so keys stay out of
+/// the URLs that proxies and access logs record.
+pub(crate) fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
+    let header = req
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.to_str().map(|k| k.trim().to_owned()).unwrap_or_default());
+    if req.path() == "/live" {
+        return Ok(match header {
+            Some(k) => k,
+            None => analytics::query_map(req)?
+                .remove("apiKey")
+                .unwrap_or_default(),
+        });
+    }
+    let in_query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .is_ok_and(|q| q.iter().any(|(name, _)| name == "apiKey"));
+    if in_query {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "send the API key in the X-API-Key header: ?apiKey= is accepted only on /live",
+        ));
+    }
+    Ok(header.unwrap_or_default())
+}
+
+/// The Content-Security-Policy of every answer: scripts, styles, images and
+/// media from adtrack itself only, nothing inline, no plugins, and no page
+/// may frame adtrack's (the UI renders data only through `textContent`; this
+/// is the second line). `img-src data:` is for the icons in vendored CSS.
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; media-src 'self'; connect-src 'self'; \
+     font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Headers on every answer, pages and API alike; a handler that needs a
+/// different policy sets its own header (actix keeps it).
+fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "strict-origin-when-cross-origin"))
 }
 
 /// Which routes a process serves.
@@ -237,6 +274,7 @@ pub fn app(
         .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
         .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
+        .wrap(security_headers())
         .wrap_fn(move |req, srv| {
             let started = Instant::now();
             let method = req.method().clone();

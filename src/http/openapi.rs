@@ -192,6 +192,9 @@ pub enum IngestErrors {
     /// `TENANTS=on` and no valid `X-API-Key`.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
+    /// The body did not arrive within `BODY_TIMEOUT` (default 10 s).
+    #[response(status = 408)]
+    RequestTimeout(ErrorBody),
     /// The body is over the size limit (16 KiB, or 1 MiB / 1,000 events).
     #[response(status = 413)]
     TooLarge(ErrorBody),
@@ -213,7 +216,8 @@ pub enum ReadErrors {
     /// An invalid or repeated query parameter.
     #[response(status = 400)]
     BadRequest(ErrorBody),
-    /// `TENANTS=on` and no valid `X-API-Key`.
+    /// `TENANTS=on` and no valid `X-API-Key`; on `/events?status=failed`
+    /// with tenants off, no valid admin bearer token.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
     /// Redis or Postgres is unavailable.
@@ -334,8 +338,17 @@ pub async fn openapi_json() -> HttpResponse {
 pub async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", DOCS_POLICY))
         .body(DOCS_PAGE)
 }
+
+/// The policy of `/docs`: the site-wide one, except that Swagger UI sets
+/// `style` attributes from its bundle, so inline styles are allowed here
+/// (never inline scripts: its start-up code is `init.js`).
+const DOCS_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 const DOCS_PAGE: &str = r#"<!doctype html>
 <html lang="en">

@@ -69,8 +69,23 @@ fn time(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>
                         "{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"
                     ))
                 })
+                .and_then(|t| in_range(t, name))
         })
         .transpose()
+}
+
+/// A time a report may ask about: years 1 to 9999. Postgres refuses times
+/// outside its own range with an error, so a wild one must be a 400 naming
+/// the parameter here, never a failed query.
+fn in_range(t: DateTime<Utc>, name: &str) -> Result<DateTime<Utc>, ApiError> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&t.year()) {
+        Ok(t)
+    } else {
+        Err(ApiError::invalid_field(format!(
+            "{name} is out of range: times from year 1 to 9999 only"
+        )))
+    }
 }
 
 /// Events and summed `amount` per minute, hour or day bucket over an
@@ -135,6 +150,7 @@ fn encode_cursor(time: DateTime<Utc>, id: Uuid) -> String {
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let (micros, id) = cursor.split_once('~')?;
     let time = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    let time = in_range(time, "before").ok()?;
     Some((time, Uuid::parse_str(id).ok()?))
 }
 
@@ -177,7 +193,20 @@ pub async fn events(
     let limit = limit(&q)?;
     match param(&q, "status", "status") {
         None | Some("processed") => processed(&q, tenant, limit, &state).await,
-        Some("failed") => failed(&q, &tenant, limit, &state).await,
+        Some("failed") => {
+            // Dead letters carry error text: operator data. With tenants
+            // off that takes the admin token; with tenants on a key sees
+            // its own tenant's letters only (see `failed`).
+            if state.api_keys.is_none() {
+                super::admin::authorize(&req, &state).map_err(|_| {
+                    ApiError::Unauthorized(
+                        "failed events are operator data: send the ADMIN_TOKEN as a bearer token"
+                            .into(),
+                    )
+                })?;
+            }
+            failed(&q, &tenant, limit, &state).await
+        }
         Some(_) => Err(ApiError::invalid_field(
             "status must be processed (the default) or failed",
         )),
@@ -198,11 +227,13 @@ async fn processed(
                     // An RFC 3339 time works too: everything strictly before it.
                     DateTime::parse_from_rfc3339(c)
                         .ok()
-                        .map(|t| (t.with_timezone(&Utc), Uuid::nil()))
+                        .and_then(|t| in_range(t.with_timezone(&Utc), "before").ok())
+                        .map(|t| (t, Uuid::nil()))
                 })
                 .ok_or_else(|| {
                     ApiError::invalid_field(
-                        "before must be a nextCursor from a previous page or an RFC 3339 time",
+                        "before must be a nextCursor from a previous page or an RFC 3339 time \
+                         from year 1 to 9999",
                     )
                 })?,
         ),

@@ -239,6 +239,16 @@ impl TestApp {
     }
 
     /// Stops the app, then drops its database and Redis keys.
+    /// Shuts the application down (as SIGTERM would) and waits for it,
+    /// leaving its database and Redis keys for the test to inspect;
+    /// `stop` still cleans up afterwards.
+    pub async fn halt(&mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {

@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod deploy;
+mod edge;
 mod faults;
 mod helpers;
 mod hostile;

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{decode, spawn_app, spawn_app_with, TestApp};
 
 fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -28,6 +28,22 @@ fn base_hour() -> DateTime<Utc> {
 async fn send(app: &TestApp, body: Value) {
     let (status, json) = app.post("/events", &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+}
+
+const ADMIN_TOKEN: &str = "reports-admin-token-0123456789";
+
+/// A read with the admin bearer token, answered 200.
+async fn admin_get_ok(app: &TestApp, path: &str) -> Value {
+    let res = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, json) = decode(res).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {json}");
+    json
 }
 
 async fn get_ok(app: &TestApp, path: &str) -> Value {
@@ -233,7 +249,8 @@ async fn hour_and_day_buckets_agree_with_minutes_for_ranges_cut_anywhere() {
 
 #[tokio::test]
 async fn bad_report_parameters_get_json_400s_and_change_nothing() {
-    let app = spawn_app().await;
+    // The admin token lets the failed-events cases reach their parameters.
+    let app = spawn_app_with(|s| s.admin_token = Some(ADMIN_TOKEN.into())).await;
     let far = rfc(Utc::now() - chrono::Duration::days(30));
     for path in [
         "/aggregates?groupBy=week".to_owned(),
@@ -254,7 +271,14 @@ async fn bad_report_parameters_get_json_400s_and_change_nothing() {
         "/events?status=failed&before=7".to_owned(),
         "/events?adId=%F0%9F%92%A9".to_owned(),
     ] {
-        let (status, body) = app.get(&path).await;
+        let res = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = decode(res).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["error"], "invalid_field", "{path}: {body}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -324,6 +348,8 @@ async fn dead_letters_are_listed_as_failed_events() {
     let app = spawn_app_with(|s| {
         s.simulate_failures = true;
         s.max_attempts = 1;
+        // Dead letters carry error text: operator data.
+        s.admin_token = Some(ADMIN_TOKEN.into());
     })
     .await;
     for i in 0..3 {
@@ -339,7 +365,7 @@ async fn dead_letters_are_listed_as_failed_events() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let page = get_ok(&app, "/events?status=failed&limit=2").await;
+    let page = admin_get_ok(&app, "/events?status=failed&limit=2").await;
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{page}");
     for e in events {
@@ -350,14 +376,14 @@ async fn dead_letters_are_listed_as_failed_events() {
         assert!(e["failedAt"].is_string() && e["eventId"].is_string(), "{e}");
     }
     let cursor = page["nextCursor"].as_str().unwrap();
-    let rest = get_ok(
+    let rest = admin_get_ok(
         &app,
         &format!("/events?status=failed&limit=2&before={cursor}"),
     )
     .await;
     assert_eq!(rest["events"].as_array().unwrap().len(), 1, "{rest}");
     assert!(rest["nextCursor"].is_null());
-    let one = get_ok(&app, "/events?status=failed&adId=ad-fail-1").await;
+    let one = admin_get_ok(&app, "/events?status=failed&adId=ad-fail-1").await;
     assert_eq!(one["events"].as_array().unwrap().len(), 1, "{one}");
     assert_eq!(one["events"][0]["adId"], "ad-fail-1");
     app.stop().await;
