@@ -1,6 +1,7 @@
 //! Background duties of a worker process: heartbeats, the reaper of dead
-//! workers' items, promotion of due retries, counter-outbox recovery, and
-//! the queue-depth gauges.
+//! workers' items, promotion of due retries, counter-outbox recovery, the
+//! queue-depth gauges, and the watch on the Redis epoch (see
+//! `counters::epoch`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::WorkerContext;
-use crate::counters::{Applied, Counters};
+use crate::counters::epoch::Seen;
+use crate::counters::{Applied, Counters, Epoch};
 use crate::store;
 
 /// Outbox rows younger than this are left to their own worker.
@@ -29,6 +31,10 @@ pub struct Maintenance {
     /// `EVENT_RETENTION`: raw events older than this are dropped by day.
     pub event_retention: Option<Duration>,
 }
+
+/// How often the Redis epoch is checked: the longest a Redis that came back
+/// empty goes unnoticed.
+const EPOCH_EVERY: Duration = Duration::from_millis(500);
 
 /// How often partitions are created ahead and retention runs.
 const PARTITION_EVERY: Duration = Duration::from_secs(600);
@@ -61,6 +67,81 @@ impl Maintenance {
         let mut conn = self.ctx.redis.clone();
         if let Err(e) = self.ctx.queues.retire(&mut conn, &self.workers).await {
             tracing::warn!(error = format!("{e:#}"), "removing heartbeats failed");
+        }
+    }
+
+    /// Checks the Redis epoch until `shutdown`: when Redis came back empty,
+    /// one process reports it and rebuilds the counters from Postgres. A
+    /// task of its own, so a long rebuild holds up neither the reaper nor
+    /// outbox recovery.
+    pub async fn watch_epoch(self: Arc<Self>, shutdown: CancellationToken) {
+        let epoch = Epoch::new(self.ctx.counters.keys().clone(), self.info.clone());
+        let mut conn = self.ctx.redis.clone();
+        let mut tick = tokio::time::interval(EPOCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The epoch this process last saw; `None` before the first check.
+        let mut known: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let seen = match epoch.check(&mut conn, Utc::now()).await {
+                Ok(seen) => seen,
+                Err(e) => {
+                    tracing::debug!(error = format!("{e:#}"), "epoch check failed");
+                    continue;
+                }
+            };
+            let previous = known.replace(seen.id().to_owned());
+            match &seen {
+                Seen::Reset(id) => {
+                    self.ctx.metrics.redis_resets.inc();
+                    tracing::warn!(
+                        epoch = %id,
+                        previous = previous.as_deref().unwrap_or("none"),
+                        "Redis has no epoch: it came back empty (or adtrack uses it for \
+                         the first time); what it queued and had not stored is lost; \
+                         rebuilding the counters from Postgres"
+                    );
+                }
+                Seen::Rebuild(id) => {
+                    tracing::warn!(epoch = %id, "taking over a pending counter rebuild");
+                }
+                Seen::Rebuilding(id) | Seen::Settled(id) => {
+                    if previous.as_ref().is_some_and(|p| p != id) {
+                        tracing::info!(
+                            epoch = %id,
+                            previous = previous.as_deref().unwrap_or("none"),
+                            "Redis has a new epoch; another process rebuilds the counters"
+                        );
+                    }
+                }
+            }
+            if let Seen::Reset(id) | Seen::Rebuild(id) = &seen {
+                match epoch
+                    .rebuild(&self.ctx.pool, &mut conn, id, &shutdown)
+                    .await
+                {
+                    Ok(Some(r)) => tracing::info!(
+                        epoch = %id,
+                        keys_written = r.keys_written,
+                        keys_removed = r.keys_removed,
+                        outbox_batches = r.outbox_batches,
+                        elapsed_ms = r.elapsed_ms as u64,
+                        "counters rebuilt from Postgres"
+                    ),
+                    Ok(None) => tracing::info!(
+                        epoch = %id,
+                        "Postgres holds no events yet; the counters need no rebuild"
+                    ),
+                    Err(e) => tracing::warn!(
+                        epoch = %id,
+                        error = format!("{e:#}"),
+                        "rebuilding the counters failed; retrying shortly"
+                    ),
+                }
+            }
         }
     }
 
