@@ -295,6 +295,9 @@ pub async fn decode(res: reqwest::Response) -> (StatusCode, Value) {
 pub struct PrivateRedis {
     pub port: u16,
     pub dir: std::path::PathBuf,
+    /// AOF with `appendfsync always`: a restart brings back every write.
+    /// Without it, a restart comes back empty.
+    persistent: bool,
     child: Option<std::process::Child>,
 }
 
@@ -312,10 +315,10 @@ impl PrivateRedis {
     }
 
     /// Starts again on the same port and directory (with AOF, the data
-    /// written before the kill comes back).
+    /// written before the kill comes back; without, Redis is empty).
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn_redis(self.port, &self.dir));
+        self.child = Some(spawn_redis(self.port, &self.dir, self.persistent));
         wait_for_port(self.port).await;
     }
 }
@@ -327,7 +330,12 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
+fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> std::process::Child {
+    let aof = if persistent {
+        ["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        ["--appendonly", "no", "--appendfsync", "no"]
+    };
     std::process::Command::new("redis-server")
         .args([
             "--port",
@@ -337,7 +345,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
             "--save",
             "",
         ])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(aof)
         .arg("--dir")
         .arg(dir)
         .stdout(std::process::Stdio::null())
@@ -367,39 +375,55 @@ pub async fn wait_for_port(port: u16) {
     panic!("nothing listens on port {port}");
 }
 
-/// Starts a private redis-server with AOF on a free port; `None` when the
-/// binary is missing.
-pub async fn private_redis() -> Option<PrivateRedis> {
-    if std::process::Command::new("redis-server")
+/// Fails the test with a clear message when `redis-server` is missing: a
+/// fault test that skips itself proves nothing. `.ci/run` installs it.
+fn require_redis_server() {
+    let found = std::process::Command::new("redis-server")
         .arg("--version")
         .output()
-        .is_err()
-    {
-        return None;
-    }
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "redis-server is not installed (or not on PATH); the fault tests need \
+         it to start a Redis of their own (apt-get install redis-server)"
+    );
+}
+
+/// Starts a private redis-server with AOF (`appendfsync always`) on a free
+/// port: a restart brings its data back.
+pub async fn private_redis() -> PrivateRedis {
+    start_private_redis(true).await
+}
+
+/// Starts a private redis-server without any persistence: a restart comes
+/// back empty, as Redis without AOF or a freshly promoted replica does.
+pub async fn private_redis_without_persistence() -> PrivateRedis {
+    start_private_redis(false).await
+}
+
+async fn start_private_redis(persistent: bool) -> PrivateRedis {
+    require_redis_server();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("adtrack-redis-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let child = spawn_redis(port, &dir);
+    std::fs::create_dir_all(&dir).expect("create the private Redis directory");
+    let child = spawn_redis(port, &dir, persistent);
     wait_for_port(port).await;
-    Some(PrivateRedis {
+    PrivateRedis {
         port,
         dir,
+        persistent,
         child: Some(child),
-    })
+    }
 }
 
 /// A private redis-server in Cluster mode that owns every slot: one node,
 /// but with Cluster's rules (a multi-key command or script whose keys are in
-/// different slots fails with CROSSSLOT). `None` when the binary is missing.
-pub async fn private_cluster_redis() -> Option<PrivateRedis> {
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .ok()?;
+/// different slots fails with CROSSSLOT).
+pub async fn private_cluster_redis() -> PrivateRedis {
+    require_redis_server();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("adtrack-redis-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::create_dir_all(&dir).expect("create the private Redis directory");
     let child = std::process::Command::new("redis-server")
         .args([
             "--port",
@@ -421,6 +445,7 @@ pub async fn private_cluster_redis() -> Option<PrivateRedis> {
     let redis = PrivateRedis {
         port,
         dir,
+        persistent: false,
         child: Some(child),
     };
     let client = redis::Client::open(redis.url()).unwrap();
@@ -439,11 +464,28 @@ pub async fn private_cluster_redis() -> Option<PrivateRedis> {
             .await
             .unwrap();
         if info.contains("cluster_state:ok") {
-            return Some(redis);
+            return redis;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the private cluster node did not become ready");
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test, naming `what`,
+/// after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A TCP proxy in front of Postgres that a test can cut and restore, so the
