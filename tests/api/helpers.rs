@@ -223,28 +223,100 @@ impl TestApp {
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(&self.address, name).await
     }
 
     /// Stops the app, then drops its database and Redis keys.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+        cleanup(&self.settings, &self.pool, &self.redis).await;
+    }
+
+    /// Stops the app and leaves its database and keys to another app that
+    /// shares them.
+    pub async fn shut_down(&mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
         }
-        cleanup(&self.settings, &self.pool, &self.redis).await;
+    }
+}
+
+/// The sum of every series of metric `name` served at `base`.
+pub async fn metric_at(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Blocks every batch commit while the returned transaction is open: it
+/// holds the counter outbox's table lock, which the commit statement needs
+/// from its start (it writes the batch's outbox row). A worker that
+/// reserved a batch waits inside its commit, its items in its processing
+/// list, until the transaction ends.
+pub async fn block_commits(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock the counter outbox");
+    tx
+}
+
+/// Stops every worker between committing a batch and applying its
+/// counters, until [`CountStall::release`]: a trigger makes the claim of an
+/// outbox row wait for an advisory lock this session holds. Each stalled
+/// worker holds an outbox row and its processing list.
+pub struct CountStall {
+    session: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+const COUNT_STALL_LOCK: i64 = 7_406_514;
+
+impl CountStall {
+    pub async fn start(pool: &PgPool) -> Self {
+        let mut session = pool.acquire().await.expect("a session");
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(COUNT_STALL_LOCK)
+            .execute(&mut *session)
+            .await
+            .expect("take the stall lock");
+        sqlx::query(&format!(
+            "CREATE FUNCTION stall_outbox_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_xact_lock({COUNT_STALL_LOCK}); RETURN OLD; END $$"
+        ))
+        .execute(pool)
+        .await
+        .expect("create the stall function");
+        sqlx::query(
+            "CREATE TRIGGER stall_outbox_claims BEFORE DELETE ON counter_outbox
+             FOR EACH ROW EXECUTE FUNCTION stall_outbox_claims()",
+        )
+        .execute(pool)
+        .await
+        .expect("create the stall trigger");
+        Self { session }
+    }
+
+    /// Lets the stalled claims go on, then removes the trigger.
+    pub async fn release(mut self, pool: &PgPool) {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(COUNT_STALL_LOCK)
+            .execute(&mut *self.session)
+            .await
+            .expect("release the stall lock");
+        drop(self.session);
+        sqlx::query("DROP TRIGGER stall_outbox_claims ON counter_outbox")
+            .execute(pool)
+            .await
+            .expect("drop the stall trigger");
     }
 }
 
@@ -691,6 +763,47 @@ impl Backends {
             total += self.llen(&k).await;
         }
         total
+    }
+
+    /// The worker ids of the process `pid`, read from their heartbeats.
+    pub async fn workers_of(&self, pid: u32) -> Vec<String> {
+        let ids: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.keys.workers()))
+            .await;
+        let mut mine = Vec::new();
+        for id in ids {
+            let beat: Option<String> = self
+                .query(redis::cmd("GET").arg(self.keys.heartbeat(&id)))
+                .await;
+            let beat: Option<Value> = beat.and_then(|b| serde_json::from_str(&b).ok());
+            if beat.is_some_and(|b| b["pid"] == pid) {
+                mine.push(id);
+            }
+        }
+        mine
+    }
+
+    /// Items in the processing lists of `workers`.
+    pub async fn held_by(&self, workers: &[String]) -> i64 {
+        let mut total = 0;
+        for w in workers {
+            total += self.llen(&self.keys.processing(w)).await;
+        }
+        total
+    }
+
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM counter_outbox")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count outbox")
+    }
+
+    pub async fn stored(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
     }
 
     pub async fn stored_ids(&self) -> std::collections::HashSet<Uuid> {
