@@ -173,6 +173,7 @@ impl Application {
                 .context("registering workers")?;
             background.push(tokio::spawn(m.clone().heartbeat(shutdown.clone())));
             background.push(tokio::spawn(m.clone().run(shutdown.clone())));
+            background.push(tokio::spawn(m.clone().watch_epoch(shutdown.clone())));
             for (index, id) in ids.into_iter().enumerate() {
                 let conn = redis_connection(&settings.redis_url, Duration::from_secs(10)).await?;
                 let worker = Worker::new(id, index, conn, ctx.clone());

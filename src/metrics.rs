@@ -42,6 +42,7 @@ pub struct Metrics {
     pub partition_maintenance_errors: IntCounter,
     pub rate_limited: IntCounterVec,
     pub rate_limit_fail_open: IntCounter,
+    pub redis_resets: IntCounter,
 }
 
 impl Metrics {
@@ -204,6 +205,10 @@ impl Metrics {
                 "rate_limit_fail_open_total",
                 "Requests let through unchecked because Redis could not answer the limiter",
             )?,
+            redis_resets: IntCounter::new(
+                "redis_resets_total",
+                "Times this process found Redis without its epoch (restarted empty, or first used) and took on rebuilding the counters",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -250,6 +255,7 @@ impl Metrics {
         m.registry.register(Box::new(m.rate_limited.clone()))?;
         m.registry
             .register(Box::new(m.rate_limit_fail_open.clone()))?;
+        m.registry.register(Box::new(m.redis_resets.clone()))?;
         Ok(m)
     }
 

@@ -20,14 +20,17 @@
 //!
 //! One [`Ops`] builder serves both the workers (one unit per inserted event)
 //! and `reconcile` (counts from the Postgres rollups), so the two always
-//! agree on the layout.
+//! agree on the layout. [`epoch`] notices a Redis that came back empty and
+//! runs that same rebuild.
 
 mod analytics;
+pub mod epoch;
 mod reconcile;
 
 pub use analytics::{
     ad_analytics, campaign_screens, campaigns, AdAnalytics, CampaignPlays, ScreenPlays, Timeframe,
 };
+pub use epoch::{last_reset, Epoch};
 pub use reconcile::{reconcile, ReconcileReport};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -444,6 +447,10 @@ impl Counters {
             keys,
             apply: Script::new(APPLY),
         }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     pub fn layout(&self) -> Layout {

@@ -54,6 +54,7 @@ fn token_matches(given: &str, expected: &str) -> bool {
 pub(crate) async fn queue_status(state: &AppState) -> anyhow::Result<serde_json::Value> {
     let mut conn = state.redis.clone();
     let o = state.queues.overview(&mut conn).await?;
+    let reset = crate::counters::last_reset(&mut conn, &state.keys).await?;
     let spool = state.spool.stats();
     Ok(json!({
         "queued": o.queued,
@@ -65,6 +66,7 @@ pub(crate) async fn queue_status(state: &AppState) -> anyhow::Result<serde_json:
         "workers": o.workers,
         "ingested": o.ingested,
         "committed": o.committed,
+        "redisResetAt": reset.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     }))
 }
 

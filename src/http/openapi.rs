@@ -161,6 +161,12 @@ pub struct QueueStatus {
     workers: Vec<serde_json::Value>,
     ingested: u64,
     committed: u64,
+    /// When adtrack last found Redis empty (restarted without its data, or
+    /// used by adtrack for the first time); the counters are rebuilt from
+    /// Postgres right after. Events Redis held that Postgres had not stored
+    /// yet were lost then. Null while Redis has no such record.
+    #[schema(format = DateTime, required = true)]
+    redis_reset_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

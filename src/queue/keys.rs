@@ -86,6 +86,18 @@ impl Keys {
         format!("{}:counters-paused", self.home)
     }
 
+    /// Hash written once per Redis lifetime: `id` (random), `resetAt` (when
+    /// adtrack found Redis without it) and `rebuiltAt` (when the counters
+    /// were rebuilt from Postgres for it). See `counters::epoch`.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.home)
+    }
+
+    /// Lease of the process rebuilding the counters for a new epoch.
+    pub fn epoch_rebuild(&self) -> String {
+        format!("{}:epoch-rebuild", self.home)
+    }
+
     /// Hash of cluster-wide running totals (`ingested`, `committed`).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.home)
@@ -140,6 +152,8 @@ mod tests {
         assert_eq!(s.stats(), "{adtrack}:stats");
         assert_eq!(s.counters_root(), "{adtrack}:c:");
         assert_eq!(s.counters_paused(), "{adtrack}:counters-paused");
+        assert_eq!(s.epoch(), "{adtrack}:epoch");
+        assert_eq!(s.epoch_rebuild(), "{adtrack}:epoch-rebuild");
         assert!(!s.queue_in_home_slot());
         assert!(Keys::shard("adtrack", 0).queue_in_home_slot());
         assert_eq!(Keys::shard("adtrack", 0).queue(), "{adtrack}:queue");

@@ -1,6 +1,7 @@
 //! Background duties of a worker process: heartbeats, the reaper of dead
-//! workers' items, promotion of due retries, counter-outbox recovery, and
-//! the queue-depth gauges.
+//! workers' items, promotion of due retries, counter-outbox recovery, the
+//! queue-depth gauges, and the watch on the Redis epoch (see
+//! `counters::epoch`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::WorkerContext;
-use crate::counters::{Applied, Counters};
+use crate::counters::epoch::Seen;
+use crate::counters::{Applied, Counters, Epoch};
 use crate::store;
 
 /// Outbox rows younger than this are left to their own worker.
@@ -30,12 +32,31 @@ pub struct Maintenance {
     pub event_retention: Option<Duration>,
 }
 
+/// How often the Redis epoch is checked: the longest a Redis that came back
+/// empty goes unnoticed.
+const EPOCH_EVERY: Duration = Duration::from_millis(500);
+
 /// How often partitions are created ahead and retention runs.
 const PARTITION_EVERY: Duration = Duration::from_secs(600);
 /// Days of partitions created ahead of the current one.
 const PARTITIONS_AHEAD: i64 = 2;
 
 impl Maintenance {
+    /// A duty that failed: logged at warn with its outage cause and counted
+    /// in `adtrack_outages_total{component="maintenance"}`; the next tick
+    /// tries again.
+    fn failed(&self, duty: &'static str, e: anyhow::Error) {
+        let e = crate::fault::OutageError::from(e);
+        self.ctx.metrics.outage("maintenance", e.outage);
+        tracing::warn!(
+            duty,
+            dependency = e.outage.dependency.as_str(),
+            cause = e.outage.cause.as_str(),
+            error = format!("{:#}", e.error),
+            "maintenance duty failed; retrying next tick"
+        );
+    }
+
     /// Heartbeats until `shutdown`, then retires this process's workers.
     pub async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
         let mut conn = self.ctx.redis.clone();
@@ -64,6 +85,82 @@ impl Maintenance {
         }
     }
 
+    /// Checks the Redis epoch until `shutdown`: when Redis came back empty,
+    /// one process reports it and rebuilds the counters from Postgres. A
+    /// task of its own, so a long rebuild holds up neither the reaper nor
+    /// outbox recovery.
+    pub async fn watch_epoch(self: Arc<Self>, shutdown: CancellationToken) {
+        let epoch = Epoch::new(self.ctx.counters.keys().clone(), self.info.clone());
+        let mut conn = self.ctx.redis.clone();
+        let mut tick = tokio::time::interval(EPOCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The epoch this process last saw; `None` before the first check.
+        let mut known: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let seen = match epoch.check(&mut conn, Utc::now()).await {
+                Ok(seen) => seen,
+                Err(e) => {
+                    // Every 500 ms: an outage is reported by the workers and /ready.
+                    tracing::debug!(error = format!("{e:#}"), "epoch check failed");
+                    continue;
+                }
+            };
+            let previous = known.replace(seen.id().to_owned());
+            match &seen {
+                Seen::Reset(id) => {
+                    self.ctx.metrics.redis_resets.inc();
+                    tracing::warn!(
+                        epoch = %id,
+                        previous = previous.as_deref().unwrap_or("none"),
+                        "Redis has no epoch: it came back empty (or adtrack uses it for \
+                         the first time); what it queued and had not stored is lost; \
+                         rebuilding the counters from Postgres"
+                    );
+                }
+                Seen::Rebuild(id) => {
+                    tracing::warn!(epoch = %id, "taking over a pending counter rebuild");
+                }
+                Seen::Rebuilding(id) | Seen::Settled(id) => {
+                    if previous.as_ref().is_some_and(|p| p != id) {
+                        tracing::info!(
+                            epoch = %id,
+                            previous = previous.as_deref().unwrap_or("none"),
+                            "Redis has a new epoch; another process rebuilds the counters"
+                        );
+                    }
+                }
+            }
+            if let Seen::Reset(id) | Seen::Rebuild(id) = &seen {
+                match epoch
+                    .rebuild(&self.ctx.pool, &mut conn, id, &shutdown)
+                    .await
+                {
+                    Ok(Some(r)) => tracing::info!(
+                        epoch = %id,
+                        keys_written = r.keys_written,
+                        keys_removed = r.keys_removed,
+                        outbox_batches = r.outbox_batches,
+                        elapsed_ms = r.elapsed_ms as u64,
+                        "counters rebuilt from Postgres"
+                    ),
+                    Ok(None) => tracing::info!(
+                        epoch = %id,
+                        "Postgres holds no events yet; the counters need no rebuild"
+                    ),
+                    Err(e) => tracing::warn!(
+                        epoch = %id,
+                        error = format!("{e:#}"),
+                        "rebuilding the counters failed; retrying shortly"
+                    ),
+                }
+            }
+        }
+    }
+
     /// Reaper, retry promotion, outbox recovery and gauges, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut conn = self.ctx.redis.clone();
@@ -80,7 +177,7 @@ impl Maintenance {
             }
             for queue in self.ctx.queues.all() {
                 if let Err(e) = queue.promote_due(&mut conn, Utc::now()).await {
-                    tracing::debug!(error = format!("{e:#}"), "retry promotion failed");
+                    self.failed("retry promotion", e);
                 }
             }
             if last_partitions.is_none_or(|at| at.elapsed() >= PARTITION_EVERY) {
@@ -95,7 +192,7 @@ impl Maintenance {
                 for queue in self.ctx.queues.all() {
                     match queue.reap(&mut conn).await {
                         Ok(n) => self.ctx.metrics.requeued_items.inc_by(n),
-                        Err(e) => tracing::debug!(error = format!("{e:#}"), "reaper round failed"),
+                        Err(e) => self.failed("reaper round", e),
                     }
                 }
             }
@@ -112,7 +209,7 @@ impl Maintenance {
                         );
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::debug!(error = format!("{e:#}"), "outbox recovery failed"),
+                    Err(e) => self.failed("outbox recovery", e),
                 }
                 if let Ok((depth,)) =
                     sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM counter_outbox")

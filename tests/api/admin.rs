@@ -122,6 +122,12 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
         assert!(!q[key].is_null(), "{key} missing: {q}");
     }
     assert_eq!(q["deadLettered"], 3);
+    // A new prefix has no epoch: the first start records itself as a reset.
+    let reset = q["redisResetAt"].as_str().unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(reset).is_ok(),
+        "redisResetAt: {q}"
+    );
     assert_eq!(q["workers"].as_array().unwrap().len(), 1);
     assert_eq!(q["workers"][0]["alive"], true);
 

@@ -223,19 +223,7 @@ impl TestApp {
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(&self.address, name).await
     }
 
     /// Stops the app, then drops its database and Redis keys.
@@ -250,11 +238,95 @@ impl TestApp {
     }
 
     pub async fn stop(mut self) {
+        self.shut_down().await;
+        cleanup(&self.settings, &self.pool, &self.redis).await;
+    }
+
+    /// Stops the app and leaves its database and keys to another app that
+    /// shares them.
+    pub async fn shut_down(&mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
         }
-        cleanup(&self.settings, &self.pool, &self.redis).await;
+    }
+}
+
+/// The sum of every series of metric `name` served at `base`.
+pub async fn metric_at(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Blocks every batch commit while the returned transaction is open: it
+/// holds the counter outbox's table lock, which the commit statement needs
+/// from its start (it writes the batch's outbox row). A worker that
+/// reserved a batch waits inside its commit, its items in its processing
+/// list, until the transaction ends.
+pub async fn block_commits(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock the counter outbox");
+    tx
+}
+
+/// Stops every worker between committing a batch and applying its
+/// counters, until [`CountStall::release`]: a trigger makes the claim of an
+/// outbox row wait for an advisory lock this session holds. Each stalled
+/// worker holds an outbox row and its processing list.
+pub struct CountStall {
+    session: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+const COUNT_STALL_LOCK: i64 = 7_406_514;
+
+impl CountStall {
+    pub async fn start(pool: &PgPool) -> Self {
+        let mut session = pool.acquire().await.expect("a session");
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(COUNT_STALL_LOCK)
+            .execute(&mut *session)
+            .await
+            .expect("take the stall lock");
+        sqlx::query(&format!(
+            "CREATE FUNCTION stall_outbox_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_xact_lock({COUNT_STALL_LOCK}); RETURN OLD; END $$"
+        ))
+        .execute(pool)
+        .await
+        .expect("create the stall function");
+        sqlx::query(
+            "CREATE TRIGGER stall_outbox_claims BEFORE DELETE ON counter_outbox
+             FOR EACH ROW EXECUTE FUNCTION stall_outbox_claims()",
+        )
+        .execute(pool)
+        .await
+        .expect("create the stall trigger");
+        Self { session }
+    }
+
+    /// Lets the stalled claims go on, then removes the trigger.
+    pub async fn release(mut self, pool: &PgPool) {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(COUNT_STALL_LOCK)
+            .execute(&mut *self.session)
+            .await
+            .expect("release the stall lock");
+        drop(self.session);
+        sqlx::query("DROP TRIGGER stall_outbox_claims ON counter_outbox")
+            .execute(pool)
+            .await
+            .expect("drop the stall trigger");
     }
 }
 
@@ -305,6 +377,9 @@ pub async fn decode(res: reqwest::Response) -> (StatusCode, Value) {
 pub struct PrivateRedis {
     pub port: u16,
     pub dir: std::path::PathBuf,
+    /// AOF with `appendfsync always`: a restart brings back every write.
+    /// Without it, a restart comes back empty.
+    persistent: bool,
     child: Option<std::process::Child>,
 }
 
@@ -322,10 +397,10 @@ impl PrivateRedis {
     }
 
     /// Starts again on the same port and directory (with AOF, the data
-    /// written before the kill comes back).
+    /// written before the kill comes back; without, Redis is empty).
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn_redis(self.port, &self.dir));
+        self.child = Some(spawn_redis(self.port, &self.dir, self.persistent));
         wait_for_port(self.port).await;
     }
 }
@@ -337,7 +412,12 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
+fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> std::process::Child {
+    let aof = if persistent {
+        ["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        ["--appendonly", "no", "--appendfsync", "no"]
+    };
     std::process::Command::new("redis-server")
         .args([
             "--port",
@@ -347,7 +427,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
             "--save",
             "",
         ])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(aof)
         .arg("--dir")
         .arg(dir)
         .stdout(std::process::Stdio::null())
@@ -377,39 +457,55 @@ pub async fn wait_for_port(port: u16) {
     panic!("nothing listens on port {port}");
 }
 
-/// Starts a private redis-server with AOF on a free port; `None` when the
-/// binary is missing.
-pub async fn private_redis() -> Option<PrivateRedis> {
-    if std::process::Command::new("redis-server")
+/// Fails the test with a clear message when `redis-server` is missing: a
+/// fault test that skips itself proves nothing. `.ci/run` installs it.
+fn require_redis_server() {
+    let found = std::process::Command::new("redis-server")
         .arg("--version")
         .output()
-        .is_err()
-    {
-        return None;
-    }
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "redis-server is not installed (or not on PATH); the fault tests need \
+         it to start a Redis of their own (apt-get install redis-server)"
+    );
+}
+
+/// Starts a private redis-server with AOF (`appendfsync always`) on a free
+/// port: a restart brings its data back.
+pub async fn private_redis() -> PrivateRedis {
+    start_private_redis(true).await
+}
+
+/// Starts a private redis-server without any persistence: a restart comes
+/// back empty, as Redis without AOF or a freshly promoted replica does.
+pub async fn private_redis_without_persistence() -> PrivateRedis {
+    start_private_redis(false).await
+}
+
+async fn start_private_redis(persistent: bool) -> PrivateRedis {
+    require_redis_server();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("adtrack-redis-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let child = spawn_redis(port, &dir);
+    std::fs::create_dir_all(&dir).expect("create the private Redis directory");
+    let child = spawn_redis(port, &dir, persistent);
     wait_for_port(port).await;
-    Some(PrivateRedis {
+    PrivateRedis {
         port,
         dir,
+        persistent,
         child: Some(child),
-    })
+    }
 }
 
 /// A private redis-server in Cluster mode that owns every slot: one node,
 /// but with Cluster's rules (a multi-key command or script whose keys are in
-/// different slots fails with CROSSSLOT). `None` when the binary is missing.
-pub async fn private_cluster_redis() -> Option<PrivateRedis> {
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .ok()?;
+/// different slots fails with CROSSSLOT).
+pub async fn private_cluster_redis() -> PrivateRedis {
+    require_redis_server();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("adtrack-redis-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::create_dir_all(&dir).expect("create the private Redis directory");
     let child = std::process::Command::new("redis-server")
         .args([
             "--port",
@@ -431,6 +527,7 @@ pub async fn private_cluster_redis() -> Option<PrivateRedis> {
     let redis = PrivateRedis {
         port,
         dir,
+        persistent: false,
         child: Some(child),
     };
     let client = redis::Client::open(redis.url()).unwrap();
@@ -449,11 +546,28 @@ pub async fn private_cluster_redis() -> Option<PrivateRedis> {
             .await
             .unwrap();
         if info.contains("cluster_state:ok") {
-            return Some(redis);
+            return redis;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the private cluster node did not become ready");
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test, naming `what`,
+/// after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A TCP proxy in front of Postgres that a test can cut and restore, so the
@@ -659,6 +773,47 @@ impl Backends {
             total += self.llen(&k).await;
         }
         total
+    }
+
+    /// The worker ids of the process `pid`, read from their heartbeats.
+    pub async fn workers_of(&self, pid: u32) -> Vec<String> {
+        let ids: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.keys.workers()))
+            .await;
+        let mut mine = Vec::new();
+        for id in ids {
+            let beat: Option<String> = self
+                .query(redis::cmd("GET").arg(self.keys.heartbeat(&id)))
+                .await;
+            let beat: Option<Value> = beat.and_then(|b| serde_json::from_str(&b).ok());
+            if beat.is_some_and(|b| b["pid"] == pid) {
+                mine.push(id);
+            }
+        }
+        mine
+    }
+
+    /// Items in the processing lists of `workers`.
+    pub async fn held_by(&self, workers: &[String]) -> i64 {
+        let mut total = 0;
+        for w in workers {
+            total += self.llen(&self.keys.processing(w)).await;
+        }
+        total
+    }
+
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM counter_outbox")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count outbox")
+    }
+
+    pub async fn stored(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
     }
 
     pub async fn stored_ids(&self) -> std::collections::HashSet<Uuid> {

@@ -4,9 +4,36 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, TestApp};
 
 const AD: &str = "11111111-1111-1111-1111-111111111111";
+
+/// Asserts that the refused requests sent so far queued nothing: a valid
+/// sentinel event sent after their answers goes all the way into Postgres,
+/// so anything they had pushed would be stored or failed by then, and the
+/// sentinel is the only event anywhere.
+async fn assert_nothing_else_queued(app: &TestApp) {
+    let sentinel = uuid::Uuid::new_v4();
+    app.click(json!({"adId": "ad-sentinel", "eventId": sentinel}))
+        .await;
+    app.wait_drained().await;
+    let stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![sentinel]);
+    assert_eq!(app.queue_len().await, 0);
+    let mut conn = app.redis.clone();
+    let (retrying, dead): (i64, i64) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(app.keys.retry())
+        .cmd("LLEN")
+        .arg(app.keys.dlq())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((retrying, dead), (0, 0));
+}
 
 #[tokio::test]
 async fn every_ingest_endpoint_accepts_its_seed_body() {
@@ -182,9 +209,9 @@ async fn invalid_events_get_a_json_400_naming_the_field_and_change_nothing() {
             "{json}"
         );
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.queue_len().await, 0);
     assert_eq!(app.stored().await, 0);
+    assert_nothing_else_queued(&app).await;
     app.stop().await;
 }
 
@@ -250,8 +277,8 @@ async fn wrong_method_path_type_and_size_get_json_errors() {
 
     let (status, body) = app.post("/events/batch", &json!({"items": []})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.queue_len().await, 0);
+    assert_nothing_else_queued(&app).await;
     app.stop().await;
 }
 

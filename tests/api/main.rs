@@ -13,6 +13,7 @@ mod ingest;
 mod openapi;
 mod pipeline;
 mod ratelimit;
+mod recovery;
 mod reliability;
 mod reports;
 mod shards;
