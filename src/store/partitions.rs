@@ -129,39 +129,45 @@ async fn prune_locked(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pr
         pruned.partitions_dropped += 1;
         tracing::info!(partition = %name, %day, "dropped an expired event partition");
     }
-    loop {
-        let done = sqlx::query(
-            "DELETE FROM events_default WHERE ctid IN (
-                 SELECT ctid FROM events_default WHERE event_time < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(PURGE_CHUNK)
-        .execute(pool)
-        .await
-        .context("purging expired rows of the default partition")?
-        .rows_affected();
-        pruned.default_rows_purged += done;
-        if done < PURGE_CHUNK as u64 {
-            break;
-        }
-    }
-    loop {
-        let done = sqlx::query(
-            "DELETE FROM event_keys WHERE (event_id, tenant_id) IN (
-                 SELECT event_id, tenant_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(PURGE_CHUNK)
-        .execute(pool)
-        .await
-        .context("purging expired idempotency keys")?
-        .rows_affected();
-        pruned.keys_purged += done;
-        if done < PURGE_CHUNK as u64 {
-            break;
-        }
-    }
+    pruned.default_rows_purged = purge_in_chunks(
+        pool,
+        "DELETE FROM events_default WHERE ctid IN (
+             SELECT ctid FROM events_default WHERE event_time < $1 LIMIT $2)",
+        cutoff,
+    )
+    .await
+    .context("purging expired rows of the default partition")?;
+    pruned.keys_purged = purge_in_chunks(
+        pool,
+        "DELETE FROM event_keys WHERE (event_id, tenant_id) IN (
+             SELECT event_id, tenant_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
+        cutoff,
+    )
+    .await
+    .context("purging expired idempotency keys")?;
     Ok(pruned)
+}
+
+/// Runs a `DELETE … WHERE event_time < $1 LIMIT $2` until it deletes less
+/// than a chunk; returns the rows deleted.
+async fn purge_in_chunks(
+    pool: &PgPool,
+    sql: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(sql)
+            .bind(cutoff)
+            .bind(PURGE_CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += done;
+        if done < PURGE_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -108,31 +108,36 @@ impl Owned {
         .unwrap();
     }
 
+    /// Runs `sql` as the superuser on the test database.
+    async fn inside_sql(&mut self, sql: &str) {
+        let inside = self.inside().await;
+        sqlx::query(sql).execute(&inside).await.unwrap();
+    }
+
+    /// Sets or resets the database's read-only default, then ends adtrack's
+    /// sessions so new ones see it (as a failover ends them).
+    async fn read_only(&mut self, on: bool) {
+        let (db, role) = (&self.db, &self.role);
+        let sql = if on {
+            format!("ALTER DATABASE \"{db}\" SET default_transaction_read_only = on")
+        } else {
+            format!("ALTER DATABASE \"{db}\" RESET default_transaction_read_only")
+        };
+        sqlx::query(&sql).execute(&self.admin).await.unwrap();
+        Self::terminate(&self.admin, role).await;
+    }
+
     async fn apply(&mut self, fault: PgFault) {
-        let (db, role) = (self.db.clone(), self.role.clone());
+        let role = self.role.clone();
         match fault {
-            PgFault::ReadOnly => {
-                sqlx::query(&format!(
-                    "ALTER DATABASE \"{db}\" SET default_transaction_read_only = on"
-                ))
-                .execute(&self.admin)
-                .await
-                .unwrap();
-                Self::terminate(&self.admin, &role).await;
-            }
+            PgFault::ReadOnly => self.read_only(true).await,
             PgFault::Revoked => {
-                let inside = self.inside().await;
-                sqlx::query(&format!("REVOKE INSERT ON event_keys FROM \"{role}\""))
-                    .execute(&inside)
+                self.inside_sql(&format!("REVOKE INSERT ON event_keys FROM \"{role}\""))
                     .await
-                    .unwrap();
             }
             PgFault::TableRenamed => {
-                let inside = self.inside().await;
-                sqlx::query("ALTER TABLE event_keys RENAME TO event_keys_moved_away")
-                    .execute(&inside)
+                self.inside_sql("ALTER TABLE event_keys RENAME TO event_keys_moved_away")
                     .await
-                    .unwrap();
             }
             PgFault::Terminated => {
                 // The dedup table is locked, so every worker round waits on
@@ -157,31 +162,16 @@ impl Owned {
     }
 
     async fn clear(&mut self, fault: PgFault) {
-        let (db, role) = (self.db.clone(), self.role.clone());
+        let role = self.role.clone();
         match fault {
-            PgFault::ReadOnly => {
-                sqlx::query(&format!(
-                    "ALTER DATABASE \"{db}\" RESET default_transaction_read_only"
-                ))
-                .execute(&self.admin)
-                .await
-                .unwrap();
-                // As a failover would: the sessions on the old primary end.
-                Self::terminate(&self.admin, &role).await;
-            }
+            PgFault::ReadOnly => self.read_only(false).await,
             PgFault::Revoked => {
-                let inside = self.inside().await;
-                sqlx::query(&format!("GRANT INSERT ON event_keys TO \"{role}\""))
-                    .execute(&inside)
+                self.inside_sql(&format!("GRANT INSERT ON event_keys TO \"{role}\""))
                     .await
-                    .unwrap();
             }
             PgFault::TableRenamed => {
-                let inside = self.inside().await;
-                sqlx::query("ALTER TABLE event_keys_moved_away RENAME TO event_keys")
-                    .execute(&inside)
+                self.inside_sql("ALTER TABLE event_keys_moved_away RENAME TO event_keys")
                     .await
-                    .unwrap();
             }
             PgFault::Terminated => {
                 self.stop_terminating
@@ -210,35 +200,13 @@ impl Owned {
     }
 }
 
-/// Sums the series of `name` whose labels include every `labels` pair.
-async fn metric_where(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Worker rounds that failed on an outage of `dependency` (and `cause`).
 async fn outage_rounds(app: &TestApp, dependency: &str, cause: Option<Cause>) -> f64 {
     let mut labels = vec![("component", "worker"), ("dependency", dependency)];
     if let Some(c) = cause {
         labels.push(("cause", c.as_str()));
     }
-    metric_where(app, "adtrack_outages_total", &labels).await
+    app.metric_where("adtrack_outages_total", &labels).await
 }
 
 async fn zcard(app: &TestApp, key: &str) -> i64 {
@@ -655,12 +623,10 @@ async fn reads_tell_an_outage_from_a_bug() {
     let mut settings = test_settings();
     let mut owned = Owned::new(&mut settings).await;
     let app = start(settings, Role::Api).await;
-    let inside = owned.inside().await;
     let role = owned.role.clone();
-    sqlx::query(&format!("REVOKE SELECT ON ads FROM \"{role}\""))
-        .execute(&inside)
-        .await
-        .unwrap();
+    owned
+        .inside_sql(&format!("REVOKE SELECT ON ads FROM \"{role}\""))
+        .await;
     for path in ["/ads", "/campaigns"] {
         let res = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 503, "{path}");
@@ -668,16 +634,14 @@ async fn reads_tell_an_outage_from_a_bug() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"], "unavailable", "{path}: {body}");
     }
-    sqlx::query(&format!("GRANT SELECT ON ads TO \"{role}\""))
-        .execute(&inside)
-        .await
-        .unwrap();
+    owned
+        .inside_sql(&format!("GRANT SELECT ON ads TO \"{role}\""))
+        .await;
     // A column the code reads has the wrong type: not an outage, a bug.
     // (`Cause::Unknown`: the decode fails on adtrack's side.)
-    sqlx::query("ALTER TABLE ads ALTER COLUMN title TYPE int USING length(title)")
-        .execute(&inside)
-        .await
-        .unwrap();
+    owned
+        .inside_sql("ALTER TABLE ads ALTER COLUMN title TYPE int USING length(title)")
+        .await;
     let res = app.client.get(app.url("/ads")).send().await.unwrap();
     assert_eq!(res.status(), 500);
     let body: Value = res.json().await.unwrap();

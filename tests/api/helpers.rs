@@ -222,8 +222,36 @@ impl TestApp {
         }
     }
 
+    /// The `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The sum of every series of `name`.
     pub async fn metric(&self, name: &str) -> f64 {
-        metric_at(&self.address, name).await
+        self.metric_where(name, &[]).await
+    }
+
+    /// The sum of the series of `name` whose labels include every pair.
+    pub async fn metric_where(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Stops the app, then drops its database and Redis keys.

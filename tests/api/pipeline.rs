@@ -243,15 +243,7 @@ async fn health_ready_and_metrics_answer() {
 
     app.click(json!({"adId": "ad-metrics"})).await;
     app.wait_drained().await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for name in [
         "adtrack_http_request_duration_seconds_bucket{method=\"POST\",route=\"/ads/click\",status=\"202\"",
         "adtrack_events_enqueued_total{type=\"click\"} 1",
