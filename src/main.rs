@@ -80,6 +80,9 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 TenantAction::Revoke { id, key } => {
                     let n = tenants::revoke(&pool, &id, key.as_deref()).await?;
                     println!("{{\"revokedKeys\":{n}}}");
+                    if let (0, Some(key)) = (n, &key) {
+                        anyhow::bail!("no active key of tenant {id:?} starts with {key:?}");
+                    }
                     eprintln!(
                         "running servers stop accepting the key(s) within {} s",
                         tenants::REFRESH.as_secs()

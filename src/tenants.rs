@@ -135,7 +135,8 @@ pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<TenantInfo>> {
 }
 
 /// Revokes every key of tenant `id` (and the tenant), or with `key_prefix`
-/// only the keys starting with it. Returns how many keys were revoked.
+/// only the keys starting with it (any prefix, up to the whole key).
+/// Returns how many keys were revoked.
 pub async fn revoke(pool: &PgPool, id: &str, key_prefix: Option<&str>) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await.context("starting the revocation")?;
     let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE id = $1")
@@ -146,12 +147,21 @@ pub async fn revoke(pool: &PgPool, id: &str, key_prefix: Option<&str>) -> anyhow
     if exists.is_none() {
         bail!("no tenant {id:?}");
     }
+    // Only a short prefix of each key is stored: a given prefix up to that
+    // length matches the stored ones it starts; a longer one matches the
+    // stored prefix it starts with; a whole key matches its digest alone.
+    let whole = key_prefix.filter(|k| well_formed_key(k)).map(digest);
     let revoked = sqlx::query(
         "UPDATE api_keys SET revoked_at = now()
-         WHERE tenant_id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR prefix LIKE $2 || '%')",
+         WHERE tenant_id = $1 AND revoked_at IS NULL
+           AND CASE WHEN $3::bytea IS NOT NULL THEN key_hash = $3
+                    WHEN $2::text IS NULL THEN true
+                    WHEN length($2) <= length(prefix) THEN starts_with(prefix, $2)
+                    ELSE starts_with($2, prefix) END",
     )
     .bind(id)
     .bind(key_prefix)
+    .bind(whole.as_ref().map(|d| &d[..]))
     .execute(&mut *tx)
     .await
     .context("revoking keys")?

@@ -224,8 +224,25 @@ async fn the_tenant_command_creates_lists_and_revokes_keys() {
             .await
             .unwrap();
     assert_eq!(stored, 0);
-    // Rotation: retire the first key only.
+    // Rotation: retire the first key only, named by the prefix `list`
+    // shows; then the second by its whole key (a third, made for this, by
+    // a prefix longer than `list` shows). A prefix that matches nothing
+    // exits non-zero.
     let out = run(&["tenant", "revoke", "shop-1", "--key", &first[..12]]);
+    assert!(out.contains("\"revokedKeys\":1"), "{out}");
+    let nothing = std::process::Command::new(bin)
+        .args(["tenant", "revoke", "shop-1", "--key", &first[..20]])
+        .env("DATABASE_URL", &settings.database_url)
+        .output()
+        .unwrap();
+    assert!(!nothing.status.success(), "an already revoked key matched");
+    let third = run(&["tenant", "create", "shop-1"]);
+    let third = third.trim();
+    let out = run(&["tenant", "revoke", "shop-1", "--key", &third[..30]]);
+    assert!(out.contains("\"revokedKeys\":1"), "{out}");
+    let whole = run(&["tenant", "create", "shop-1"]);
+    let whole = whole.trim();
+    let out = run(&["tenant", "revoke", "shop-1", "--key", whole]);
     assert!(out.contains("\"revokedKeys\":1"), "{out}");
     let resolver = adtrack::tenants::KeyResolver::new(pool.clone());
     assert_eq!(resolver.tenant_of(first).await.unwrap(), None);
