@@ -9,10 +9,7 @@ use crate::app::Role;
     name = "adtrack",
     version,
     about = "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time analytics",
-    long_about = "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time analytics.\n\n\
-Configuration comes from the environment: HOST, PORT, DATABASE_URL, REDIS_URL, REDIS_PREFIX, \
-WORKER_COUNT, BATCH_SIZE, MAX_ATTEMPTS, SPOOL_DIR, SPOOL_MAX_BYTES, ADMIN_TOKEN, SIMULATE_FAILURES, \
-HEARTBEAT_TTL, RATE_LIMIT_PER_IP, EVENT_RETENTION, QUEUE_SHARDS, TENANTS, RUST_LOG, LOG_FORMAT. See the README for defaults."
+    long_about = crate::config::long_help()
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -203,6 +203,8 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        check_database_url(&self.database_url)?;
+        check_redis_url(&self.redis_url)?;
         if self.redis_prefix.is_empty()
             || self.redis_prefix.len() > 64
             || self
@@ -248,6 +250,82 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Every environment variable adtrack reads, in the order `--help` lists
+/// them. A unit test checks it against what [`Settings::from_lookup`] asks
+/// for, and an integration test against the README's configuration table.
+pub const VARIABLES: &[&str] = &[
+    "HOST",
+    "PORT",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_PREFIX",
+    "WORKER_COUNT",
+    "BATCH_SIZE",
+    "MAX_ATTEMPTS",
+    "SPOOL_DIR",
+    "SPOOL_MAX_BYTES",
+    "ADMIN_TOKEN",
+    "SIMULATE_FAILURES",
+    "HEARTBEAT_TTL",
+    "BODY_TIMEOUT",
+    "RATE_LIMIT_PER_IP",
+    "RATE_LIMIT_BURST",
+    "RATE_LIMIT_PER_AD",
+    "RATE_LIMIT_AD_BURST",
+    "TRUSTED_PROXIES",
+    "TENANTS",
+    "QUEUE_SHARDS",
+    "EVENT_RETENTION",
+    "SEED_CATALOGUE",
+    "RUST_LOG",
+    "LOG_FORMAT",
+];
+
+/// The long help of `adtrack --help`: what it is and every variable.
+pub fn long_help() -> String {
+    format!(
+        "Ad-event tracking: HTTP ingest → Redis queue → workers → PostgreSQL, with real-time \
+         analytics.\n\nConfiguration comes from the environment: {}. See the README for \
+         defaults.",
+        VARIABLES.join(", ")
+    )
+}
+
+/// A Postgres URL with its scheme and a database name: without the scheme,
+/// `localhost:5432/adtrack` would be read as a database named
+/// `5432/adtrack` and silently created.
+fn check_database_url(url: &str) -> anyhow::Result<()> {
+    let example = "for example postgres://postgres@127.0.0.1:5432/adtrack";
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .with_context(|| {
+            format!("DATABASE_URL: {url:?} must start with postgres:// ({example})")
+        })?;
+    let database = rest
+        .split_once('/')
+        .map(|(_, path)| path.split('?').next().unwrap_or_default())
+        .unwrap_or_default();
+    if database.is_empty() || database.contains('/') {
+        bail!("DATABASE_URL: {url:?} must end with one database name ({example})");
+    }
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {url:?} is not valid ({e})"))?;
+    Ok(())
+}
+
+fn check_redis_url(url: &str) -> anyhow::Result<()> {
+    if !["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        bail!("REDIS_URL: {url:?} must start with redis:// (for example redis://127.0.0.1:6379)");
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {url:?} is not valid ({e})"))
 }
 
 fn parse<T: std::str::FromStr>(value: &str, name: &str) -> anyhow::Result<T>
@@ -302,6 +380,26 @@ mod tests {
     }
 
     #[test]
+    fn the_help_lists_every_variable_the_settings_read() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        Settings::from_lookup(|name| {
+            asked.borrow_mut().insert(name.to_owned());
+            None
+        })
+        .unwrap();
+        // RUST_LOG is read by the log filter, not by the settings.
+        let listed: std::collections::BTreeSet<String> = VARIABLES
+            .iter()
+            .filter(|v| **v != "RUST_LOG")
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(asked.into_inner(), listed);
+        for v in VARIABLES {
+            assert!(long_help().contains(v), "{v}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (name, value) in [
             ("PORT", "eighty"),
@@ -311,6 +409,11 @@ mod tests {
             ("SIMULATE_FAILURES", "maybe"),
             ("LOG_FORMAT", "xml"),
             ("REDIS_PREFIX", "a{b}"),
+            ("DATABASE_URL", "localhost:5432/adtrack"),
+            ("DATABASE_URL", "postgres://127.0.0.1:5432"),
+            ("DATABASE_URL", "postgres://127.0.0.1:5432/a/b"),
+            ("REDIS_URL", "127.0.0.1:6379"),
+            ("REDIS_URL", "redis://"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

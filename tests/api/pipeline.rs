@@ -339,3 +339,29 @@ async fn the_cli_helps_migrates_and_reconciles() {
         .unwrap();
     crate::helpers::cleanup(&settings, &pool, &redis).await;
 }
+
+/// The README's configuration table and `adtrack --help` name the same
+/// variables (`adtrack::config::VARIABLES`, which a unit test holds to what
+/// the settings read).
+#[test]
+fn the_readme_lists_every_variable_and_no_other() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Configuration section");
+    let mut listed = std::collections::BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        for name in first.split('`').skip(1).step_by(2) {
+            listed.insert(name.to_owned());
+        }
+    }
+    let known: std::collections::BTreeSet<String> = adtrack::config::VARIABLES
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(listed, known);
+}
