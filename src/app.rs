@@ -231,7 +231,13 @@ impl Application {
             .disable_signals()
             .run();
 
-        tracing::info!(port, ?role, workers = workers.len(), "adtrack is ready");
+        tracing::info!(
+            port,
+            ?role,
+            queue_workers = workers.len(),
+            http_threads = std::thread::available_parallelism().map_or(1, usize::from),
+            "adtrack is ready"
+        );
         Ok(Self {
             port,
             server,

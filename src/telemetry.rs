@@ -4,11 +4,14 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+/// Installs the global subscriber; `RUST_LOG` filters (default `info`, with
+/// actix-server's own start-up lines, such as "starting 2 workers" about its
+/// HTTP threads, at `warn` so they are not read as adtrack's queue workers).
 /// Logs go to stderr, so commands that print results (`dlq list`,
 /// `tenant create`, `reconcile`) keep stdout for those alone.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
     let builder = fmt()
         .with_env_filter(filter)
         .with_target(false)
