@@ -27,6 +27,8 @@ pub mod http;
 pub mod metrics;
 /// The Redis list protocol: push, reserve, acknowledge, reap.
 pub mod queue;
+/// Redis connections: how every one connects and reconnects.
+pub mod redis_client;
 /// Redis-backed rate limits per client IP and per adId.
 pub mod ratelimit;
 /// The on-disk spool used while Redis is down, and its replay.
