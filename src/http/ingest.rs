@@ -10,11 +10,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::client::client_ip;
 use super::openapi::{self, Accepted, BatchAccepted, EventBody, IngestErrors, Rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
 use crate::queue::{LocalPusher, PushError};
-use crate::ratelimit::{client_ip, Decision};
+use crate::ratelimit::Decision;
 use crate::spool::{FailureCause, SpoolError};
 
 /// Largest single-event body.
