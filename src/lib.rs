@@ -23,6 +23,8 @@ pub mod fuzzing;
 pub mod healthcheck;
 /// Routes, handlers and JSON errors.
 pub mod http;
+/// Queuing accepted events: Redis, or the spool while Redis is down.
+pub mod ingest;
 /// Prometheus metrics.
 pub mod metrics;
 /// The Redis list protocol: push, reserve, acknowledge, reap.
