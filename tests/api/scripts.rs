@@ -8,7 +8,7 @@ use adtrack::queue::scripts::{DIVERT, PROMOTE_DUE, REPLAY_DEAD, REQUEUE_DEAD, RE
 use adtrack::queue::Keys;
 use adtrack::ratelimit::TAKE;
 use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, FromRedisValue, Script, ToRedisArgs};
 use uuid::Uuid;
 
 use crate::helpers::redis_url;
@@ -32,6 +32,20 @@ impl Scratch {
             keys: Keys::new(&format!("scripts-{}", &id[..12])),
             worker: "w1".into(),
         }
+    }
+
+    /// Runs `script` with `keys` and `args`, as its caller in `src/` does.
+    async fn run<T: FromRedisValue>(
+        &mut self,
+        script: &Script,
+        keys: &[String],
+        args: impl ToRedisArgs,
+    ) -> T {
+        let mut call = script.prepare_invoke();
+        for key in keys {
+            call.key(key);
+        }
+        call.arg(args).invoke_async(&mut self.conn).await.unwrap()
     }
 
     fn processing(&self) -> String {
@@ -61,13 +75,8 @@ impl Scratch {
 }
 
 async fn reserve(s: &mut Scratch, max: usize) -> Vec<String> {
-    RESERVE
-        .key(s.keys.queue())
-        .key(s.processing())
-        .arg(max)
-        .invoke_async(&mut s.conn)
-        .await
-        .unwrap()
+    let keys = [s.keys.queue(), s.processing()];
+    s.run(&RESERVE, &keys, max).await
 }
 
 #[tokio::test]
@@ -98,15 +107,14 @@ async fn reserve_moves_the_oldest_items_and_nothing_from_an_empty_queue() {
 }
 
 async fn requeue_dead(s: &mut Scratch) -> i64 {
-    REQUEUE_DEAD
-        .key(s.keys.heartbeat(&s.worker))
-        .key(s.processing())
-        .key(s.keys.queue())
-        .key(s.keys.workers())
-        .arg(&s.worker)
-        .invoke_async(&mut s.conn)
-        .await
-        .unwrap()
+    let keys = [
+        s.keys.heartbeat(&s.worker),
+        s.processing(),
+        s.keys.queue(),
+        s.keys.workers(),
+    ];
+    let worker = s.worker.clone();
+    s.run(&REQUEUE_DEAD, &keys, worker).await
 }
 
 #[tokio::test]
@@ -143,14 +151,8 @@ async fn requeue_dead_leaves_a_worker_whose_heartbeat_came_back() {
 }
 
 async fn divert(s: &mut Scratch, args: &[&str]) -> i64 {
-    DIVERT
-        .key(s.processing())
-        .key(s.keys.retry())
-        .key(s.keys.dlq())
-        .arg(args)
-        .invoke_async(&mut s.conn)
-        .await
-        .unwrap()
+    let keys = [s.processing(), s.keys.retry(), s.keys.dlq()];
+    s.run(&DIVERT, &keys, args).await
 }
 
 #[tokio::test]
@@ -184,14 +186,8 @@ async fn divert_moves_each_item_once_even_when_run_again() {
 }
 
 async fn promote_due(s: &mut Scratch, now_ms: i64, max: usize) -> i64 {
-    PROMOTE_DUE
-        .key(s.keys.retry())
-        .key(s.keys.queue())
-        .arg(now_ms)
-        .arg(max)
-        .invoke_async(&mut s.conn)
-        .await
-        .unwrap()
+    let keys = [s.keys.retry(), s.keys.queue()];
+    s.run(&PROMOTE_DUE, &keys, (now_ms, max)).await
 }
 
 #[tokio::test]
@@ -221,13 +217,8 @@ async fn promote_due_moves_only_due_retries_and_each_once() {
 }
 
 async fn replay_dead(s: &mut Scratch, args: &[&str]) -> i64 {
-    REPLAY_DEAD
-        .key(s.keys.dlq())
-        .key(s.keys.queue())
-        .arg(args)
-        .invoke_async(&mut s.conn)
-        .await
-        .unwrap()
+    let keys = [s.keys.dlq(), s.keys.queue()];
+    s.run(&REPLAY_DEAD, &keys, args).await
 }
 
 #[tokio::test]
