@@ -27,7 +27,7 @@ pub mod http;
 pub mod ingest;
 /// Prometheus metrics.
 pub mod metrics;
-/// The Redis list protocol: push, reserve, acknowledge, reap.
+/// The Redis list protocol: push, reserve, divert, reap; retries and dead letters.
 pub mod queue;
 /// Redis-backed rate limits per client IP and per adId.
 pub mod ratelimit;
