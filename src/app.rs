@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use actix_web::web;
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +16,7 @@ use crate::counters::Counters;
 use crate::http::{self, AppState, Surface};
 use crate::metrics::Metrics;
 use crate::queue::{Keys, Pusher, Queues};
+pub use crate::redis_client::{redis_connection, redis_manager_config};
 use crate::spool::{RedisDown, Replayer, Spool};
 use crate::store;
 use crate::worker::{Maintenance, Worker, WorkerContext};
@@ -53,24 +53,6 @@ pub struct Application {
     workers: Vec<JoinHandle<()>>,
     maintenance: Option<Arc<Maintenance>>,
     background: Vec<JoinHandle<()>>,
-}
-
-/// A Redis connection that reconnects by itself; `response` bounds every
-/// command (a blocking reservation must fit inside it).
-pub async fn redis_connection(url: &str, response: Duration) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("REDIS_URL is not a valid redis URL")?;
-    ConnectionManager::new_with_config(client, redis_manager_config(response))
-        .await
-        .context("connecting to Redis")
-}
-
-/// How every adtrack connection to Redis connects and reconnects.
-pub fn redis_manager_config(response: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(response)
-        .set_number_of_retries(2)
-        .set_max_delay(1000)
 }
 
 /// Kernel accept queue asked for; the kernel caps it at

@@ -19,16 +19,20 @@ pub mod fault;
 /// Properties the fuzz targets check (used by `fuzz/` and its regression tests).
 #[doc(hidden)]
 pub mod fuzzing;
-/// The container health probe.
-pub mod health;
+/// The container health probe (`adtrack healthcheck`).
+pub mod healthcheck;
 /// Routes, handlers and JSON errors.
 pub mod http;
+/// Queuing accepted events: Redis, or the spool while Redis is down.
+pub mod ingest;
 /// Prometheus metrics.
 pub mod metrics;
-/// The Redis list protocol: push, reserve, acknowledge, reap.
+/// The Redis list protocol: push, reserve, divert, reap; retries and dead letters.
 pub mod queue;
 /// Redis-backed rate limits per client IP and per adId.
 pub mod ratelimit;
+/// Redis connections: how every one connects and reconnects.
+pub mod redis_client;
 /// The on-disk spool used while Redis is down, and its replay.
 pub mod spool;
 /// PostgreSQL: migrations, batched inserts with dedup and rollups, reads.

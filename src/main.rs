@@ -93,7 +93,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Healthcheck { port, timeout } => {
             let port = port.unwrap_or(settings.port);
-            adtrack::health::probe(port, Duration::from_secs(timeout)).await?;
+            adtrack::healthcheck::probe(port, Duration::from_secs(timeout)).await?;
             println!("healthy");
             Ok(())
         }

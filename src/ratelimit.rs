@@ -14,10 +14,9 @@
 //!   in `adtrack_rate_limit_fail_open_total`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use actix_web::HttpRequest;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -36,44 +35,12 @@ pub struct Limit {
     pub burst: u32,
 }
 
-/// KEYS: the buckets. ARGV: per bucket `rate burst cost`. A bucket takes a
-/// request when it holds its cost, or is full when the cost exceeds the
-/// burst; the whole cost is taken either way, so a batch larger than the
-/// burst leaves the bucket in debt for as long as it takes to refill (it
-/// is charged in full, never refused forever). Returns `{1, 0, 0}` when
-/// every bucket took its cost, else `{0, wait_ms, i}`: how long until
-/// bucket `i`, the one furthest short, would take it; nothing is taken then.
-const TAKE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local left = {}
-local wait = 0
-local short = 0
-for i = 1, #KEYS do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
-  local v = redis.call('HMGET', KEYS[i], 'tokens', 'at')
-  local tokens = tonumber(v[1]) or burst
-  local at = tonumber(v[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-  left[i] = tokens - cost
-  local short_by = math.min(cost, burst) - tokens
-  if short_by > 0 then
-    local w = math.ceil(short_by * 1000 / rate)
-    if w > wait then wait = w short = i end
-  end
-end
-if wait > 0 then return {0, wait, short} end
-for i = 1, #KEYS do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
-  redis.call('HSET', KEYS[i], 'tokens', tostring(left[i]), 'at', now)
-  -- A bucket idle long enough to be full again is the same as no bucket.
-  redis.call('PEXPIRE', KEYS[i], math.ceil((burst - left[i]) * 1000 / rate) + 1000)
-end
-return {1, 0, 0}
-";
+/// Takes a request's cost from every bucket it touches, or from none (see
+/// `ratelimit/take.lua`). Public only for the integration tests of its
+/// branches.
+#[doc(hidden)]
+pub static TAKE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("ratelimit/take.lua")));
 
 /// What [`RateLimiter::check`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +58,6 @@ pub struct RateLimiter {
     per_ad: Option<Limit>,
     keys: Keys,
     redis: ConnectionManager,
-    take: Script,
     metrics: Arc<Metrics>,
 }
 
@@ -109,7 +75,6 @@ impl RateLimiter {
             per_ad,
             keys,
             redis,
-            take: Script::new(TAKE),
             metrics,
         })
     }
@@ -150,7 +115,7 @@ impl RateLimiter {
             self.metrics.rate_limit_fail_open.inc();
             return Decision::Allowed;
         }
-        let mut call = self.take.prepare_invoke();
+        let mut call = TAKE.prepare_invoke();
         for (_, key, limit, cost) in &buckets {
             call.key(key)
                 .arg(limit.per_second)
@@ -206,51 +171,9 @@ pub fn client_bucket(ip: IpAddr) -> String {
     }
 }
 
-/// The client of a request: the TCP peer, or, when the peer is one of
-/// `trusted` proxies, the nearest address in `X-Forwarded-For` that is not
-/// (read right to left, as each proxy appends the address it saw).
-pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let peer = req.peer_addr().map(|a| a.ip())?;
-    if !is_trusted(peer, trusted) {
-        return Some(peer);
-    }
-    let mut client = peer;
-    // Several headers are one list, in order; an unreadable or malformed
-    // list is not believed at all.
-    let hops: Vec<IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .map(|v| v.to_str().map_err(|_| ()))
-        .collect::<Result<Vec<&str>, ()>>()
-        .and_then(|values| {
-            values
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(|hop| hop.trim().parse::<IpAddr>().map_err(|_| ()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for hop in hops.into_iter().rev() {
-        client = hop;
-        if !is_trusted(hop, trusted) {
-            break;
-        }
-    }
-    Some(client)
-}
-
-fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    trusted.iter().any(|net| net.contains(&ip))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::test::TestRequest;
 
     #[test]
     fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
@@ -262,55 +185,5 @@ mod tests {
         assert_eq!(client_bucket(a), "2001:db8:1:2::/64");
         let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
         assert_eq!(client_bucket(mapped), "203.0.113.9");
-    }
-
-    fn request(peer: &str, forwarded: &[&str]) -> HttpRequest {
-        let mut req = TestRequest::default().peer_addr(peer.parse().unwrap());
-        for f in forwarded {
-            req = req.append_header(("X-Forwarded-For", *f));
-        }
-        req.to_http_request()
-    }
-
-    #[test]
-    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        // Not behind a trusted proxy: the header is the client's own claim.
-        assert_eq!(
-            client_ip(&request("198.51.100.7:5000", &["203.0.113.5"]), &trusted),
-            ip("198.51.100.7")
-        );
-        // Behind one: the nearest untrusted hop, read from the right.
-        assert_eq!(
-            client_ip(
-                &request("10.1.1.1:5000", &["1.1.1.1, 203.0.113.5, 10.2.2.2"]),
-                &trusted
-            ),
-            ip("203.0.113.5")
-        );
-        // Several headers are one list.
-        assert_eq!(
-            client_ip(
-                &request("10.1.1.1:5000", &["1.1.1.1", "203.0.113.6"]),
-                &trusted
-            ),
-            ip("203.0.113.6")
-        );
-        // Only trusted hops: the farthest one.
-        assert_eq!(
-            client_ip(&request("10.1.1.1:5000", &["10.3.3.3"]), &trusted),
-            ip("10.3.3.3")
-        );
-        // A malformed list is not believed.
-        assert_eq!(
-            client_ip(&request("10.1.1.1:5000", &["203.0.113.5, bogus"]), &trusted),
-            ip("10.1.1.1")
-        );
-        // No trusted proxies configured: the peer, always.
-        assert_eq!(
-            client_ip(&request("10.1.1.1:5000", &["203.0.113.5"]), &[]),
-            ip("10.1.1.1")
-        );
     }
 }

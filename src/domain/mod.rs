@@ -3,9 +3,9 @@
 
 mod event;
 mod ident;
+mod parse;
+mod time;
 
-pub use event::{
-    parse_event, parse_value, Event, EventError, Kind, ParseContext, MAX_CLOCK_SKEW,
-    MAX_PROPERTIES_BYTES,
-};
+pub use event::{Event, EventError, Kind};
 pub use ident::Ident;
+pub use parse::{parse_event, parse_value, ParseContext, MAX_CLOCK_SKEW, MAX_PROPERTIES_BYTES};

@@ -1,6 +1,7 @@
 //! Ingestion: `POST /ads/click`, `/ads/impression`, `/events`,
-//! `/events/batch`. Each request is parsed into events, pushed to Redis
-//! through the group-commit pusher, and answered 202 only once Redis has it.
+//! `/events/batch`. Each request is read, parsed into events and
+//! rate-limited here, then queued by [`crate::ingest`] (Redis, or the spool
+//! while Redis is down), and answered 202 only once one of them holds it.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -10,12 +11,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::client::client_ip;
 use super::openapi::{self, Accepted, BatchAccepted, EventBody, IngestErrors, Rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
-use crate::queue::{LocalPusher, PushError};
-use crate::ratelimit::{client_ip, Decision};
-use crate::spool::{FailureCause, SpoolError};
+use crate::ingest::{Enqueue, EnqueueError};
+use crate::queue::LocalPusher;
+use crate::ratelimit::Decision;
+use crate::spool::FailureCause;
 
 /// Largest single-event body.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
@@ -215,94 +218,35 @@ pub async fn batch(
     }))
 }
 
-/// Queues events: on Redis when it takes them, else in the synced disk
-/// spool. Answers only once one of the two holds them.
+/// Queues events through [`crate::ingest`]: answers once Redis or the
+/// spool holds them all.
 async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Result<(), ApiError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut payloads = Vec::with_capacity(events.len());
-    for e in events {
-        payloads.push(serde_json::to_string(e).map_err(|e| ApiError::Unexpected(e.into()))?);
-    }
     let pusher = req
         .app_data::<LocalPusher>()
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no pusher on this HTTP worker")))?;
-    if !state.redis_down.is_down() {
-        match pusher.push(payloads).await {
-            Ok(()) => {
-                count_enqueued(state, events);
-                return Ok(());
-            }
-            Err((PushError::Unavailable { outage, reason }, back)) => {
-                // Send the next requests straight to the spool until the
-                // replayer sees Redis answer again.
-                state.redis_down.set(true);
-                state.metrics.outage("ingest", outage);
-                tracing::warn!(
-                    cause = outage.cause.as_str(),
-                    reason,
-                    events = back.len(),
-                    "redis refused a push; spooling"
-                );
-                payloads = back;
-            }
-            Err((PushError::Closed, _)) => return Err(shutting_down()),
-        }
-    }
-    // Boxed: the spool is the rare path, and keeping its future out of
-    // line keeps every request's future small.
-    match Box::pin(state.spool.append(payloads)).await {
-        Ok(()) => {
-            state.metrics.events_spooled.inc_by(events.len() as u64);
-            count_enqueued(state, events);
-            Ok(())
-        }
-        Err(SpoolError::Full(bytes)) => {
-            state.metrics.spool_full.inc();
-            tracing::error!(bytes, "the spool is full; refusing events");
-            Err(ApiError::Unavailable {
-                message: "the event queue is unavailable and the spool is full; retry later".into(),
-                retry_after_secs: 5,
-            })
-        }
-        Err(SpoolError::Closed) => Err(shutting_down()),
-        Err(SpoolError::Write { cause, message }) => {
-            // The group was rolled back: nothing of it will be replayed, so
-            // the client's retry is the only copy.
-            state
-                .metrics
-                .spool_append_failures
-                .with_label_values(&[cause.as_str()])
-                .inc();
-            tracing::error!(
-                cause = cause.as_str(),
-                error = message,
-                events = events.len(),
-                "spooling failed; refusing events"
-            );
-            let retry_after_secs = match cause {
+    let queue = Enqueue {
+        pusher,
+        spool: &state.spool,
+        redis_down: &state.redis_down,
+        metrics: &state.metrics,
+    };
+    queue.events(events).await.map_err(|e| match e {
+        EnqueueError::ShuttingDown => shutting_down(),
+        EnqueueError::SpoolFull => ApiError::Unavailable {
+            message: "the event queue is unavailable and the spool is full; retry later".into(),
+            retry_after_secs: 5,
+        },
+        EnqueueError::SpoolWrite { cause } => ApiError::Unavailable {
+            message:
+                "the event queue is unavailable and the spool could not be written; retry later"
+                    .into(),
+            retry_after_secs: match cause {
                 FailureCause::NoSpace => 5,
                 _ => 1,
-            };
-            Err(ApiError::Unavailable {
-                message:
-                    "the event queue is unavailable and the spool could not be written; retry later"
-                        .into(),
-                retry_after_secs,
-            })
-        }
-    }
-}
-
-fn count_enqueued(state: &AppState, events: &[Event]) {
-    for e in events {
-        state
-            .metrics
-            .events_enqueued
-            .with_label_values(&[e.kind.as_str()])
-            .inc();
-    }
+            },
+        },
+        EnqueueError::Encode(e) => ApiError::Unexpected(e.into()),
+    })
 }
 
 /// Applies the rate limits (when configured) to a request from

@@ -3,6 +3,7 @@
 
 mod admin;
 mod analytics;
+mod client;
 mod error;
 mod health;
 mod ingest;

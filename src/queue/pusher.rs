@@ -211,7 +211,7 @@ fn take_group(pending: &mut Vec<Pending>) -> Vec<Pending> {
 impl Local {
     async fn connection(&self) -> Result<ConnectionManager, PushError> {
         let connect = self.conn.get_or_try_init(|| async {
-            let config = crate::app::redis_manager_config(PUSH_TIMEOUT);
+            let config = crate::redis_client::redis_manager_config(PUSH_TIMEOUT);
             ConnectionManager::new_with_config(self.shared.client.clone(), config)
                 .await
                 .map_err(|e| PushError::redis(e, "connecting to redis"))

@@ -16,6 +16,7 @@ mod ratelimit;
 mod recovery;
 mod reliability;
 mod reports;
+mod scripts;
 mod shards;
 mod spool;
 mod storage;

@@ -1,0 +1,201 @@
+//! The worker's side of the queue: reserve items, beat, retire, divert the
+//! ones that failed, and the reaper that gives a dead worker's items back.
+//!
+//! Every move of an item between two places is one script (see `lua/`) or
+//! one `BLMOVE`; the acknowledgement of a committed batch runs with the
+//! counter update (`Counters::ack`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+
+use super::{scripts, Queue};
+
+impl Queue {
+    /// What `worker` holds already (left over from an attempt that could not
+    /// finish), else up to `max` new items, blocking up to `wait` for the
+    /// first one. `conn` must be the worker's own connection: `BLMOVE` blocks it.
+    /// `held_nothing`: the caller knows its processing list is empty (its
+    /// last round acknowledged it), which saves reading it.
+    pub async fn reserve(
+        &self,
+        conn: &mut ConnectionManager,
+        worker: &str,
+        max: usize,
+        wait: Duration,
+        held_nothing: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let processing = self.keys.processing(worker);
+        if !held_nothing {
+            let held: Vec<String> = redis::cmd("LRANGE")
+                .arg(&processing)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await
+                .context("reading the processing list")?;
+            if !held.is_empty() {
+                return Ok(held);
+            }
+        }
+        let mut items = self.take(conn, &processing, max).await?;
+        if items.is_empty() {
+            let first: Option<String> = redis::cmd("BLMOVE")
+                .arg(self.keys.queue())
+                .arg(&processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(wait.as_secs_f64())
+                .query_async(conn)
+                .await
+                .context("waiting on the queue (BLMOVE)")?;
+            let Some(first) = first else {
+                return Ok(items);
+            };
+            items.push(first);
+            if max > 1 {
+                items.extend(self.take(conn, &processing, max - 1).await?);
+            }
+        }
+        Ok(items)
+    }
+
+    async fn take(
+        &self,
+        conn: &mut ConnectionManager,
+        processing: &str,
+        max: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        scripts::RESERVE
+            .key(self.keys.queue())
+            .key(processing)
+            .arg(max)
+            .invoke_async(conn)
+            .await
+            .context("moving items from the queue to the processing list")
+    }
+
+    /// Registers `worker` and refreshes its heartbeat.
+    pub async fn beat(
+        &self,
+        conn: &mut ConnectionManager,
+        workers: &[String],
+        info: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        if !workers.is_empty() {
+            pipe.cmd("SADD")
+                .arg(self.keys.workers())
+                .arg(workers)
+                .ignore();
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        for w in workers {
+            pipe.cmd("SET")
+                .arg(self.keys.heartbeat(w))
+                .arg(info)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn)
+            .await
+            .context("refreshing worker heartbeats")
+    }
+
+    /// Forgets workers that stopped cleanly with an empty processing list.
+    pub async fn retire(
+        &self,
+        conn: &mut ConnectionManager,
+        workers: &[String],
+    ) -> anyhow::Result<()> {
+        if workers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for w in workers {
+            pipe.cmd("DEL").arg(self.keys.heartbeat(w)).ignore();
+        }
+        // The reaper drops them from the set once their lists are empty.
+        pipe.query_async::<()>(conn)
+            .await
+            .context("removing worker heartbeats")
+    }
+
+    /// Returns the items of every worker whose heartbeat expired to the
+    /// queue. Returns how many items moved.
+    pub async fn reap(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(conn)
+            .await
+            .context("listing workers")?;
+        let mut moved = 0u64;
+        for w in workers {
+            let n: i64 = scripts::REQUEUE_DEAD
+                .key(self.keys.heartbeat(&w))
+                .key(self.keys.processing(&w))
+                .key(self.keys.queue())
+                .key(self.keys.workers())
+                .arg(&w)
+                .invoke_async(conn)
+                .await
+                .with_context(|| format!("requeueing the items of worker {w}"))?;
+            if n > 0 {
+                tracing::warn!(worker = %w, items = n, "worker heartbeat expired; its items are back on the queue");
+                moved += n as u64;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Takes `items` (by their original text) out of `worker`'s processing
+    /// list into the retry set or the dead-letter list.
+    pub async fn divert(
+        &self,
+        conn: &mut ConnectionManager,
+        worker: &str,
+        items: &[(String, Divert)],
+    ) -> anyhow::Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut args: Vec<String> = Vec::with_capacity(items.len() * 4);
+        for (original, divert) in items {
+            args.push(original.clone());
+            match divert {
+                Divert::Retry { due, payload } => {
+                    args.push("R".into());
+                    args.push(due.timestamp_millis().to_string());
+                    args.push(payload.clone());
+                }
+                Divert::Dead { letter } => {
+                    args.push("D".into());
+                    args.push(String::new());
+                    args.push(letter.clone());
+                }
+            }
+        }
+        scripts::DIVERT
+            .key(self.keys.processing(worker))
+            .key(self.keys.retry())
+            .key(self.keys.dlq())
+            .arg(args)
+            .invoke_async(conn)
+            .await
+            .context("moving failed items to the retry set or dead-letter list")
+    }
+}
+
+/// Where a failed item goes.
+pub enum Divert {
+    /// Back to the queue at `due`.
+    Retry {
+        due: chrono::DateTime<chrono::Utc>,
+        payload: String,
+    },
+    /// To the dead-letter list, as `letter`.
+    Dead { letter: String },
+}
