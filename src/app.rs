@@ -33,10 +33,10 @@ pub enum Role {
 }
 
 impl Role {
-    fn runs_api(self) -> bool {
+    pub fn runs_api(self) -> bool {
         matches!(self, Role::Api | Role::All)
     }
-    fn runs_workers(self) -> bool {
+    pub fn runs_workers(self) -> bool {
         matches!(self, Role::Worker | Role::All)
     }
 }

@@ -76,9 +76,34 @@ pub async fn start(settings: Settings, role: Role) -> TestApp {
     let redis = redis_connection(&settings.redis_url, Duration::from_secs(10))
         .await
         .expect("connect to redis");
+    let keys = Keys::new(&settings.redis_prefix);
+    if role.runs_workers() {
+        // A new prefix is a Redis without adtrack's epoch: the app's first
+        // check rebuilds the counters (or, on an empty database, only marks
+        // them rebuilt). Tests start once that is done, so a rebuild never
+        // races what they write first.
+        let conn = redis.clone();
+        wait_until(
+            "the app has taken up the Redis epoch",
+            Duration::from_secs(30),
+            || {
+                let mut conn = conn.clone();
+                let key = keys.epoch();
+                async move {
+                    redis::cmd("HEXISTS")
+                        .arg(key)
+                        .arg("rebuiltAt")
+                        .query_async::<bool>(&mut conn)
+                        .await
+                        .unwrap_or(false)
+                }
+            },
+        )
+        .await;
+    }
     TestApp {
         address,
-        keys: Keys::new(&settings.redis_prefix),
+        keys,
         settings,
         pool,
         redis,
