@@ -3,8 +3,8 @@
 //!
 //! Invariant: raw rows and the rollups derived from them (per minute, per
 //! hour, and per experiment variant) are written by one statement, and
-//! rollups count only the rows that
-//! statement inserted, so a duplicate eventId can never be counted twice.
+//! rollups count only the rows that statement inserted, so a duplicate
+//! eventId can never be counted twice.
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -370,7 +370,8 @@ async fn a_report_past_its_timeout_answers_503_while_ingest_and_the_drain_go_on(
         }));
     }
 
-    // Watch Postgres while they run: which connections run the report.
+    // Watch Postgres while they run: which connections run the report (the
+    // statement of /aggregates; the analytics read rollup_minute too).
     let db = db_name(&app);
     let watch_stop = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -383,7 +384,7 @@ async fn a_report_past_its_timeout_answers_503_while_ingest_and_the_drain_go_on(
                     "SELECT backend_type || ' ' || coalesce(application_name, '')
                      FROM pg_stat_activity
                      WHERE datname = $1 AND state = 'active'
-                       AND query LIKE '%FROM rollup_minute%' AND pid <> pg_backend_pid()",
+                       AND query LIKE 'SELECT date_trunc($1, bucket, ''UTC'') AS start%' AND pid <> pg_backend_pid()",
                 )
                 .bind(&db)
                 .fetch_all(&pool)
@@ -402,7 +403,7 @@ async fn a_report_past_its_timeout_answers_503_while_ingest_and_the_drain_go_on(
     loop {
         let running: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active'
-               AND query LIKE '%FROM rollup_minute%' AND pid <> pg_backend_pid()",
+               AND query LIKE 'SELECT date_trunc($1, bucket, ''UTC'') AS start%' AND pid <> pg_backend_pid()",
         )
         .bind(&db)
         .fetch_one(&app.pool)
