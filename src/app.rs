@@ -108,6 +108,11 @@ impl Application {
                 tracing::info!(ads = seeded, "seeded the demo ad catalogue");
             }
         }
+        let report_pool = store::reports::pool(
+            &settings.database_url,
+            settings.report_pool_size,
+            settings.report_timeout,
+        )?;
         let redis = redis_connection(&settings.redis_url, Duration::from_secs(5)).await?;
         let keys = Keys::new(&settings.redis_prefix);
         let queues = Queues::new(&settings.redis_prefix, settings.queue_shards);
@@ -190,6 +195,7 @@ impl Application {
                 .tenants
                 .then(|| Arc::new(crate::tenants::KeyResolver::new(pool.clone()))),
             pool,
+            report_pool,
             redis,
             pusher,
             spool: spool.clone(),

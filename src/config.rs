@@ -52,6 +52,14 @@ pub struct Settings {
     pub tenants: bool,
     /// How long raw events are kept (whole UTC days); `None` keeps them forever.
     pub event_retention: Option<Duration>,
+    /// Connections of the reports' own Postgres pool (`REPORT_POOL_SIZE`),
+    /// apart from the pool of ingest and the workers, so reports never
+    /// take a connection they need.
+    pub report_pool_size: u32,
+    /// The longest one report statement may run (`REPORT_TIMEOUT`, the
+    /// `statement_timeout` of the report pool's connections); past it the
+    /// report answers 503.
+    pub report_timeout: Duration,
     pub log_format: LogFormat,
     /// Seed the demo ad catalogue when the `ads` table is empty.
     pub seed_catalogue: bool,
@@ -82,6 +90,8 @@ impl Default for Settings {
             queue_shards: 1,
             tenants: false,
             event_retention: None,
+            report_pool_size: 4,
+            report_timeout: Duration::from_secs(5),
             log_format: LogFormat::Text,
             seed_catalogue: true,
         }
@@ -188,6 +198,13 @@ impl Settings {
                 .with_context(|| format!("EVENT_RETENTION: {v:?} is not a duration such as 90d"))?;
             s.event_retention = (!d.is_zero()).then_some(d);
         }
+        if let Some(v) = get("REPORT_POOL_SIZE") {
+            s.report_pool_size = parse(&v, "REPORT_POOL_SIZE")?;
+        }
+        if let Some(v) = get("REPORT_TIMEOUT") {
+            s.report_timeout = humantime::parse_duration(&v)
+                .with_context(|| format!("REPORT_TIMEOUT: {v:?} is not a duration such as 5s"))?;
+        }
         if let Some(v) = get("LOG_FORMAT") {
             s.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
@@ -234,6 +251,12 @@ impl Settings {
         {
             bail!("EVENT_RETENTION: must be at least 1d (or 0 to keep events forever)");
         }
+        if !(1..=64).contains(&self.report_pool_size) {
+            bail!("REPORT_POOL_SIZE: must be between 1 and 64");
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&self.report_timeout) {
+            bail!("REPORT_TIMEOUT: must be between 10ms and 10m");
+        }
         if !(1..=crate::queue::MAX_SHARDS).contains(&self.queue_shards) {
             bail!("QUEUE_SHARDS: must be between 1 and 64");
         }
@@ -278,6 +301,8 @@ pub const VARIABLES: &[&str] = &[
     "TENANTS",
     "QUEUE_SHARDS",
     "EVENT_RETENTION",
+    "REPORT_POOL_SIZE",
+    "REPORT_TIMEOUT",
     "SEED_CATALOGUE",
     "RUST_LOG",
     "LOG_FORMAT",
@@ -377,6 +402,8 @@ mod tests {
         assert_eq!(s.heartbeat_ttl, Duration::from_secs(15));
         assert_eq!(s.redis_prefix, "adtrack");
         assert!(s.admin_token.is_none());
+        assert_eq!(s.report_pool_size, 4);
+        assert_eq!(s.report_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -414,6 +441,11 @@ mod tests {
             ("DATABASE_URL", "postgres://127.0.0.1:5432/a/b"),
             ("REDIS_URL", "127.0.0.1:6379"),
             ("REDIS_URL", "redis://"),
+            ("REPORT_POOL_SIZE", "0"),
+            ("REPORT_POOL_SIZE", "many"),
+            ("REPORT_TIMEOUT", "1ms"),
+            ("REPORT_TIMEOUT", "1h"),
+            ("REPORT_TIMEOUT", "soon"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

@@ -40,6 +40,10 @@ pub struct AppState {
     /// Resolves `X-API-Key` when `TENANTS=on`; `None` when tenants are off.
     pub api_keys: Option<Arc<crate::tenants::KeyResolver>>,
     pub pool: PgPool,
+    /// The reports' own small pool with a statement timeout
+    /// (`store::reports::pool`): reports never wait for, or hold, a
+    /// connection of `pool`.
+    pub report_pool: PgPool,
     pub redis: ConnectionManager,
     pub pusher: Pusher,
     pub spool: Spool,

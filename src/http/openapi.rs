@@ -226,7 +226,8 @@ pub enum ReadErrors {
     /// with tenants off, no valid admin bearer token.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// Redis or Postgres is unavailable.
+    /// Redis or Postgres is unavailable; or (reports) the report ran past
+    /// `REPORT_TIMEOUT` or found every report connection busy.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
     Unavailable(ErrorBody),
     /// A failure that is not a dependency's (a bug), logged with its cause.

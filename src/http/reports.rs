@@ -16,6 +16,39 @@ use crate::domain::{Ident, Kind};
 use crate::store::reports::{self, AggregateFilter, EventFilter, Grouping};
 use crate::store::reports::{Aggregates, ExperimentSummary};
 
+/// A report that failed. Its own bounds get their own 503 message: a
+/// statement cut by `REPORT_TIMEOUT` (SQLSTATE 57014), or every report
+/// connection busy; both with `Retry-After`, since the same report usually
+/// succeeds once the load that slowed it has passed. Anything else is a
+/// dependency failure like any read's.
+fn report_failed(err: anyhow::Error, state: &AppState) -> ApiError {
+    let sql = err.chain().find_map(|c| c.downcast_ref::<sqlx::Error>());
+    let settings = &state.settings;
+    let (message, retry_after_secs) = match sql {
+        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014") => (
+            format!(
+                "the report ran longer than REPORT_TIMEOUT ({}) and was cancelled; retry later, \
+                 or ask for a narrower range or a filter by adId or campaignId",
+                humantime::format_duration(settings.report_timeout)
+            ),
+            settings.report_timeout.as_secs().clamp(1, 60),
+        ),
+        Some(sqlx::Error::PoolTimedOut) => (
+            format!(
+                "all {} report connections (REPORT_POOL_SIZE) are busy; retry shortly",
+                settings.report_pool_size
+            ),
+            1,
+        ),
+        _ => return ApiError::dependency(err),
+    };
+    tracing::warn!(error = format!("{err:#}"), "report refused: {message}");
+    ApiError::Unavailable {
+        message,
+        retry_after_secs,
+    }
+}
+
 /// Most buckets one `/aggregates` answer may hold (a week by minute is
 /// 10,080).
 pub const MAX_BUCKETS: i64 = 10_080;
@@ -136,9 +169,9 @@ pub async fn aggregates(
         ad_id: ident(&q, "adId", "ad_id")?,
         kind: kind(&q)?,
     };
-    let result = reports::aggregates(&state.pool, &filter, from, to, grouping)
+    let result = reports::aggregates(&state.report_pool, &filter, from, to, grouping)
         .await
-        .map_err(ApiError::dependency)?;
+        .map_err(|e| report_failed(e, &state))?;
     Ok(HttpResponse::Ok().json(result))
 }
 
@@ -246,9 +279,9 @@ async fn processed(
         before,
         limit,
     };
-    let mut events = reports::list_events(&state.pool, &filter)
+    let mut events = reports::list_events(&state.report_pool, &filter)
         .await
-        .map_err(ApiError::dependency)?;
+        .map_err(|e| report_failed(e, state))?;
     let more = events.len() as i64 > limit;
     events.truncate(limit as usize);
     let next = more
@@ -350,8 +383,8 @@ pub async fn experiment_summary(
             "the experiment id must be 1 to 64 characters without control characters",
         ));
     }
-    let summary = reports::experiment_summary(&state.pool, &tenant, &id)
+    let summary = reports::experiment_summary(&state.report_pool, &tenant, &id)
         .await
-        .map_err(ApiError::dependency)?;
+        .map_err(|e| report_failed(e, &state))?;
     Ok(HttpResponse::Ok().json(summary))
 }

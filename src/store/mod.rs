@@ -1,9 +1,10 @@
 //! PostgreSQL, the source of truth: connection and migrations, the batched
 //! insert with dedup and rollups, the counter outbox and the reads.
 //!
-//! Invariant: raw rows and the rollups derived from them (per minute and per
-//! hour) are written by one statement, and rollups count only the rows that
-//! statement inserted, so a duplicate eventId can never be counted twice.
+//! Invariant: raw rows and the rollups derived from them (per minute, per
+//! hour, and per experiment variant) are written by one statement, and
+//! rollups count only the rows that statement inserted, so a duplicate
+//! eventId can never be counted twice.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -99,7 +100,8 @@ ins AS (
     SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
            received_at, playback_time, amount, variant, experiment_id, properties::jsonb
     FROM input JOIN claimed USING (tenant_id, event_id)
-    RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount
+    RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount,
+              experiment_id, variant, coalesce(user_id, host(ip)) AS user_key
 ),
 outbox AS (
     INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
@@ -133,6 +135,43 @@ rolled_hour AS (
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
     DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+),
+-- Experiment rollups (migration 0009). A user row is inserted (a new user)
+-- or turned converted at most once, whatever races it; RETURNING yields
+-- only those changes, and `batch_id = $15` tells an insert from an update.
+experiment_batch AS (
+    SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
+           bool_or(kind = 'conversion') AS converted
+    FROM ins
+    WHERE experiment_id IS NOT NULL AND user_key IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+),
+users_changed AS (
+    INSERT INTO experiment_users AS u (tenant_id, experiment_id, variant, user_key, converted, batch_id)
+    SELECT tenant_id, experiment_id, variant, user_key, converted, $15 FROM experiment_batch
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, experiment_id, variant, user_key)
+    DO UPDATE SET converted = true WHERE NOT u.converted AND EXCLUDED.converted
+    RETURNING tenant_id, experiment_id, variant, batch_id = $15 AS is_new, converted
+),
+rolled_experiment AS (
+    INSERT INTO rollup_experiment AS r (tenant_id, experiment_id, variant, events, conversions,
+                                        users, converted_users)
+    SELECT e.tenant_id, e.experiment_id, e.variant, e.events, e.conversions,
+           coalesce(c.users, 0), coalesce(c.converted_users, 0)
+    FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
+                 count(*) FILTER (WHERE kind = 'conversion') AS conversions
+          FROM ins WHERE experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
+    LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
+                      count(*) FILTER (WHERE converted) AS converted_users
+               FROM users_changed GROUP BY 1, 2, 3) c
+           USING (tenant_id, experiment_id, variant)
+    ORDER BY 1, 2, 3
+    ON CONFLICT (tenant_id, experiment_id, variant)
+    DO UPDATE SET events = r.events + EXCLUDED.events,
+                  conversions = r.conversions + EXCLUDED.conversions,
+                  users = r.users + EXCLUDED.users,
+                  converted_users = r.converted_users + EXCLUDED.converted_users
 )
 SELECT tenant_id, event_id FROM ins
 ";

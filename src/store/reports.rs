@@ -1,12 +1,60 @@
 //! Reports read from Postgres: time-range aggregates from the per-minute
 //! rollups, newest-first listings of raw events, and experiment summaries.
+//!
+//! Bounds (SPEC invariant 8: no unauthenticated read may slow ingest):
+//! - every report runs on [`pool`], the reports' own small pool, never on the
+//!   pool of ingest and the workers; a report that finds every connection
+//!   busy for [`ACQUIRE_TIMEOUT`] gives up;
+//! - each connection of that pool carries a `statement_timeout`
+//!   (`REPORT_TIMEOUT`), so no report statement runs longer;
+//! - each report is planned for its own parameters (`plan_cache_mode =
+//!   force_custom_plan`): a cached generic plan cannot see that a filter is
+//!   set, and would walk every event by time to find an unknown campaign;
+//! - listings filtered by ad or campaign start from an index on that column
+//!   (migrations 0003 and 0009), and an experiment summary reads the
+//!   per-variant rollup (`rollup_experiment`), never the raw events.
+
+use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+/// How long a report waits for a free connection of its pool.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The `application_name` of the report pool's connections, so an operator
+/// sees them apart in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "adtrack-reports";
+
+/// The reports' own pool: `size` connections at most, each with
+/// `statement_timeout` = `timeout`, read-only, without parallel workers,
+/// and planning every statement for its parameters. Connects lazily; the
+/// database must exist.
+pub fn pool(database_url: &str, size: u32, timeout: Duration) -> anyhow::Result<PgPool> {
+    let millis = timeout.as_millis().max(1).to_string();
+    let options = PgConnectOptions::from_str(database_url)
+        .context("DATABASE_URL is not a valid postgres URL")?
+        .application_name(APPLICATION_NAME)
+        .options([
+            ("statement_timeout", millis.as_str()),
+            ("plan_cache_mode", "force_custom_plan"),
+            ("default_transaction_read_only", "on"),
+            // A report is one backend: REPORT_POOL_SIZE bounds the
+            // reports' share of the server, parallel workers included.
+            ("max_parallel_workers_per_gather", "0"),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
 
 /// The width of an aggregate bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,32 +269,39 @@ pub struct StoredEvent {
     pub properties: Option<Value>,
 }
 
+/// The listing's statement: `$1` type, `$2` adId, `$3` campaignId (each
+/// `NULL` when absent), `$4`/`$5` the cursor, `$6` the row limit, `$7` the
+/// tenant. Planned for its parameters (see [`pool`]), a set adId or
+/// campaignId leads with `events_ad_time_idx` or `events_campaign_time_idx`
+/// in every partition: an unknown one reads a few index pages, not the
+/// events.
+pub const LIST_EVENTS_SQL: &str =
+    "SELECT event_id, kind, ad_id, campaign_id, screen_id, user_id, host(ip) AS ip_address,
+            event_time AS timestamp, received_at, processed_at,
+            playback_time AS video_playback_time, amount, variant, experiment_id, properties
+     FROM events
+     WHERE tenant_id = $7 AND ($1::text IS NULL OR kind = $1)
+       AND ($2::text IS NULL OR ad_id = $2)
+       AND ($3::text IS NULL OR campaign_id = $3)
+       AND ($4::timestamptz IS NULL OR (event_time, event_id) < ($4, $5))
+     ORDER BY event_time DESC, event_id DESC
+     LIMIT $6";
+
 /// Stored events, newest first (event time, then eventId), one more than
 /// `limit` so the caller can tell whether a next page exists.
 pub async fn list_events(pool: &PgPool, f: &EventFilter) -> anyhow::Result<Vec<StoredEvent>> {
     let (before_time, before_id) = f.before.unzip();
-    sqlx::query_as(
-        "SELECT event_id, kind, ad_id, campaign_id, screen_id, user_id, host(ip) AS ip_address,
-                event_time AS timestamp, received_at, processed_at,
-                playback_time AS video_playback_time, amount, variant, experiment_id, properties
-         FROM events
-         WHERE tenant_id = $7 AND ($1::text IS NULL OR kind = $1)
-           AND ($2::text IS NULL OR ad_id = $2)
-           AND ($3::text IS NULL OR campaign_id = $3)
-           AND ($4::timestamptz IS NULL OR (event_time, event_id) < ($4, $5))
-         ORDER BY event_time DESC, event_id DESC
-         LIMIT $6",
-    )
-    .bind(&f.kind)
-    .bind(&f.ad_id)
-    .bind(&f.campaign_id)
-    .bind(before_time)
-    .bind(before_id)
-    .bind(f.limit + 1)
-    .bind(&f.tenant)
-    .fetch_all(pool)
-    .await
-    .context("listing stored events")
+    sqlx::query_as(LIST_EVENTS_SQL)
+        .bind(&f.kind)
+        .bind(&f.ad_id)
+        .bind(&f.campaign_id)
+        .bind(before_time)
+        .bind(before_id)
+        .bind(f.limit + 1)
+        .bind(&f.tenant)
+        .fetch_all(pool)
+        .await
+        .context("listing stored events")
 }
 
 /// One variant of an experiment.
@@ -282,24 +337,25 @@ pub struct ExperimentSummary {
     pub variants: Vec<VariantSummary>,
 }
 
+/// The summary's statement: one row per variant of experiment `$1` of
+/// tenant `$2`, from `rollup_experiment` (a primary-key range), so its cost
+/// grows with the variants, never with the events.
+pub const EXPERIMENT_SUMMARY_SQL: &str =
+    "SELECT variant, events, users, conversions, converted_users
+     FROM rollup_experiment WHERE tenant_id = $2 AND experiment_id = $1
+     ORDER BY variant";
+
 pub async fn experiment_summary(
     pool: &PgPool,
     tenant: &str,
     experiment: &str,
 ) -> anyhow::Result<ExperimentSummary> {
-    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT coalesce(variant, ''), count(*),
-                count(DISTINCT coalesce(user_id, host(ip))),
-                count(*) FILTER (WHERE kind = 'conversion'),
-                count(DISTINCT coalesce(user_id, host(ip))) FILTER (WHERE kind = 'conversion')
-         FROM events WHERE tenant_id = $2 AND experiment_id = $1
-         GROUP BY 1 ORDER BY 1",
-    )
-    .bind(experiment)
-    .bind(tenant)
-    .fetch_all(pool)
-    .await
-    .context("summarising the experiment")?;
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(EXPERIMENT_SUMMARY_SQL)
+        .bind(experiment)
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+        .context("summarising the experiment")?;
     let mut variants: Vec<VariantSummary> = rows
         .into_iter()
         .map(

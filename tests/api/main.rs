@@ -15,6 +15,7 @@ mod pipeline;
 mod ratelimit;
 mod recovery;
 mod reliability;
+mod report_bounds;
 mod reports;
 mod scripts;
 mod shards;
