@@ -155,7 +155,12 @@ pub async fn aggregates(
     if from >= to {
         return Err(ApiError::invalid_field("from must be before to"));
     }
-    let buckets = (to - grouping.floor(from)).num_seconds() / grouping.step().num_seconds() + 1;
+    // The range is half-open: the buckets that start in [floor(from), to).
+    let span = to - grouping.floor(from);
+    let step = grouping.step();
+    let whole = span.num_seconds() / step.num_seconds();
+    let partial = whole <= MAX_BUCKETS && span > step * whole as i32;
+    let buckets = whole + i64::from(partial);
     if buckets > MAX_BUCKETS {
         return Err(ApiError::invalid_field(format!(
             "the range holds {buckets} buckets of one {}; at most {MAX_BUCKETS} are allowed: \

@@ -447,3 +447,29 @@ async fn experiment_summary_counts_users_conversions_and_tests_the_difference() 
     assert!(none["control"].is_null());
     app.stop().await;
 }
+
+/// `from`/`to` is half-open, so exactly a week by minute (10,080 buckets)
+/// or 10,080 hours by hour is the most allowed, and one bucket more is 400.
+#[tokio::test]
+async fn the_bucket_limit_counts_a_half_open_range() {
+    let app = spawn_app().await;
+    let to = "2026-03-08T00:00:00Z";
+    for (group, from, status) in [
+        ("minute", "2026-03-01T00:00:00Z", StatusCode::OK),
+        ("minute", "2026-02-28T23:59:00Z", StatusCode::BAD_REQUEST),
+        ("minute", "2026-02-28T23:59:59Z", StatusCode::BAD_REQUEST),
+        ("hour", "2025-01-12T00:00:00Z", StatusCode::OK),
+        ("hour", "2025-01-11T23:00:00Z", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, body) = app
+            .get(&format!("/aggregates?groupBy={group}&from={from}&to={to}"))
+            .await;
+        assert_eq!(got, status, "{group} from {from}: {body}");
+    }
+    // A `to` inside a bucket adds that bucket.
+    let (got, body) = app
+        .get("/aggregates?groupBy=minute&from=2026-03-01T00:00:00Z&to=2026-03-08T00:00:00.5Z")
+        .await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{body}");
+    app.stop().await;
+}
