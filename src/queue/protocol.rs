@@ -118,10 +118,16 @@ impl Queue {
         for w in workers {
             pipe.cmd("DEL").arg(self.keys.heartbeat(w)).ignore();
         }
-        // The reaper drops them from the set once their lists are empty.
         pipe.query_async::<()>(conn)
             .await
-            .context("removing worker heartbeats")
+            .context("removing worker heartbeats")?;
+        // With its heartbeat gone, each is forgotten as the reaper forgets a
+        // dead worker, so `{P}:workers` lists only live ones (a list that
+        // is somehow not empty goes back to the queue on the way).
+        for w in workers {
+            self.requeue_dead(conn, w).await?;
+        }
+        Ok(())
     }
 
     /// Returns the items of every worker whose heartbeat expired to the
@@ -134,21 +140,31 @@ impl Queue {
             .context("listing workers")?;
         let mut moved = 0u64;
         for w in workers {
-            let n: i64 = scripts::REQUEUE_DEAD
-                .key(self.keys.heartbeat(&w))
-                .key(self.keys.processing(&w))
-                .key(self.keys.queue())
-                .key(self.keys.workers())
-                .arg(&w)
-                .invoke_async(conn)
-                .await
-                .with_context(|| format!("requeueing the items of worker {w}"))?;
+            let n = self.requeue_dead(conn, &w).await?;
             if n > 0 {
                 tracing::warn!(worker = %w, items = n, "worker heartbeat expired; its items are back on the queue");
                 moved += n as u64;
             }
         }
         Ok(moved)
+    }
+
+    /// Runs REQUEUE_DEAD for `worker`: -1 when its heartbeat is alive, else
+    /// the items it gave back (it is forgotten either way but the first).
+    async fn requeue_dead(
+        &self,
+        conn: &mut ConnectionManager,
+        worker: &str,
+    ) -> anyhow::Result<i64> {
+        scripts::REQUEUE_DEAD
+            .key(self.keys.heartbeat(worker))
+            .key(self.keys.processing(worker))
+            .key(self.keys.queue())
+            .key(self.keys.workers())
+            .arg(worker)
+            .invoke_async(conn)
+            .await
+            .with_context(|| format!("requeueing the items of worker {worker}"))
     }
 
     /// Takes `items` (by their original text) out of `worker`'s processing

@@ -365,3 +365,27 @@ fn the_readme_lists_every_variable_and_no_other() {
         .collect();
     assert_eq!(listed, known);
 }
+
+/// A process that stops cleanly takes its workers out of `{P}:workers`, so
+/// the set lists only live workers.
+#[tokio::test]
+async fn workers_that_stop_cleanly_are_no_longer_listed() {
+    let mut app = spawn_app().await;
+    app.click(json!({"adId": "ad-retire"})).await;
+    app.wait_drained().await;
+    let (conn, key) = (app.redis.clone(), app.keys.workers());
+    let workers = || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(workers().await.len(), app.settings.worker_count);
+    app.halt().await;
+    assert_eq!(workers().await, Vec::<String>::new());
+    crate::helpers::cleanup(&app.settings, &app.pool, &app.redis).await;
+}
