@@ -21,6 +21,7 @@ use crate::domain::{Event, Kind};
 pub mod outbox;
 mod partitions;
 pub mod reports;
+pub mod tenants;
 
 pub use partitions::{
     count_partitions, ensure_partitions, list_partitions, prune, retention_cutoff, Pruned,
