@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::counters::CountedEvent;
 use crate::domain::{Event, Kind};
 
+pub mod health;
 pub mod outbox;
 mod partitions;
 pub mod reports;
