@@ -8,7 +8,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# No query needs a live database at compile time; migrations are embedded.
+# No query needs a live database at compile time: the macros check SQL
+# against the query data in .sqlx/ (copied below); migrations are embedded.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 
 # Dependencies first, in their own layer: rebuilt only when Cargo.* change.
@@ -22,6 +23,7 @@ RUN mkdir -p src \
  && cargo build --release --locked \
  && rm -rf src
 
+COPY .sqlx .sqlx
 COPY src src
 COPY migrations migrations
 COPY web web

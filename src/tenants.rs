@@ -16,11 +16,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
 use rand::RngCore;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+
+use crate::store;
+pub use crate::store::tenants::TenantInfo;
 
 /// Longest a process uses its set of valid keys before reloading it: the
 /// most a key revoked elsewhere keeps working (and an open `/live` stream
@@ -69,69 +70,15 @@ pub async fn create(pool: &PgPool, id: &str, name: &str) -> anyhow::Result<Strin
     rand::rng().fill_bytes(&mut raw);
     let key = format!("{KEY_PREFIX}{}", hex(&raw));
     let mut tx = pool.begin().await.context("starting the tenant creation")?;
-    sqlx::query(
-        "INSERT INTO tenants (id, name) VALUES ($1, $2)
-         ON CONFLICT (id) DO UPDATE SET name = CASE WHEN $2 = '' THEN tenants.name ELSE $2 END,
-                                        revoked_at = NULL",
-    )
-    .bind(id)
-    .bind(name)
-    .execute(&mut *tx)
-    .await
-    .context("creating the tenant")?;
-    sqlx::query("INSERT INTO api_keys (key_hash, tenant_id, prefix) VALUES ($1, $2, $3)")
-        .bind(&digest(&key)[..])
-        .bind(id)
-        .bind(&key[..KEY_PREFIX.len() + 8])
-        .execute(&mut *tx)
-        .await
-        .context("storing the API key")?;
+    store::tenants::upsert_tenant(&mut *tx, id, name).await?;
+    store::tenants::insert_key(&mut *tx, &digest(&key), id, &key[..KEY_PREFIX.len() + 8]).await?;
     tx.commit().await.context("committing the tenant")?;
     KEYS_CHANGED.fetch_add(1, Ordering::Relaxed);
     Ok(key)
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TenantInfo {
-    pub id: String,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// The first characters of each key still valid.
-    pub active_keys: Vec<String>,
-}
-
 pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<TenantInfo>> {
-    type Row = (
-        String,
-        String,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Vec<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.id, t.name, t.created_at, t.revoked_at,
-                    coalesce(array_agg(k.prefix ORDER BY k.created_at)
-                             FILTER (WHERE k.prefix IS NOT NULL AND k.revoked_at IS NULL), '{}')
-             FROM tenants t LEFT JOIN api_keys k ON k.tenant_id = t.id
-             GROUP BY t.id ORDER BY t.id",
-    )
-    .fetch_all(pool)
-    .await
-    .context("listing tenants")?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, name, created_at, revoked_at, active_keys)| TenantInfo {
-                id,
-                name,
-                created_at,
-                revoked_at,
-                active_keys,
-            },
-        )
-        .collect())
+    store::tenants::list(pool).await
 }
 
 /// Revokes every key of tenant `id` (and the tenant), or with `key_prefix`
@@ -139,39 +86,19 @@ pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<TenantInfo>> {
 /// Returns how many keys were revoked.
 pub async fn revoke(pool: &PgPool, id: &str, key_prefix: Option<&str>) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await.context("starting the revocation")?;
-    let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("looking up the tenant")?;
-    if exists.is_none() {
+    let exists = store::tenants::tenant_exists(&mut *tx, id).await?;
+    if !exists {
         bail!("no tenant {id:?}");
     }
     // Only a short prefix of each key is stored: a given prefix up to that
     // length matches the stored ones it starts; a longer one matches the
     // stored prefix it starts with; a whole key matches its digest alone.
     let whole = key_prefix.filter(|k| well_formed_key(k)).map(digest);
-    let revoked = sqlx::query(
-        "UPDATE api_keys SET revoked_at = now()
-         WHERE tenant_id = $1 AND revoked_at IS NULL
-           AND CASE WHEN $3::bytea IS NOT NULL THEN key_hash = $3
-                    WHEN $2::text IS NULL THEN true
-                    WHEN length($2) <= length(prefix) THEN starts_with(prefix, $2)
-                    ELSE starts_with($2, prefix) END",
-    )
-    .bind(id)
-    .bind(key_prefix)
-    .bind(whole.as_ref().map(|d| &d[..]))
-    .execute(&mut *tx)
-    .await
-    .context("revoking keys")?
-    .rows_affected();
+    let revoked =
+        store::tenants::revoke_keys(&mut *tx, id, key_prefix, whole.as_ref().map(|d| &d[..]))
+            .await?;
     if key_prefix.is_none() {
-        sqlx::query("UPDATE tenants SET revoked_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .context("revoking the tenant")?;
+        store::tenants::revoke_tenant(&mut *tx, id).await?;
     }
     tx.commit().await.context("committing the revocation")?;
     KEYS_CHANGED.fetch_add(1, Ordering::Relaxed);
@@ -260,16 +187,10 @@ impl KeyResolver {
 
     async fn load(&self) -> anyhow::Result<Arc<Snapshot>> {
         let generation = KEYS_CHANGED.load(Ordering::Relaxed);
-        let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
-            "SELECT k.key_hash, k.tenant_id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.revoked_at IS NULL AND t.revoked_at IS NULL",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .context("loading the valid API keys")?;
+        let rows = store::tenants::valid_keys(&self.pool).await?;
         let tenants = rows
             .into_iter()
-            .filter_map(|(hash, tenant)| Some((<[u8; 32]>::try_from(hash).ok()?, tenant)))
+            .filter_map(|k| Some((<[u8; 32]>::try_from(k.key_hash).ok()?, k.tenant_id)))
             .collect();
         let snapshot = Arc::new(Snapshot {
             tenants,

@@ -7,6 +7,7 @@ use actix_web::{web, HttpResponse};
 
 use super::AppState;
 use crate::fault::{Cause, Fault};
+use crate::store;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -61,33 +62,16 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 /// Whether the workers could write now: the server answers, is not a
 /// read-only standby, has adtrack's tables and lets it insert into them.
 async fn postgres_state(state: &AppState) -> Result<(), Cause> {
-    let check = sqlx::query_as::<_, (bool, bool, bool)>(
-        "SELECT current_setting('transaction_read_only') = 'on',
-                count(t.oid) = cardinality($1::text[]),
-                coalesce(bool_and(has_table_privilege(t.oid, 'INSERT')), false)
-         FROM unnest($1::text[]) AS n(name)
-         CROSS JOIN LATERAL (SELECT to_regclass(n.name) AS oid) AS t",
-    )
-    .bind(WRITTEN_TABLES)
-    .fetch_one(&state.pool);
+    let check = store::health::probe_writes(&state.pool);
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Err(_) => Err(Cause::Timeout),
-        Ok(Err(e)) => Err(cause_of(e.into())),
-        Ok(Ok((true, _, _))) => Err(Cause::ReadOnly),
-        Ok(Ok((_, false, _))) => Err(Cause::Schema),
-        Ok(Ok((_, _, false))) => Err(Cause::NoPrivilege),
+        Ok(Err(e)) => Err(cause_of(e)),
+        Ok(Ok(p)) if p.read_only => Err(Cause::ReadOnly),
+        Ok(Ok(p)) if !p.tables_present => Err(Cause::Schema),
+        Ok(Ok(p)) if !p.can_insert => Err(Cause::NoPrivilege),
         Ok(Ok(_)) => Ok(()),
     }
 }
-
-/// The tables a worker round writes.
-const WRITTEN_TABLES: &[&str] = &[
-    "events",
-    "event_keys",
-    "counter_outbox",
-    "rollup_minute",
-    "rollup_hour",
-];
 
 /// Whether Redis takes a write: a `PING` answers on a replica and on a
 /// server out of memory, where every push would fail.

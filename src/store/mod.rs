@@ -10,7 +10,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -20,8 +19,11 @@ use uuid::Uuid;
 use crate::counters::CountedEvent;
 use crate::domain::{Event, Kind};
 
+pub mod health;
+pub mod outbox;
 mod partitions;
 pub mod reports;
+pub mod tenants;
 
 pub use partitions::{
     count_partitions, ensure_partitions, list_partitions, prune, retention_cutoff, Pruned,
@@ -78,104 +80,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running migrations")
 }
 
-const INSERT_BATCH: &str = r"
-WITH input AS (
-    SELECT * FROM UNNEST(
-        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
-        $12::text[], $13::text[], $14::text[], $16::text[]
-    ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
-           received_at, playback_time, amount, variant, experiment_id, properties, tenant_id)
-),
-claimed AS (
-    INSERT INTO event_keys (tenant_id, event_id, event_time)
-    SELECT tenant_id, event_id, event_time FROM input
-    ON CONFLICT (tenant_id, event_id) DO NOTHING
-    RETURNING tenant_id, event_id
-),
-ins AS (
-    INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
-                        event_time, received_at, playback_time, amount, variant,
-                        experiment_id, properties)
-    SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
-           received_at, playback_time, amount, variant, experiment_id, properties::jsonb
-    FROM input JOIN claimed USING (tenant_id, event_id)
-    RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount,
-              experiment_id, variant, coalesce(user_id, host(ip)) AS user_key
-),
-outbox AS (
-    INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
-    SELECT $15, array_agg(event_id), array_agg(tenant_id)
-    FROM ins HAVING count(*) > 0
-),
--- One aggregation feeds both rollups. They are written last, in key order
--- (so concurrent workers lock shared rollup rows in the same order): a hot
--- rollup row is locked only from here to the commit.
-grouped AS (
-    SELECT tenant_id, date_trunc('minute', event_time) AS minute, kind,
-           coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
-           coalesce(screen_id, '') AS screen_id, count(*) AS events,
-           coalesce(sum(amount), 0) AS amount
-    FROM ins
-    GROUP BY 1, 2, 3, 4, 5, 6
-),
-rolled AS (
-    INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
-    SELECT * FROM grouped
-    ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id, screen_id)
-    DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
-),
-rolled_hour AS (
-    INSERT INTO rollup_hour AS r (tenant_id, bucket, kind, ad_id, campaign_id, events, amount)
-    SELECT tenant_id, date_trunc('hour', minute, 'UTC'), kind, ad_id, campaign_id,
-           sum(events), sum(amount)
-    FROM grouped
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
-    DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
-),
--- Experiment rollups (migration 0009). A user row is inserted (a new user)
--- or turned converted at most once, whatever races it; RETURNING yields
--- only those changes, and `batch_id = $15` tells an insert from an update.
-experiment_batch AS (
-    SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
-           bool_or(kind = 'conversion') AS converted
-    FROM ins
-    WHERE experiment_id IS NOT NULL AND user_key IS NOT NULL
-    GROUP BY 1, 2, 3, 4
-),
-users_changed AS (
-    INSERT INTO experiment_users AS u (tenant_id, experiment_id, variant, user_key, converted, batch_id)
-    SELECT tenant_id, experiment_id, variant, user_key, converted, $15 FROM experiment_batch
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (tenant_id, experiment_id, variant, user_key)
-    DO UPDATE SET converted = true WHERE NOT u.converted AND EXCLUDED.converted
-    RETURNING tenant_id, experiment_id, variant, batch_id = $15 AS is_new, converted
-),
-rolled_experiment AS (
-    INSERT INTO rollup_experiment AS r (tenant_id, experiment_id, variant, events, conversions,
-                                        users, converted_users)
-    SELECT e.tenant_id, e.experiment_id, e.variant, e.events, e.conversions,
-           coalesce(c.users, 0), coalesce(c.converted_users, 0)
-    FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
-                 count(*) FILTER (WHERE kind = 'conversion') AS conversions
-          FROM ins WHERE experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
-    LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
-                      count(*) FILTER (WHERE converted) AS converted_users
-               FROM users_changed GROUP BY 1, 2, 3) c
-           USING (tenant_id, experiment_id, variant)
-    ORDER BY 1, 2, 3
-    ON CONFLICT (tenant_id, experiment_id, variant)
-    DO UPDATE SET events = r.events + EXCLUDED.events,
-                  conversions = r.conversions + EXCLUDED.conversions,
-                  users = r.users + EXCLUDED.users,
-                  converted_users = r.converted_users + EXCLUDED.converted_users
-)
-SELECT tenant_id, event_id FROM ins
-";
-
 /// An event's identity: its tenant (`""` unless `TENANTS=on`) and eventId.
 pub type EventKey = (String, Uuid);
 
@@ -225,43 +129,136 @@ pub async fn insert_batch(
                 .context("encoding properties")?,
         );
     }
-    let query = || {
-        sqlx::query_as::<_, EventKey>(INSERT_BATCH)
-            .bind(&ids)
-            .bind(&kinds)
-            .bind(&ads)
-            .bind(&campaigns)
-            .bind(&screens)
-            .bind(&users)
-            .bind(&ips)
-            .bind(&times)
-            .bind(&received)
-            .bind(&playback)
-            .bind(&amounts)
-            .bind(&variants)
-            .bind(&experiments)
-            .bind(&properties)
-            .bind(batch_id)
-            .bind(&tenants)
-    };
     // Every time has a partition: its day's, or the default one (see
     // `partitions`), so no insert ever creates a table.
-    let rows = query()
-        .fetch_all(pool)
-        .await
-        .with_context(|| format!("inserting a batch of {n} events"))?;
-    Ok(rows)
+    //
+    // The binds follow the placeholders $1..$16. sqlx's check knows text[]
+    // only as `&[String]`, so the arrays of borrowed or optional values name
+    // their Rust type with `as`; the statement, its arity and the columns it
+    // returns are still checked against the schema.
+    let rows = sqlx::query!(
+        r#"
+        WITH input AS (
+            SELECT * FROM UNNEST(
+                $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
+                $12::text[], $13::text[], $14::text[], $15::text[]
+            ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
+                   received_at, playback_time, amount, variant, experiment_id, properties, tenant_id)
+        ),
+        claimed AS (
+            INSERT INTO event_keys (tenant_id, event_id, event_time)
+            SELECT tenant_id, event_id, event_time FROM input
+            ON CONFLICT (tenant_id, event_id) DO NOTHING
+            RETURNING tenant_id, event_id
+        ),
+        ins AS (
+            INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
+                                event_time, received_at, playback_time, amount, variant,
+                                experiment_id, properties)
+            SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
+                   received_at, playback_time, amount, variant, experiment_id, properties::jsonb
+            FROM input JOIN claimed USING (tenant_id, event_id)
+            RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount,
+                      experiment_id, variant, coalesce(user_id, host(ip)) AS user_key
+        ),
+        outbox AS (
+            INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
+            SELECT $16, array_agg(event_id), array_agg(tenant_id)
+            FROM ins HAVING count(*) > 0
+        ),
+        -- One aggregation feeds both rollups. They are written last, in key order
+        -- (so concurrent workers lock shared rollup rows in the same order): a hot
+        -- rollup row is locked only from here to the commit.
+        grouped AS (
+            SELECT tenant_id, date_trunc('minute', event_time) AS minute, kind,
+                   coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
+                   coalesce(screen_id, '') AS screen_id, count(*) AS events,
+                   coalesce(sum(amount), 0) AS amount
+            FROM ins
+            GROUP BY 1, 2, 3, 4, 5, 6
+        ),
+        rolled AS (
+            INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
+            SELECT * FROM grouped
+            ORDER BY 1, 2, 3, 4, 5, 6
+            ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id, screen_id)
+            DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+        ),
+        rolled_hour AS (
+            INSERT INTO rollup_hour AS r (tenant_id, bucket, kind, ad_id, campaign_id, events, amount)
+            SELECT tenant_id, date_trunc('hour', minute, 'UTC'), kind, ad_id, campaign_id,
+                   sum(events), sum(amount)
+            FROM grouped
+            GROUP BY 1, 2, 3, 4, 5
+            ORDER BY 1, 2, 3, 4, 5
+            ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
+            DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+        ),
+        -- Experiment rollups (migration 0009). A user row is inserted (a new user)
+        -- or turned converted at most once, whatever races it; RETURNING yields
+        -- only those changes, and `batch_id = $16` tells an insert from an update.
+        experiment_batch AS (
+            SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
+                   bool_or(kind = 'conversion') AS converted
+            FROM ins
+            WHERE experiment_id IS NOT NULL AND user_key IS NOT NULL
+            GROUP BY 1, 2, 3, 4
+        ),
+        users_changed AS (
+            INSERT INTO experiment_users AS u (tenant_id, experiment_id, variant, user_key, converted, batch_id)
+            SELECT tenant_id, experiment_id, variant, user_key, converted, $16 FROM experiment_batch
+            ORDER BY 1, 2, 3, 4
+            ON CONFLICT (tenant_id, experiment_id, variant, user_key)
+            DO UPDATE SET converted = true WHERE NOT u.converted AND EXCLUDED.converted
+            RETURNING tenant_id, experiment_id, variant, batch_id = $16 AS is_new, converted
+        ),
+        rolled_experiment AS (
+            INSERT INTO rollup_experiment AS r (tenant_id, experiment_id, variant, events, conversions,
+                                                users, converted_users)
+            SELECT e.tenant_id, e.experiment_id, e.variant, e.events, e.conversions,
+                   coalesce(c.users, 0), coalesce(c.converted_users, 0)
+            FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
+                         count(*) FILTER (WHERE kind = 'conversion') AS conversions
+                  FROM ins WHERE experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
+            LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
+                              count(*) FILTER (WHERE converted) AS converted_users
+                       FROM users_changed GROUP BY 1, 2, 3) c
+                   USING (tenant_id, experiment_id, variant)
+            ORDER BY 1, 2, 3
+            ON CONFLICT (tenant_id, experiment_id, variant)
+            DO UPDATE SET events = r.events + EXCLUDED.events,
+                          conversions = r.conversions + EXCLUDED.conversions,
+                          users = r.users + EXCLUDED.users,
+                          converted_users = r.converted_users + EXCLUDED.converted_users
+        )
+        SELECT tenant_id AS "tenant_id!", event_id AS "event_id!" FROM ins
+        "#,
+        &ids,
+        &kinds as &[&str],
+        &ads as &[Option<&str>],
+        &campaigns as &[Option<&str>],
+        &screens as &[Option<&str>],
+        &users as &[Option<&str>],
+        &ips as &[Option<String>],
+        &times,
+        &received,
+        &playback as &[Option<f64>],
+        &amounts as &[Option<i64>],
+        &variants as &[Option<&str>],
+        &experiments as &[Option<&str>],
+        &properties as &[Option<String>],
+        &tenants as &[&str],
+        batch_id,
+    )
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("inserting a batch of {n} events"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant_id, r.event_id))
+        .collect())
 }
-
-type CountedRow = (
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-);
 
 /// The fields the counters need, for stored events: `ids[i]` of tenant
 /// `tenants[i]` (an outbox row written before tenants existed has none:
@@ -275,31 +272,34 @@ pub async fn counted_events<'e>(
         Some(t) if t.len() == ids.len() => t.iter().map(String::as_str).collect(),
         _ => vec![""; ids.len()],
     };
-    let rows: Vec<CountedRow> = sqlx::query_as(
-        // event_keys gives each event's time, which leads to its row
-        // through the partitions' time index.
-        "SELECT e.tenant_id, e.kind, e.ad_id, e.campaign_id, e.screen_id, host(e.ip), e.event_time
-         FROM unnest($1::text[], $2::uuid[]) AS w(tenant_id, event_id)
-         JOIN event_keys k ON k.tenant_id = w.tenant_id AND k.event_id = w.event_id
-         JOIN events e ON e.event_time = k.event_time AND e.event_id = k.event_id
-                      AND e.tenant_id = k.tenant_id",
+    // event_keys gives each event's time, which leads to its row through
+    // the partitions' time index.
+    let rows = sqlx::query!(
+        r#"
+        SELECT e.tenant_id, e.kind, e.ad_id, e.campaign_id, e.screen_id, host(e.ip) AS ip,
+               e.event_time
+        FROM unnest($1::text[], $2::uuid[]) AS w(tenant_id, event_id)
+        JOIN event_keys k ON k.tenant_id = w.tenant_id AND k.event_id = w.event_id
+        JOIN events e ON e.event_time = k.event_time AND e.event_id = k.event_id
+                     AND e.tenant_id = k.tenant_id
+        "#,
+        &tenants as &[&str],
+        ids,
     )
-    .bind(&tenants)
-    .bind(ids)
     .fetch_all(executor)
     .await
     .context("reading stored events for their counters")?;
     Ok(rows
         .into_iter()
-        .filter_map(|(tenant, kind, ad, campaign, screen, ip, time)| {
+        .filter_map(|r| {
             Some(CountedEvent {
-                tenant,
-                kind: Kind::parse(&kind)?,
-                ad_id: ad,
-                campaign_id: campaign,
-                screen_id: screen,
-                ip,
-                time,
+                tenant: r.tenant_id,
+                kind: Kind::parse(&r.kind)?,
+                ad_id: r.ad_id,
+                campaign_id: r.campaign_id,
+                screen_id: r.screen_id,
+                ip: r.ip,
+                time: r.event_time,
             })
         })
         .collect())
@@ -317,7 +317,8 @@ pub struct Ad {
 }
 
 pub async fn catalogue(pool: &PgPool) -> anyhow::Result<Vec<Ad>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Ad,
         "SELECT id, title, video_url, target_url, campaign_id FROM ads ORDER BY created_at, id",
     )
     .fetch_all(pool)
@@ -359,11 +360,11 @@ pub async fn seed_catalogue(pool: &PgPool) -> anyhow::Result<u64> {
     ];
     let mut tx = pool.begin().await.context("starting the catalogue seed")?;
     // Serialise concurrent starters so the emptiness check holds.
-    sqlx::query("LOCK TABLE ads IN SHARE ROW EXCLUSIVE MODE")
+    sqlx::query!("LOCK TABLE ads IN SHARE ROW EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await
         .context("locking the catalogue")?;
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM ads")
+    let count = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM ads"#)
         .fetch_one(&mut *tx)
         .await
         .context("counting the catalogue")?;
@@ -371,15 +372,18 @@ pub async fn seed_catalogue(pool: &PgPool) -> anyhow::Result<u64> {
         return Ok(0);
     }
     for (id, title, video, target, campaign) in DEMO {
-        sqlx::query("INSERT INTO ads (id, title, video_url, target_url, campaign_id) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(title)
-            .bind(video)
-            .bind(target)
-            .bind(campaign)
-            .execute(&mut *tx)
-            .await
-            .context("seeding the catalogue")?;
+        sqlx::query!(
+            "INSERT INTO ads (id, title, video_url, target_url, campaign_id)
+             VALUES ($1, $2, $3, $4, $5)",
+            id,
+            title,
+            video,
+            target,
+            campaign,
+        )
+        .execute(&mut *tx)
+        .await
+        .context("seeding the catalogue")?;
     }
     tx.commit().await.context("committing the catalogue seed")?;
     Ok(DEMO.len() as u64)

@@ -7,10 +7,12 @@
 //! from the default partition in chunks. Rollups are never touched, so
 //! aggregates and analytics keep every day.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::PgQueryResult;
 use sqlx::PgPool;
 
 /// Expired keys and default-partition rows are deleted in chunks this size, so one purge never
@@ -24,11 +26,13 @@ const RETENTION_LOCK: i64 = 0x6164_7472_6574_6e00; // "adtretn\0"
 /// Creates the partitions for `days` that do not exist yet; returns how many
 /// it created.
 pub async fn ensure_partitions(pool: &PgPool, days: &[NaiveDate]) -> anyhow::Result<i32> {
-    let (created,): (i32,) = sqlx::query_as("SELECT ensure_event_partitions($1::date[])")
-        .bind(days)
-        .fetch_one(pool)
-        .await
-        .context("creating event partitions")?;
+    let created = sqlx::query_scalar!(
+        r#"SELECT ensure_event_partitions($1::date[]) AS "created!""#,
+        days,
+    )
+    .fetch_one(pool)
+    .await
+    .context("creating event partitions")?;
     if created > 0 {
         tracing::info!(created, first_day = %days[0], "created event partitions");
     }
@@ -37,26 +41,28 @@ pub async fn ensure_partitions(pool: &PgPool, days: &[NaiveDate]) -> anyhow::Res
 
 /// How many partitions `events` has, the default one included.
 pub async fn count_partitions(pool: &PgPool) -> anyhow::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
-        .fetch_one(pool)
-        .await
-        .context("counting event partitions")
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM pg_inherits WHERE inhparent = 'events'::regclass"#
+    )
+    .fetch_one(pool)
+    .await
+    .context("counting event partitions")
 }
 
 /// The day partitions of `events`, oldest first.
 pub async fn list_partitions(pool: &PgPool) -> anyhow::Result<Vec<(String, NaiveDate)>> {
-    let names: Vec<(String,)> = sqlx::query_as(
-        "SELECT c.relname::text FROM pg_inherits i
-         JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'events'::regclass
-         ORDER BY 1",
+    let names = sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "name!" FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = 'events'::regclass
+           ORDER BY 1"#
     )
     .fetch_all(pool)
     .await
     .context("listing event partitions")?;
     Ok(names
         .into_iter()
-        .filter_map(|(name,)| {
+        .filter_map(|name| {
             let day = NaiveDate::parse_from_str(name.strip_prefix("events_p")?, "%Y%m%d").ok()?;
             Some((name, day))
         })
@@ -95,18 +101,20 @@ pub async fn prune(
 ) -> anyhow::Result<Option<Pruned>> {
     let cutoff = retention_cutoff(now, retention);
     let mut conn = pool.acquire().await.context("connecting for retention")?;
-    let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-        .bind(RETENTION_LOCK)
-        .fetch_one(&mut *conn)
-        .await
-        .context("taking the retention lock")?;
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock($1) AS "locked!""#,
+        RETENTION_LOCK
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("taking the retention lock")?;
     if !locked {
         return Ok(None);
     }
     let result = prune_locked(pool, cutoff).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(RETENTION_LOCK)
-        .execute(&mut *conn)
+    // Whether it was still held does not matter here: the lock is gone.
+    let unlocked = sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+        .fetch_one(&mut *conn)
         .await
         .context("releasing the retention lock");
     let pruned = result?;
@@ -121,7 +129,9 @@ async fn prune_locked(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pr
         if day >= cutoff_day {
             break;
         }
-        // The name comes from the catalogue and matched events_pYYYYMMDD.
+        // The one statement not checked at compile time: a table name cannot
+        // be a bind parameter, so the SQL is built at run time. The name
+        // comes from the catalogue and matched events_pYYYYMMDD.
         sqlx::query(&format!("DROP TABLE IF EXISTS \"{name}\""))
             .execute(pool)
             .await
@@ -129,40 +139,43 @@ async fn prune_locked(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pr
         pruned.partitions_dropped += 1;
         tracing::info!(partition = %name, %day, "dropped an expired event partition");
     }
-    pruned.default_rows_purged = purge_in_chunks(
-        pool,
-        "DELETE FROM events_default WHERE ctid IN (
-             SELECT ctid FROM events_default WHERE event_time < $1 LIMIT $2)",
-        cutoff,
-    )
+    pruned.default_rows_purged = purge_in_chunks(|| async move {
+        sqlx::query!(
+            "DELETE FROM events_default WHERE ctid IN (
+                 SELECT ctid FROM events_default WHERE event_time < $1 LIMIT $2)",
+            cutoff,
+            PURGE_CHUNK,
+        )
+        .execute(pool)
+        .await
+    })
     .await
     .context("purging expired rows of the default partition")?;
-    pruned.keys_purged = purge_in_chunks(
-        pool,
-        "DELETE FROM event_keys WHERE (event_id, tenant_id) IN (
-             SELECT event_id, tenant_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
-        cutoff,
-    )
+    pruned.keys_purged = purge_in_chunks(|| async move {
+        sqlx::query!(
+            "DELETE FROM event_keys WHERE (event_id, tenant_id) IN (
+                 SELECT event_id, tenant_id FROM event_keys WHERE event_time < $1 LIMIT $2)",
+            cutoff,
+            PURGE_CHUNK,
+        )
+        .execute(pool)
+        .await
+    })
     .await
     .context("purging expired idempotency keys")?;
     Ok(pruned)
 }
 
-/// Runs a `DELETE … WHERE event_time < $1 LIMIT $2` until it deletes less
-/// than a chunk; returns the rows deleted.
-async fn purge_in_chunks(
-    pool: &PgPool,
-    sql: &str,
-    cutoff: DateTime<Utc>,
-) -> Result<u64, sqlx::Error> {
+/// Runs `delete_chunk` (a `DELETE` of at most `PURGE_CHUNK` expired rows)
+/// until it deletes less than a chunk; returns the rows deleted.
+async fn purge_in_chunks<F, Fut>(mut delete_chunk: F) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<PgQueryResult, sqlx::Error>>,
+{
     let mut total = 0;
     loop {
-        let done = sqlx::query(sql)
-            .bind(cutoff)
-            .bind(PURGE_CHUNK)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let done = delete_chunk().await?.rows_affected();
         total += done;
         if done < PURGE_CHUNK as u64 {
             return Ok(total);

@@ -11,7 +11,6 @@ use chrono::Utc;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::WorkerContext;
 use crate::counters::epoch::Seen;
@@ -211,11 +210,7 @@ impl Maintenance {
                     Ok(_) => {}
                     Err(e) => self.failed("outbox recovery", e),
                 }
-                if let Ok((depth,)) =
-                    sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM counter_outbox")
-                        .fetch_one(&self.ctx.pool)
-                        .await
-                {
+                if let Ok(depth) = store::outbox::depth(&self.ctx.pool).await {
                     self.ctx.metrics.outbox_depth.set(depth);
                 }
             }
@@ -268,23 +263,15 @@ pub async fn recover_outbox(
     grace: Duration,
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await.context("starting outbox recovery")?;
-    let rows: Vec<(Uuid, Vec<Uuid>, Option<Vec<String>>)> = sqlx::query_as(
-        "DELETE FROM counter_outbox WHERE batch_id IN (
-             SELECT batch_id FROM counter_outbox
-             WHERE created_at < now() - make_interval(secs => $1)
-             ORDER BY created_at LIMIT 20 FOR UPDATE SKIP LOCKED)
-         RETURNING batch_id, event_ids, tenant_ids",
-    )
-    .bind(grace.as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await
-    .context("claiming outbox rows")?;
+    let rows = store::outbox::claim_stale(&mut *tx, grace).await?;
     if rows.is_empty() {
         return Ok(0);
     }
     let mut applied = Vec::with_capacity(rows.len());
-    for (batch, ids, tenants) in &rows {
-        let events = store::counted_events(&mut *tx, ids, tenants.as_deref()).await?;
+    for row in &rows {
+        let batch = &row.batch_id;
+        let events =
+            store::counted_events(&mut *tx, &row.event_ids, row.tenant_ids.as_deref()).await?;
         let views: Vec<_> = events.iter().map(|e| e.view()).collect();
         let ops = counters.ops_for(&views, Utc::now());
         if counters.apply_batch(conn, batch, &ops, None).await? == Applied::Paused {
@@ -298,11 +285,7 @@ pub async fn recover_outbox(
         // claim and deleting just the applied ones.
         tx.rollback().await.context("releasing outbox rows")?;
         if !applied.is_empty() {
-            sqlx::query("DELETE FROM counter_outbox WHERE batch_id = ANY($1)")
-                .bind(&applied)
-                .execute(pool)
-                .await
-                .context("deleting applied outbox rows")?;
+            store::outbox::delete(pool, &applied).await?;
         }
     } else {
         tx.commit().await.context("committing outbox recovery")?;

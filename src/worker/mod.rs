@@ -367,12 +367,7 @@ impl Worker {
             .begin()
             .await
             .context("starting the counter claim")?;
-        let claimed = sqlx::query("DELETE FROM counter_outbox WHERE batch_id = $1")
-            .bind(batch)
-            .execute(&mut *tx)
-            .await
-            .context("claiming the counter outbox row")?
-            .rows_affected();
+        let claimed = store::outbox::claim(&mut *tx, batch).await?;
         if claimed == 0 {
             // Recovery or reconcile already accounted for this batch.
             drop(tx);
