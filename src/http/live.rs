@@ -193,7 +193,7 @@ async fn frame(
             }
         }
     }
-    if sent.ticks % CATALOGUE_EVERY == 0 {
+    if sent.ticks.is_multiple_of(CATALOGUE_EVERY) {
         if let Some(ads) = logged("campaigns", store::catalogue(&state.pool).await) {
             sent.known = ads.into_iter().map(|a| a.campaign_id).collect();
         }
