@@ -262,6 +262,9 @@ pub struct Ops {
     uniques: BTreeMap<Vec<String>, BTreeSet<String>>,
     /// All-time unique-click keys (updated only where they exist).
     uniques_all: BTreeMap<String, BTreeSet<String>>,
+    /// All-time keys whose TTL an update refreshes: an ad's counts and its
+    /// unique clicks live and expire together.
+    touch: BTreeSet<String>,
     expire: BTreeMap<String, i64>,
 }
 
@@ -280,6 +283,7 @@ impl Ops {
             plays: BTreeMap::new(),
             uniques: BTreeMap::new(),
             uniques_all: BTreeMap::new(),
+            touch: BTreeSet::new(),
             expire: BTreeMap::new(),
         }
     }
@@ -361,6 +365,14 @@ impl Ops {
         let layout = self.layout.tenant(tenant);
         if let Some(ad) = ad {
             self.all_time_incr(&layout, ad, k.to_owned(), n);
+            self.touch.insert(layout.ad(ad));
+            let uniques = layout.uniques_all(ad);
+            if self.mode == Mode::Rebuild {
+                // The copy has a unique-click key for every ad, empty for an
+                // ad without clicks, so a read finds both keys.
+                self.uniques_all.entry(uniques.clone()).or_default();
+            }
+            self.touch.insert(uniques);
             if kind == Kind::Click {
                 self.all_time_incr(&layout, ad, format!("c:h:{hour}"), n);
             }
@@ -484,7 +496,7 @@ impl Ops {
         for ((key, field), n) in &self.incr {
             push(vec!["H".into(), key.clone(), field.clone(), n.to_string()]);
         }
-        let mut refresh: BTreeSet<&String> = BTreeSet::new();
+        let mut refresh: BTreeSet<&String> = self.touch.iter().collect();
         for ((key, excluded, field), n) in &self.all_time {
             let op = if rebuild { "H" } else { "A" };
             let mut args = vec![op.into(), key.clone()];
@@ -507,7 +519,13 @@ impl Ops {
         }
         for (key, members) in &self.uniques_all {
             let members: Vec<&String> = members.iter().collect();
-            for part in members.chunks(1000) {
+            let empty: [&String; 0] = [];
+            let parts: Vec<&[&String]> = if members.is_empty() {
+                vec![&empty]
+            } else {
+                members.chunks(1000).collect()
+            };
+            for part in parts {
                 let mut args = if rebuild {
                     vec!["P".into(), "1".into(), key.clone()]
                 } else {
@@ -661,11 +679,10 @@ while i <= #ARGV do
     if redis.call('ZSCORE', ranking, campaign) then
       if not counted(ARGV[i + 5]) then
         redis.call('ZINCRBY', ranking, n, campaign)
-        if screen ~= '' then
-          redis.call('ZINCRBY', screens, n, screen)
-          redis.call('EXPIRE', screens, ttl)
-        end
+        if screen ~= '' then redis.call('ZINCRBY', screens, n, screen) end
       end
+      -- The screens live as long as their campaign plays.
+      if redis.call('EXISTS', screens) == 1 then redis.call('EXPIRE', screens, ttl) end
       redis.call('ZADD', seen, now, campaign)
     else
       redis.call('ZADD', pending, 'NX', now, campaign)
