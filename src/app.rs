@@ -203,6 +203,8 @@ impl Application {
             rate_limiter,
             metrics,
             shutdown: shutdown.clone(),
+            live_streams: Arc::default(),
+            settle_gate: Arc::default(),
         });
         let surface = if role.runs_api() {
             Surface::Full

@@ -35,6 +35,9 @@ pub struct Settings {
     /// (`BODY_TIMEOUT`); past it the answer is 408. Bounds the connections
     /// a client can hold open by trickling bodies.
     pub body_timeout: Duration,
+    /// `/live` streams one process keeps open at once (`LIVE_MAX_STREAMS`);
+    /// past it a new stream is refused with 503 and `Retry-After`.
+    pub live_max_streams: usize,
     /// Ingest events a second per client IP (`0` = off); a batch costs
     /// one token per event.
     pub rate_limit_per_ip: u32,
@@ -82,6 +85,7 @@ impl Default for Settings {
             simulate_failures: false,
             heartbeat_ttl: Duration::from_secs(15),
             body_timeout: Duration::from_secs(10),
+            live_max_streams: 200,
             rate_limit_per_ip: 0,
             rate_limit_burst: None,
             rate_limit_per_ad: 0,
@@ -160,6 +164,9 @@ impl Settings {
         if let Some(v) = get("BODY_TIMEOUT") {
             s.body_timeout = humantime::parse_duration(&v)
                 .with_context(|| format!("BODY_TIMEOUT: {v:?} is not a duration such as 10s"))?;
+        }
+        if let Some(v) = get("LIVE_MAX_STREAMS") {
+            s.live_max_streams = parse(&v, "LIVE_MAX_STREAMS")?;
         }
         if let Some(v) = get("RATE_LIMIT_PER_IP") {
             s.rate_limit_per_ip = parse(&v, "RATE_LIMIT_PER_IP")?;
@@ -241,6 +248,9 @@ impl Settings {
         }
         if self.heartbeat_ttl < Duration::from_secs(1) {
             bail!("HEARTBEAT_TTL: must be at least 1s");
+        }
+        if !(1..=100_000).contains(&self.live_max_streams) {
+            bail!("LIVE_MAX_STREAMS: must be between 1 and 100000");
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.body_timeout) {
             bail!("BODY_TIMEOUT: must be between 1s and 5m");

@@ -2,6 +2,7 @@
 // Plain ES module, no build step. Every request uses a URL relative to the
 // page, so the UI also works behind a reverse proxy under a sub-path.
 
+const MAX_CAMPAIGN_ROWS = 200;   // /campaigns pages hold 100; live changes may add some
 const POLL_MS = 2000;          // refresh period when /live is not available
 const LIVE_STALE_MS = 7000;    // no message this long: reconnect the stream
 const LIVE_REPROBE_MS = 60000; // how often to look for /live again while polling
@@ -568,6 +569,20 @@ const campaigns = {
     }
   },
 
+  /**
+   * The live stream sends only the campaigns that changed since its last
+   * tick: fold them into what is shown (at most MAX_CAMPAIGN_ROWS, by plays).
+   */
+  merge(changes) {
+    if (!Array.isArray(changes)) return;
+    const byId = new Map(state.campaigns.map((c) => [c.campaignId, c]));
+    for (const c of changes) byId.set(c.campaignId, c);
+    const list = [...byId.values()]
+      .sort((a, b) => (b.plays || 0) - (a.plays || 0))
+      .slice(0, MAX_CAMPAIGN_ROWS);
+    this.render(list);
+  },
+
   render(list) {
     if (!Array.isArray(list)) return;
     hideNote(this.error);
@@ -1015,7 +1030,7 @@ const connection = {
     source.addEventListener('open', alive);
     listen('pipeline', (data) => pipeline.handle(data));
     listen('analytics', (data) => analytics.render(data));
-    listen('campaigns', (data) => campaigns.render(data));
+    listen('campaigns', (data) => campaigns.merge(data));
     source.addEventListener('error', () => {
       if (generation !== this.generation) return;
       if (source.readyState === EventSource.CLOSED) {

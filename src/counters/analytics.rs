@@ -11,7 +11,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::{code, Layout, HOUR, MINUTE};
+use sqlx::PgPool;
+
+use super::{code, rebuild, Layout, DAY, HOUR, MINUTE};
 use crate::domain::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,8 +77,18 @@ impl Totals {
     }
 }
 
+/// Where an all-time figure whose keys are missing is rebuilt from.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub pool: &'a PgPool,
+    /// The tenant whose rows count (`""` unless `TENANTS=on`).
+    pub tenant: &'a str,
+}
+
+/// An ad's figures over `timeframe`. `layout` is the tenant's layout.
 pub async fn ad_analytics(
     conn: &mut ConnectionManager,
+    source: Source<'_>,
     layout: &Layout,
     ad: &str,
     timeframe: Timeframe,
@@ -91,7 +103,16 @@ pub async fn ad_analytics(
 
     match timeframe {
         Timeframe::All => {
-            let (fields, uniques): (BTreeMap<String, i64>, u64) = redis::pipe()
+            let (has_counts, has_uniques, fields, uniques): (
+                bool,
+                bool,
+                BTreeMap<String, i64>,
+                u64,
+            ) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(layout.ad(ad))
+                .cmd("EXISTS")
+                .arg(layout.uniques_all(ad))
                 .cmd("HGETALL")
                 .arg(layout.ad(ad))
                 .cmd("PFCOUNT")
@@ -99,52 +120,82 @@ pub async fn ad_analytics(
                 .query_async(conn)
                 .await
                 .context("reading all-time ad counters")?;
-            for kind in Kind::ALL {
-                let n = fields.get(code(kind)).copied().unwrap_or(0).max(0) as u64;
-                totals.add(kind, n);
-            }
-            let prefix = format!("{}:h:", code(Kind::Click));
-            for (field, n) in &fields {
-                if let Some(hour) = field
-                    .strip_prefix(&prefix)
-                    .and_then(|h| h.parse::<i64>().ok())
-                {
-                    if *n > 0 {
-                        hourly.insert(hour, *n as u64);
+            if has_counts && has_uniques {
+                for kind in Kind::ALL {
+                    let n = fields.get(code(kind)).copied().unwrap_or(0).max(0) as u64;
+                    totals.add(kind, n);
+                }
+                let prefix = format!("{}:h:", code(Kind::Click));
+                for (field, n) in &fields {
+                    if let Some(hour) = field
+                        .strip_prefix(&prefix)
+                        .and_then(|h| h.parse::<i64>().ok())
+                    {
+                        if *n > 0 {
+                            hourly.insert(hour, *n as u64);
+                        }
                     }
                 }
+                unique = uniques;
+            } else {
+                // Never read before, or expired: Postgres has the figure.
+                let all = rebuild::rebuild_ad(source.pool, conn, layout, source.tenant, ad).await?;
+                for kind in Kind::ALL {
+                    totals.add(kind, all.counts[kind as usize]);
+                }
+                hourly = all.hourly_clicks;
+                unique = all.uniques;
             }
-            unique = uniques;
         }
         Timeframe::Day | Timeframe::Week => {
             let span = if timeframe == Timeframe::Day { 24 } else { 168 };
             let hours: Vec<i64> = (this_hour - span + 1..=this_hour).collect();
-            let mut fields = Vec::with_capacity(hours.len() * 4);
+            // The window spans at most 8 day hashes.
+            let mut by_day: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
             for h in &hours {
-                for kind in Kind::ALL {
-                    fields.push(format!("{}:h:{h}", code(kind)));
-                }
+                by_day
+                    .entry((h * HOUR).div_euclid(DAY))
+                    .or_default()
+                    .push(*h);
+            }
+            let mut pipe = redis::pipe();
+            for (day, hs) in &by_day {
+                let fields: Vec<String> = hs
+                    .iter()
+                    .flat_map(|h| Kind::ALL.map(|k| format!("{}:{h}", code(k))))
+                    .collect();
+                pipe.cmd("HMGET").arg(layout.ad_hours(*day, ad)).arg(fields);
             }
             let hll_keys: Vec<String> = hours.iter().map(|h| layout.uniques_hour(*h, ad)).collect();
-            let (values, uniques): (Vec<Option<i64>>, u64) = redis::pipe()
-                .cmd("HMGET")
-                .arg(layout.ad(ad))
-                .arg(&fields)
-                .cmd("PFCOUNT")
-                .arg(&hll_keys)
+            pipe.cmd("PFCOUNT").arg(&hll_keys);
+            let replies: Vec<redis::Value> = pipe
                 .query_async(conn)
                 .await
                 .context("reading hourly ad counters")?;
-            for (i, h) in hours.iter().enumerate() {
-                for (j, kind) in Kind::ALL.into_iter().enumerate() {
-                    let n = values.get(i * 4 + j).copied().flatten().unwrap_or(0).max(0) as u64;
-                    totals.add(kind, n);
-                    if kind == Kind::Click {
-                        hourly.insert(*h, n);
+            for (i, hs) in by_day.values().enumerate() {
+                let values: Vec<Option<i64>> = match replies.get(i) {
+                    Some(v) => redis::from_redis_value(v).context("decoding hour counters")?,
+                    None => Vec::new(),
+                };
+                for (hi, h) in hs.iter().enumerate() {
+                    for (j, kind) in Kind::ALL.into_iter().enumerate() {
+                        let n = values
+                            .get(hi * 4 + j)
+                            .copied()
+                            .flatten()
+                            .unwrap_or(0)
+                            .max(0) as u64;
+                        totals.add(kind, n);
+                        if kind == Kind::Click {
+                            hourly.insert(*h, n);
+                        }
                     }
                 }
             }
-            unique = uniques;
+            unique = match replies.get(by_day.len()) {
+                Some(v) => redis::from_redis_value(v).context("decoding the unique count")?,
+                None => 0,
+            };
         }
         Timeframe::Hour => {
             let minutes: Vec<i64> = (this_minute - 59..=this_minute).collect();
@@ -240,67 +291,146 @@ pub struct ScreenPlays {
     pub plays: u64,
 }
 
-/// Plays and distinct screens per campaign; `known` campaigns (from the
-/// catalogue) are listed even without plays.
+/// One page of a ranking and the size of the whole.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// How many entries the whole ranking has.
+    pub total: u64,
+}
+
+/// A slice of a ranking: `offset` entries skipped, at most `limit` taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Slice {
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// Campaigns by plays, most first (ties by id, last first), then the
+/// `known` campaigns (the catalogue's) that have no plays, by id. Each
+/// entry carries its distinct screens. Costs one ranked read and one
+/// `ZCARD` per entry of the page, however many campaigns exist.
 pub async fn campaigns(
     conn: &mut ConnectionManager,
     layout: &Layout,
     known: impl IntoIterator<Item = String>,
-) -> anyhow::Result<Vec<CampaignPlays>> {
-    let plays: BTreeMap<String, i64> = redis::cmd("HGETALL")
-        .arg(layout.campaigns())
+    slice: Slice,
+) -> anyhow::Result<Page<CampaignPlays>> {
+    let known: Vec<String> = known
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZCARD").arg(layout.campaigns());
+    if !known.is_empty() {
+        pipe.cmd("ZMSCORE").arg(layout.campaigns()).arg(&known);
+    }
+    let replies: Vec<redis::Value> = pipe
         .query_async(conn)
         .await
-        .context("reading campaign plays")?;
-    let mut all: BTreeMap<String, u64> = known.into_iter().map(|c| (c, 0)).collect();
-    for (c, n) in plays {
-        all.insert(c, n.max(0) as u64);
+        .context("sizing the campaign ranking")?;
+    let ranked: u64 = match replies.first() {
+        Some(v) => redis::from_redis_value(v).context("decoding the ranking size")?,
+        None => 0,
+    };
+    let scores: Vec<Option<f64>> = match replies.get(1) {
+        Some(v) => redis::from_redis_value(v).context("decoding catalogue scores")?,
+        None => Vec::new(),
+    };
+    let unplayed: Vec<&String> = known
+        .iter()
+        .zip(scores.iter().chain(std::iter::repeat(&None)))
+        .filter(|(_, s)| s.is_none())
+        .map(|(c, _)| c)
+        .collect();
+    let total = ranked + unplayed.len() as u64;
+
+    let mut entries: Vec<(String, u64)> = Vec::new();
+    if slice.limit > 0 && slice.offset < ranked {
+        let stop = slice.offset + slice.limit - 1;
+        let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(layout.campaigns())
+            .arg(slice.offset)
+            .arg(stop)
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await
+            .context("reading the campaign ranking")?;
+        entries.extend(page.into_iter().map(|(c, n)| (c, n.max(0.0) as u64)));
     }
-    let ids: Vec<String> = all.keys().cloned().collect();
+    let room = (slice.limit as usize).saturating_sub(entries.len());
+    let skip = slice.offset.saturating_sub(ranked) as usize;
+    entries.extend(
+        unplayed
+            .into_iter()
+            .skip(skip)
+            .take(room)
+            .map(|c| (c.clone(), 0)),
+    );
     let mut pipe = redis::pipe();
-    for c in &ids {
-        pipe.cmd("HLEN").arg(layout.screens(c));
+    for (c, _) in &entries {
+        pipe.cmd("ZCARD").arg(layout.screens(c));
     }
-    let screens: Vec<u64> = if ids.is_empty() {
+    let screens: Vec<u64> = if entries.is_empty() {
         Vec::new()
     } else {
         pipe.query_async(conn)
             .await
             .context("counting campaign screens")?
     };
-    Ok(ids
-        .into_iter()
-        .zip(screens)
-        .map(|(campaign_id, screens)| CampaignPlays {
-            plays: all.get(&campaign_id).copied().unwrap_or(0),
-            campaign_id,
-            screens,
-        })
-        .collect())
+    Ok(Page {
+        items: entries
+            .into_iter()
+            .zip(screens)
+            .map(|((campaign_id, plays), screens)| CampaignPlays {
+                campaign_id,
+                plays,
+                screens,
+            })
+            .collect(),
+        total,
+    })
 }
 
-/// Plays per screen of one campaign, most plays first.
+/// Plays per screen of one campaign, most plays first (ties by id, last
+/// first).
 pub async fn campaign_screens(
     conn: &mut ConnectionManager,
     layout: &Layout,
     campaign: &str,
-) -> anyhow::Result<Vec<ScreenPlays>> {
-    let screens: BTreeMap<String, i64> = redis::cmd("HGETALL")
-        .arg(layout.screens(campaign))
+    slice: Slice,
+) -> anyhow::Result<Page<ScreenPlays>> {
+    let key = layout.screens(campaign);
+    let total: u64 = redis::cmd("ZCARD")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .context("counting screens")?;
+    if slice.limit == 0 || slice.offset >= total {
+        return Ok(Page {
+            items: Vec::new(),
+            total,
+        });
+    }
+    let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(slice.offset)
+        .arg(slice.offset + slice.limit - 1)
+        .arg("REV")
+        .arg("WITHSCORES")
         .query_async(conn)
         .await
         .context("reading screen plays")?;
-    let mut out: Vec<ScreenPlays> = screens
-        .into_iter()
-        .map(|(screen_id, n)| ScreenPlays {
-            screen_id,
-            plays: n.max(0) as u64,
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        b.plays
-            .cmp(&a.plays)
-            .then_with(|| a.screen_id.cmp(&b.screen_id))
-    });
-    Ok(out)
+    Ok(Page {
+        items: page
+            .into_iter()
+            .map(|(screen_id, n)| ScreenPlays {
+                screen_id,
+                plays: n.max(0.0) as u64,
+            })
+            .collect(),
+        total,
+    })
 }

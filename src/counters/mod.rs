@@ -1,22 +1,33 @@
 //! Real-time counters in Redis and the analytics read from them.
 //!
-//! Layout (root `R` = `{P}:c:`; `<h>` = hours since the Unix epoch, `<m>` =
-//! minutes since the epoch, kind codes `i` impression, `c` click, `p` play,
-//! `v` conversion):
+//! Layout (root `R` = `{P}:c:`; `<h>` = hours since the Unix epoch, `<d>`
+//! days, `<m>` minutes; kind codes `i` impression, `c` click, `p` play,
+//! `v` conversion). Every key that an id sent by a client names expires, so
+//! invented ids leave nothing behind for good (invariant 8):
 //!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `R ad:<adId>` | hash | `<k>` all-time count; `<k>:h:<h>` count in hour `<h>` |
-//! | `R am:<h>:<adId>` | hash | `<k>:<m>` count in minute `<m>`; expires 2 h after hour `<h>` starts |
-//! | `R ua:<adId>` | HyperLogLog | distinct click IPs, all time |
-//! | `R uh:<h>:<adId>` | HyperLogLog | distinct click IPs in hour `<h>`; expires 7 days after the hour |
-//! | `R um:<m>:<adId>` | HyperLogLog | distinct click IPs in minute `<m>`; expires 1 h after the minute |
-//! | `R campaigns` | hash | campaignId → plays |
-//! | `R screens:<campaignId>` | hash | screenId → plays |
+//! | key | type | holds | lives |
+//! |---|---|---|---|
+//! | `R ad:<adId>` | hash | `<k>` all-time count; `c:h:<h>` clicks in hour `<h>` | [`ALL_TIME_TTL`] after its last update; created only by a rebuild from Postgres |
+//! | `R ax:<adId>` | set | batches already counted by the rebuild of `ad:<adId>` | [`MARKER_TTL_SECS`] |
+//! | `R ua:<adId>` | HyperLogLog | distinct click IPs, all time | as `ad:<adId>` |
+//! | `R ah:<d>:<adId>` | hash | `<k>:<h>` count in hour `<h>` of day `<d>` | 8 days after day `<d>` ends |
+//! | `R am:<h>:<adId>` | hash | `<k>:<m>` count in minute `<m>` | 2 h after hour `<h>` starts |
+//! | `R uh:<h>:<adId>` | HyperLogLog | distinct click IPs in hour `<h>` | 7 days after the hour |
+//! | `R um:<m>:<adId>` | HyperLogLog | distinct click IPs in minute `<m>` | 1 h after the minute |
+//! | `R cz` | sorted set | campaignId → plays | members: [`ALL_TIME_TTL`] after their last play; key: as long after any play |
+//! | `R cl` | sorted set | campaignId → last play (Unix s), to drop silent campaigns | as `cz` |
+//! | `R cs:<campaignId>` | sorted set | screenId → plays | as its campaign |
 //!
 //! The numeric bucket always comes before the id, so no two (id, bucket)
-//! pairs share a key even though ids may contain `:`. Keys that a window can no longer
-//! reach expire, so memory stays bounded by the live windows.
+//! pairs share a key even though ids may contain `:`.
+//!
+//! All-time figures of an ad (`ad:`, `ua:`) are updated only while their
+//! keys exist: a worker never creates them, because a key made from the
+//! events of one batch would hold a part of the count. When they are missing
+//! (never read, or expired), [`ad_analytics`] rebuilds them from a Postgres
+//! snapshot taken under the outbox lock, and records in `ax:<adId>` the
+//! batches that the snapshot already holds but that have not been applied
+//! yet, so their later application skips that key (see `rebuild`).
 //!
 //! One [`Ops`] builder serves both the workers (one unit per inserted event)
 //! and `reconcile` (counts from the Postgres rollups), so the two always
@@ -25,15 +36,19 @@
 
 mod analytics;
 pub mod epoch;
+mod rebuild;
 mod reconcile;
 
 pub use analytics::{
-    ad_analytics, campaign_screens, campaigns, AdAnalytics, CampaignPlays, ScreenPlays, Timeframe,
+    ad_analytics, campaign_screens, campaigns, AdAnalytics, CampaignPlays, Page, ScreenPlays,
+    Slice, Source, Timeframe,
 };
 pub use epoch::{last_reset, Epoch};
+pub use rebuild::{settle_campaigns, SETTLE_PER_CALL};
 pub use reconcile::{reconcile, ReconcileReport};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -128,6 +143,15 @@ pub(crate) fn code(kind: Kind) -> &'static str {
     }
 }
 
+/// How long all-time figures (an ad's `ad:`/`ua:` keys, a campaign's
+/// ranking entry and screens) live after their last update. Long enough that
+/// any ad or campaign still in use keeps them; an id nobody sends for this
+/// long leaves Redis, and a read rebuilds its figure from Postgres.
+pub const ALL_TIME_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Silent campaigns dropped from the ranking per counter application, so a
+/// cleanup never costs one script call more than this.
+const TRIM_PER_APPLY: usize = 100;
+
 /// Key names under one counter root (live or staging).
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -148,13 +172,19 @@ impl Layout {
             Layout::new(format!("{}t:{tenant}:", self.root))
         }
     }
-    pub(crate) fn ad(&self, ad: &str) -> String {
+    pub fn ad(&self, ad: &str) -> String {
         format!("{}ad:{ad}", self.root)
+    }
+    pub(crate) fn ad_excluded(&self, ad: &str) -> String {
+        format!("{}ax:{ad}", self.root)
+    }
+    pub(crate) fn ad_hours(&self, day: i64, ad: &str) -> String {
+        format!("{}ah:{day}:{ad}", self.root)
     }
     pub(crate) fn ad_minutes(&self, hour: i64, ad: &str) -> String {
         format!("{}am:{hour}:{ad}", self.root)
     }
-    pub(crate) fn uniques_all(&self, ad: &str) -> String {
+    pub fn uniques_all(&self, ad: &str) -> String {
         format!("{}ua:{ad}", self.root)
     }
     pub(crate) fn uniques_hour(&self, hour: i64, ad: &str) -> String {
@@ -163,17 +193,41 @@ impl Layout {
     pub(crate) fn uniques_minute(&self, minute: i64, ad: &str) -> String {
         format!("{}um:{minute}:{ad}", self.root)
     }
-    pub(crate) fn campaigns(&self) -> String {
-        format!("{}campaigns", self.root)
+    /// Campaign ranking: campaignId → plays.
+    pub fn campaigns(&self) -> String {
+        format!("{}cz", self.root)
     }
-    pub(crate) fn screens(&self, campaign: &str) -> String {
-        format!("{}screens:{campaign}", self.root)
+    /// campaignId → when it last played (Unix seconds).
+    pub(crate) fn campaigns_seen(&self) -> String {
+        format!("{}cl", self.root)
+    }
+    /// Campaigns that played while absent from the ranking: new, or dropped
+    /// after a silence; a rebuild from Postgres ranks them.
+    pub(crate) fn campaigns_pending(&self) -> String {
+        format!("{}cn", self.root)
+    }
+    fn screens_prefix(&self) -> String {
+        format!("{}cs:", self.root)
+    }
+    pub fn screens(&self, campaign: &str) -> String {
+        format!("{}cs:{campaign}", self.root)
+    }
+    fn campaign_excluded_prefix(&self) -> String {
+        format!("{}cx:", self.root)
+    }
+    pub(crate) fn campaign_excluded(&self, campaign: &str) -> String {
+        format!("{}cx:{campaign}", self.root)
     }
 }
 
 /// When the minute hash of hour `h` expires.
 fn minute_hash_expiry(hour: i64) -> i64 {
     (hour + 2) * HOUR
+}
+/// When the hour hash of day `d` expires: once the 7-day window, whose
+/// oldest hour is 167 hours back, has passed its last hour.
+fn hour_hash_expiry(day: i64) -> i64 {
+    (day + 1) * DAY + 7 * DAY
 }
 fn hour_hll_expiry(hour: i64) -> i64 {
     (hour + 1) * HOUR + 7 * DAY
@@ -182,36 +236,73 @@ fn minute_hll_expiry(minute: i64) -> i64 {
     (minute + 1) * MINUTE + HOUR
 }
 
+/// Who the updates are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A committed batch: all-time figures change only where they exist.
+    Batch,
+    /// `reconcile` writing a complete staging copy: every figure is written.
+    Rebuild,
+}
+
 /// A set of counter updates, merged so each key/field is touched once.
 #[derive(Debug)]
 pub struct Ops {
     layout: Layout,
+    mode: Mode,
     now: i64,
     incr: BTreeMap<(String, String), i64>,
+    /// All-time ad counts: (key, exclusion set, field) → n.
+    all_time: BTreeMap<(String, String, String), i64>,
+    /// Plays per (tenant layout root, campaign, screen or "").
+    plays: BTreeMap<(String, String, String), i64>,
     /// HyperLogLog members by the keys they all go to: the clicks of one ad
-    /// in one minute go to its all-time, hour and minute keys, so each IP is
-    /// sent once for the three.
+    /// in one minute go to its hour and minute keys, so each IP is sent once
+    /// for both.
     uniques: BTreeMap<Vec<String>, BTreeSet<String>>,
+    /// All-time unique-click keys (updated only where they exist).
+    uniques_all: BTreeMap<String, BTreeSet<String>>,
+    /// All-time keys whose TTL an update refreshes: an ad's counts and its
+    /// unique clicks live and expire together.
+    touch: BTreeSet<String>,
     expire: BTreeMap<String, i64>,
 }
 
 impl Ops {
     pub(crate) fn new(layout: Layout, now: DateTime<Utc>) -> Self {
+        Self::with_mode(layout, now, Mode::Batch)
+    }
+
+    pub(crate) fn with_mode(layout: Layout, now: DateTime<Utc>, mode: Mode) -> Self {
         Self {
             layout,
+            mode,
             now: now.timestamp(),
             incr: BTreeMap::new(),
+            all_time: BTreeMap::new(),
+            plays: BTreeMap::new(),
             uniques: BTreeMap::new(),
+            uniques_all: BTreeMap::new(),
+            touch: BTreeSet::new(),
             expire: BTreeMap::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.incr.is_empty() && self.uniques.is_empty()
+        self.incr.is_empty()
+            && self.all_time.is_empty()
+            && self.plays.is_empty()
+            && self.uniques.is_empty()
+            && self.uniques_all.is_empty()
     }
 
     fn hincr(&mut self, key: String, field: String, n: i64) {
         *self.incr.entry((key, field)).or_insert(0) += n;
+    }
+
+    fn all_time_incr(&mut self, layout: &Layout, ad: &str, field: String, n: i64) {
+        let key = (layout.ad(ad), layout.ad_excluded(ad), field);
+        *self.all_time.entry(key).or_insert(0) += n;
     }
 
     /// The updates for `events`. They are grouped by minute and dimensions
@@ -269,12 +360,28 @@ impl Ops {
         let k = code(kind);
         let ts = at.timestamp();
         let hour = ts.div_euclid(HOUR);
+        let day = ts.div_euclid(DAY);
         let minute = ts.div_euclid(MINUTE);
         let layout = self.layout.tenant(tenant);
         if let Some(ad) = ad {
-            let key = layout.ad(ad);
-            self.hincr(key.clone(), k.to_owned(), n);
-            self.hincr(key, format!("{k}:h:{hour}"), n);
+            self.all_time_incr(&layout, ad, k.to_owned(), n);
+            self.touch.insert(layout.ad(ad));
+            let uniques = layout.uniques_all(ad);
+            if self.mode == Mode::Rebuild {
+                // The copy has a unique-click key for every ad, empty for an
+                // ad without clicks, so a read finds both keys.
+                self.uniques_all.entry(uniques.clone()).or_default();
+            }
+            self.touch.insert(uniques);
+            if kind == Kind::Click {
+                self.all_time_incr(&layout, ad, format!("c:h:{hour}"), n);
+            }
+            let expiry = hour_hash_expiry(day);
+            if expiry > self.now {
+                let key = layout.ad_hours(day, ad);
+                self.hincr(key.clone(), format!("{k}:{hour}"), n);
+                self.expire.insert(key, expiry);
+            }
             let expiry = minute_hash_expiry(hour);
             if expiry > self.now {
                 let key = layout.ad_minutes(hour, ad);
@@ -284,18 +391,20 @@ impl Ops {
         }
         if kind == Kind::Play {
             if let Some(campaign) = campaign {
-                self.hincr(layout.campaigns(), campaign.to_owned(), n);
-                if let Some(screen) = screen {
-                    self.hincr(layout.screens(campaign), screen.to_owned(), n);
-                }
+                let entry = (
+                    layout.root.clone(),
+                    campaign.to_owned(),
+                    screen.unwrap_or_default().to_owned(),
+                );
+                *self.plays.entry(entry).or_insert(0) += n;
             }
         }
     }
 
     /// A click from `ip` on `ad`, for the all-time unique-click estimate.
     pub(crate) fn add_unique_all_time(&mut self, tenant: &str, ad: &str, ip: &str) {
-        self.uniques
-            .entry(vec![self.layout.tenant(tenant).uniques_all(ad)])
+        self.uniques_all
+            .entry(self.layout.tenant(tenant).uniques_all(ad))
             .or_default()
             .insert(ip.to_owned());
     }
@@ -312,7 +421,11 @@ impl Ops {
         let hour = ts.div_euclid(HOUR);
         let minute = ts.div_euclid(MINUTE);
         let layout = self.layout.tenant(tenant);
-        let mut keys = vec![layout.uniques_all(ad)];
+        self.uniques_all
+            .entry(layout.uniques_all(ad))
+            .or_default()
+            .extend(ips.iter().map(|ip| (*ip).to_owned()));
+        let mut keys = Vec::new();
         let expiry = hour_hll_expiry(hour);
         if expiry > self.now {
             let key = layout.uniques_hour(hour, ad);
@@ -325,24 +438,43 @@ impl Ops {
             self.expire.insert(key.clone(), expiry);
             keys.push(key);
         }
-        self.uniques
-            .entry(keys)
-            .or_default()
-            .extend(ips.iter().map(|ip| (*ip).to_owned()));
+        if !keys.is_empty() {
+            self.uniques
+                .entry(keys)
+                .or_default()
+                .extend(ips.iter().map(|ip| (*ip).to_owned()));
+        }
     }
 
     /// How many distinct updates are pending.
     pub(crate) fn len(&self) -> usize {
-        self.incr.len() + self.uniques.values().map(|m| m.len()).sum::<usize>()
+        self.incr.len()
+            + self.all_time.len()
+            + self.plays.len()
+            + self.uniques.values().map(|m| m.len()).sum::<usize>()
+            + self.uniques_all.values().map(|m| m.len()).sum::<usize>()
     }
 
-    /// Every key these updates write.
+    /// Every key these updates write (in rebuild mode: every key of the
+    /// complete copy).
     pub(crate) fn keys(&self) -> BTreeSet<String> {
-        self.incr
+        let mut keys: BTreeSet<String> = self
+            .incr
             .keys()
             .map(|(k, _)| k.clone())
+            .chain(self.all_time.keys().map(|(k, _, _)| k.clone()))
             .chain(self.uniques.keys().flatten().cloned())
-            .collect()
+            .chain(self.uniques_all.keys().cloned())
+            .collect();
+        for (root, campaign, screen) in self.plays.keys() {
+            let layout = Layout::new(root.clone());
+            keys.insert(layout.campaigns());
+            keys.insert(layout.campaigns_seen());
+            if !screen.is_empty() {
+                keys.insert(layout.screens(campaign));
+            }
+        }
+        keys
     }
 
     /// The updates as the flat argument list of [`APPLY`], in chunks of
@@ -359,8 +491,21 @@ impl Ops {
                 last.extend(args);
             }
         };
+        let ttl = ALL_TIME_TTL.as_secs().to_string();
+        let rebuild = self.mode == Mode::Rebuild;
         for ((key, field), n) in &self.incr {
             push(vec!["H".into(), key.clone(), field.clone(), n.to_string()]);
+        }
+        let mut refresh: BTreeSet<&String> = self.touch.iter().collect();
+        for ((key, excluded, field), n) in &self.all_time {
+            let op = if rebuild { "H" } else { "A" };
+            let mut args = vec![op.into(), key.clone()];
+            if !rebuild {
+                args.push(excluded.clone());
+            }
+            args.extend([field.clone(), n.to_string()]);
+            push(args);
+            refresh.insert(key);
         }
         for (keys, members) in &self.uniques {
             let members: Vec<&String> = members.iter().collect();
@@ -372,7 +517,96 @@ impl Ops {
                 push(args);
             }
         }
+        for (key, members) in &self.uniques_all {
+            let members: Vec<&String> = members.iter().collect();
+            let empty: [&String; 0] = [];
+            let parts: Vec<&[&String]> = if members.is_empty() {
+                vec![&empty]
+            } else {
+                members.chunks(1000).collect()
+            };
+            for part in parts {
+                let mut args = if rebuild {
+                    vec!["P".into(), "1".into(), key.clone()]
+                } else {
+                    vec!["U".into(), key.clone()]
+                };
+                args.push(part.len().to_string());
+                args.extend(part.iter().map(|m| (*m).clone()));
+                push(args);
+            }
+            refresh.insert(key);
+        }
+        let mut roots: BTreeSet<&String> = BTreeSet::new();
+        for ((root, campaign, screen), n) in &self.plays {
+            let layout = Layout::new(root.clone());
+            roots.insert(root);
+            let screens = layout.screens(campaign);
+            if rebuild {
+                push(vec![
+                    "Z".into(),
+                    layout.campaigns(),
+                    campaign.clone(),
+                    n.to_string(),
+                ]);
+                push(vec![
+                    "L".into(),
+                    layout.campaigns_seen(),
+                    campaign.clone(),
+                    self.now.to_string(),
+                ]);
+                if !screen.is_empty() {
+                    push(vec!["Z".into(), screens, screen.clone(), n.to_string()]);
+                }
+            } else {
+                push(vec![
+                    "G".into(),
+                    layout.campaigns(),
+                    layout.campaigns_seen(),
+                    layout.campaigns_pending(),
+                    screens,
+                    layout.campaign_excluded(campaign),
+                    campaign.clone(),
+                    screen.clone(),
+                    n.to_string(),
+                    self.now.to_string(),
+                    ttl.clone(),
+                ]);
+            }
+        }
+        for root in roots {
+            let layout = Layout::new(root.clone());
+            if rebuild {
+                for key in [layout.campaigns(), layout.campaigns_seen()] {
+                    push(vec!["T".into(), key, ttl.clone()]);
+                }
+            } else {
+                // Drop campaigns silent for ALL_TIME_TTL, a few per call.
+                push(vec![
+                    "C".into(),
+                    layout.campaigns(),
+                    layout.campaigns_seen(),
+                    layout.campaigns_pending(),
+                    layout.screens_prefix(),
+                    layout.campaign_excluded_prefix(),
+                    (self.now - ALL_TIME_TTL.as_secs() as i64).to_string(),
+                    TRIM_PER_APPLY.to_string(),
+                    ttl.clone(),
+                ]);
+            }
+        }
+        if rebuild {
+            for (root, campaign, screen) in self.plays.keys() {
+                if !screen.is_empty() {
+                    let key = Layout::new(root.clone()).screens(campaign);
+                    push(vec!["T".into(), key, ttl.clone()]);
+                }
+            }
+        }
         // Expiry last, so it applies to keys created above.
+        for key in refresh {
+            push(vec!["T".into(), key.clone(), ttl.clone()]);
+        }
         for (key, at) in &self.expire {
             push(vec!["X".into(), key.clone(), at.to_string()]);
         }
@@ -390,22 +624,42 @@ impl Ops {
 /// prefix, so the call is routed to (and stays in) the prefix's Cluster slot;
 /// which of the first two are used is said by the mode.
 /// ARGV: marker TTL, mode (`a` = delete the processing list, `m` = use the
-/// marker, `-` = neither), then ops: `H key field n` |
-/// `P nkeys key… count member…` (the members go to every key) |
-/// `X key unixtime`.
+/// marker, `-` = neither), batch id (`""` outside a batch), then ops:
+/// - `H key field n`: HINCRBY.
+/// - `A key excluded field n`: HINCRBY of an all-time ad count, only if the
+///   key exists and the batch is not in `excluded` (a rebuild counted it).
+/// - `P nkeys key… count member…`: PFADD of the members to every key.
+/// - `U key count member…`: PFADD to an all-time key, only if it exists.
+/// - `G ranking seen pending screens excluded campaign screen n now ttl`:
+///   plays of a ranked campaign (skipped when `excluded` holds the batch);
+///   a campaign absent from the ranking goes to `pending` instead.
+/// - `C ranking seen pending screensPrefix excludedPrefix cutoff limit ttl`:
+///   drops up to `limit` campaigns last seen before `cutoff` with their
+///   screens, prunes `pending`, and refreshes the campaign keys' TTL.
+/// - `Z key member n`: ZINCRBY. `L key member score`: ZADD.
+/// - `T key seconds`: EXPIRE, if the key exists. `X key unixtime`: EXPIREAT.
 const APPLY: &str = r"
 local mode = ARGV[2]
+local batch = ARGV[3]
 local function ack() if string.find(mode, 'a', 1, true) then redis.call('DEL', KEYS[1]) end end
 if string.find(mode, 'm', 1, true) then
   if redis.call('EXISTS', KEYS[3]) == 1 then ack() return 'paused' end
   if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then ack() return 'seen' end
 end
-local i = 3
+local function counted(excluded)
+  return batch ~= '' and redis.call('SISMEMBER', excluded, batch) == 1
+end
+local i = 4
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'H' then
     redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
     i = i + 4
+  elseif op == 'A' then
+    if redis.call('EXISTS', ARGV[i + 1]) == 1 and not counted(ARGV[i + 2]) then
+      redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 3], ARGV[i + 4])
+    end
+    i = i + 5
   elseif op == 'P' then
     local k = tonumber(ARGV[i + 1])
     local n = tonumber(ARGV[i + 2 + k])
@@ -413,6 +667,50 @@ while i <= #ARGV do
       redis.call('PFADD', ARGV[i + 1 + j], unpack(ARGV, i + 3 + k, i + 2 + k + n))
     end
     i = i + 3 + k + n
+  elseif op == 'U' then
+    local n = tonumber(ARGV[i + 2])
+    if redis.call('EXISTS', ARGV[i + 1]) == 1 then
+      redis.call('PFADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + n))
+    end
+    i = i + 3 + n
+  elseif op == 'G' then
+    local ranking, seen, pending, screens = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local campaign, screen, n, now, ttl = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10]
+    if redis.call('ZSCORE', ranking, campaign) then
+      if not counted(ARGV[i + 5]) then
+        redis.call('ZINCRBY', ranking, n, campaign)
+        if screen ~= '' then redis.call('ZINCRBY', screens, n, screen) end
+      end
+      -- The screens live as long as their campaign plays.
+      if redis.call('EXISTS', screens) == 1 then redis.call('EXPIRE', screens, ttl) end
+      redis.call('ZADD', seen, now, campaign)
+    else
+      redis.call('ZADD', pending, 'NX', now, campaign)
+    end
+    i = i + 11
+  elseif op == 'C' then
+    local ranking, seen, pending = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local cutoff, ttl = ARGV[i + 6], ARGV[i + 8]
+    local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[i + 7])
+    for _, c in ipairs(stale) do
+      redis.call('ZREM', ranking, c)
+      redis.call('ZREM', seen, c)
+      redis.call('DEL', ARGV[i + 4] .. c, ARGV[i + 5] .. c)
+    end
+    redis.call('ZREMRANGEBYSCORE', pending, '-inf', '(' .. cutoff)
+    for _, k in ipairs({ranking, seen, pending}) do
+      if redis.call('EXISTS', k) == 1 then redis.call('EXPIRE', k, ttl) end
+    end
+    i = i + 9
+  elseif op == 'Z' then
+    redis.call('ZINCRBY', ARGV[i + 1], ARGV[i + 3], ARGV[i + 2])
+    i = i + 4
+  elseif op == 'L' then
+    redis.call('ZADD', ARGV[i + 1], ARGV[i + 3], ARGV[i + 2])
+    i = i + 4
+  elseif op == 'T' then
+    if redis.call('EXISTS', ARGV[i + 1]) == 1 then redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 2]) end
+    i = i + 3
   elseif op == 'X' then
     redis.call('EXPIREAT', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
@@ -480,7 +778,11 @@ impl Counters {
         // The marker makes the whole update one unit, so it must be one
         // script call: a batch is at most a few thousand events.
         let mode = if processing.is_some() { "am" } else { "m" };
-        let mut args = vec![MARKER_TTL_SECS.to_string(), mode.to_owned()];
+        let mut args = vec![
+            MARKER_TTL_SECS.to_string(),
+            mode.to_owned(),
+            batch.to_string(),
+        ];
         for chunk in ops.to_arg_chunks(usize::MAX) {
             args.extend(chunk);
         }
@@ -574,17 +876,46 @@ mod tests {
             event(Kind::Play, "ad", "1.2.3.4", now),
         ];
         ops.add_events(events.iter().map(CountedEvent::view));
-        assert_eq!(ops.incr[&("{t}:c:ad:ad".to_string(), "c".to_string())], 3);
+        let all_time = (
+            "{t}:c:ad:ad".to_string(),
+            "{t}:c:ax:ad".to_string(),
+            "c".to_string(),
+        );
+        assert_eq!(ops.all_time[&all_time], 3);
         assert_eq!(
-            ops.incr[&("{t}:c:campaigns".to_string(), "camp".to_string())],
+            ops.plays[&("{t}:c:".to_string(), "camp".to_string(), "scr".to_string())],
             1
         );
-        // Both IPs go once to the all-time, hour and minute keys together.
+        // Both IPs go once to the hour and minute keys together, and once
+        // to the all-time key.
         let (keys, ips) = ops.uniques.iter().next().unwrap();
         assert_eq!(ops.uniques.len(), 1);
-        assert_eq!(keys.len(), 3);
-        assert_eq!(keys[0], "{t}:c:ua:ad");
+        assert_eq!(keys.len(), 2);
         assert_eq!(ips.len(), 2);
+        assert_eq!(ops.uniques_all["{t}:c:ua:ad"].len(), 2);
+    }
+
+    #[test]
+    fn batch_updates_never_create_all_time_keys_and_every_key_expires() {
+        let now = Utc::now();
+        let mut ops = Ops::new(Layout::new("{t}:c:".into()), now);
+        let events = [
+            event(Kind::Click, "ad", "1.2.3.4", now),
+            event(Kind::Play, "ad", "1.2.3.4", now),
+        ];
+        ops.add_events(events.iter().map(CountedEvent::view));
+        let args = ops.to_arg_chunks(usize::MAX).concat();
+        // All-time figures go through the conditional ops only.
+        for (i, a) in args.iter().enumerate() {
+            if a == "H" {
+                let key = &args[i + 1];
+                assert!(!key.contains(":ad:") && !key.contains(":cz"), "{key}");
+            }
+        }
+        // Every key a batch writes unconditionally gets an expiry.
+        for key in ops.incr.keys().map(|(k, _)| k) {
+            assert!(ops.expire.contains_key(key), "{key} never expires");
+        }
     }
 
     #[test]
@@ -598,7 +929,10 @@ mod tests {
         let chunks = ops.to_arg_chunks(40);
         assert!(chunks.len() > 1);
         for c in &chunks {
-            assert!(matches!(c[0].as_str(), "H" | "P" | "X"));
+            assert!(matches!(
+                c[0].as_str(),
+                "H" | "A" | "P" | "U" | "G" | "C" | "Z" | "L" | "T" | "X"
+            ));
         }
     }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Counters, Layout, Ops, HOUR};
+use super::{Counters, Layout, Mode, Ops, HOUR};
 use crate::domain::Kind;
 use crate::queue::Keys;
 
@@ -125,7 +125,7 @@ async fn rebuild(
         .await
         .context("locking the counter outbox")?;
 
-    let mut ops = Ops::new(staging.clone(), now);
+    let mut ops = Ops::with_mode(staging.clone(), now, Mode::Rebuild);
     {
         type Row = (String, String, String, String, String, DateTime<Utc>, i64);
         let mut rows = sqlx::query_as::<_, Row>(
@@ -255,7 +255,7 @@ async fn flush(
     }
     written.extend(ops.keys());
     for chunk in ops.to_arg_chunks(10_000) {
-        let mut args = vec!["0".to_string(), "-".to_string()];
+        let mut args = vec!["0".to_string(), "-".to_string(), String::new()];
         args.extend(chunk);
         // No processing list and no marker: the keys only route the call.
         let anchor = staging.campaigns();
@@ -268,7 +268,7 @@ async fn flush(
             .await
             .context("writing staged counters")?;
     }
-    *ops = Ops::new(staging.clone(), now);
+    *ops = Ops::with_mode(staging.clone(), now, Mode::Rebuild);
     Ok(())
 }
 

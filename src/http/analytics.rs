@@ -74,11 +74,23 @@ pub async fn ad_analytics(
         .ok_or_else(|| ApiError::invalid_field("adId is required"))?;
     let ad = ident_param(ad, "adId")?;
     let timeframe = timeframe_param(&q)?;
-    let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
+    let tenant = super::tenant_of(&req, &state).await?;
+    let layout = state.layout.tenant(&tenant);
     let mut conn = state.redis.clone();
-    let result = counters::ad_analytics(&mut conn, &layout, ad.as_str(), timeframe, Utc::now())
-        .await
-        .map_err(ApiError::dependency)?;
+    let source = counters::Source {
+        pool: &state.pool,
+        tenant: &tenant,
+    };
+    let result = counters::ad_analytics(
+        &mut conn,
+        source,
+        &layout,
+        ad.as_str(),
+        timeframe,
+        Utc::now(),
+    )
+    .await
+    .map_err(ApiError::dependency)?;
     Ok(HttpResponse::Ok().json(result))
 }
 
@@ -100,13 +112,90 @@ pub async fn ads(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(ads))
 }
 
-/// Plays and distinct screens per campaign.
+/// Entries a ranked listing returns unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: u64 = 100;
+/// The most entries one page may hold.
+pub const MAX_LIMIT: u64 = 1000;
+/// The largest cursor accepted (an offset into the ranking).
+const MAX_CURSOR: u64 = 1_000_000_000;
+
+/// `limit` (1..=1000, default 100) and `cursor` (the `X-Next-Cursor` of the
+/// previous page: an offset into the ranking, default 0).
+fn slice_param(q: &HashMap<String, String>) -> Result<counters::Slice, ApiError> {
+    let limit = match q.get("limit").map(String::as_str) {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+            })?,
+    };
+    let offset = match q.get("cursor").map(String::as_str) {
+        None | Some("") => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= MAX_CURSOR)
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "cursor must be the X-Next-Cursor header of a previous page",
+                )
+            })?,
+    };
+    Ok(counters::Slice { offset, limit })
+}
+
+/// A page as the SPEC's array, with the ranking's size in `X-Total-Count`
+/// and, when more follow, their cursor in `X-Next-Cursor` and a `Link`.
+fn paged<T: serde::Serialize>(
+    path: &str,
+    slice: counters::Slice,
+    page: counters::Page<T>,
+) -> HttpResponse {
+    let mut res = HttpResponse::Ok();
+    res.insert_header(("X-Total-Count", page.total.to_string()));
+    let next = slice.offset + page.items.len() as u64;
+    if !page.items.is_empty() && next < page.total {
+        res.insert_header(("X-Next-Cursor", next.to_string()));
+        res.insert_header((
+            "Link",
+            format!("<{path}?limit={}&cursor={next}>; rel=\"next\"", slice.limit),
+        ));
+    }
+    res.json(page.items)
+}
+
+/// Ranks campaigns that played while unranked (bounded per call), so a
+/// listing shows them; a busy outbox lock leaves them for the next read.
+pub(crate) async fn settle(
+    state: &AppState,
+    conn: &mut redis::aio::ConnectionManager,
+    layout: &counters::Layout,
+    tenant: &str,
+) -> anyhow::Result<()> {
+    counters::settle_campaigns(&state.pool, conn, layout, tenant)
+        .await
+        .map(|_| ())
+}
+
+/// Plays and distinct screens per campaign, most plays first.
 #[utoipa::path(
     get,
     path = "/campaigns",
     tag = "analytics",
+    params(
+        ("limit" = Option<u64>, Query, description = "Entries per page, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "The X-Next-Cursor header of the previous page", pattern = "^[0-9]{0,10}$"),
+    ),
     responses(
-        (status = 200, description = "Campaigns, with the catalogue's campaigns listed even without plays", body = Vec<CampaignPlays>),
+        (status = 200, description = "One page of the campaigns by plays, most first; the catalogue's campaigns follow even without plays", body = Vec<CampaignPlays>,
+            headers(
+                ("X-Total-Count" = u64, description = "How many campaigns there are in all"),
+                ("X-Next-Cursor" = String, description = "Present when more follow: the cursor of the next page"),
+                ("Link" = String, description = "Present when more follow: the next page, rel=\"next\""),
+            )),
         ReadErrors
     )
 )]
@@ -114,7 +203,10 @@ pub async fn campaigns(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
+    let q = query_map(&req)?;
+    let slice = slice_param(&q)?;
+    let tenant = super::tenant_of(&req, &state).await?;
+    let layout = state.layout.tenant(&tenant);
     let known: Vec<String> = store::catalogue(&state.pool)
         .await
         .map_err(ApiError::dependency)?
@@ -122,10 +214,16 @@ pub async fn campaigns(
         .map(|a| a.campaign_id)
         .collect();
     let mut conn = state.redis.clone();
-    let list = counters::campaigns(&mut conn, &layout, known)
+    {
+        let _gate = state.settle_gate.lock().await;
+        settle(&state, &mut conn, &layout, &tenant)
+            .await
+            .map_err(ApiError::dependency)?;
+    }
+    let page = counters::campaigns(&mut conn, &layout, known, slice)
         .await
         .map_err(ApiError::dependency)?;
-    Ok(HttpResponse::Ok().json(list))
+    Ok(paged("/campaigns", slice, page))
 }
 
 /// Plays per screen of one campaign, most plays first.
@@ -133,9 +231,18 @@ pub async fn campaigns(
     get,
     path = "/campaigns/{id}/screens",
     tag = "analytics",
-    params(("id" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    params(
+        ("id" = String, Path, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,64}$"),
+        ("limit" = Option<u64>, Query, description = "Entries per page, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "The X-Next-Cursor header of the previous page", pattern = "^[0-9]{0,10}$"),
+    ),
     responses(
-        (status = 200, description = "The campaign's screens", body = Vec<ScreenPlays>),
+        (status = 200, description = "One page of the campaign's screens", body = Vec<ScreenPlays>,
+            headers(
+                ("X-Total-Count" = u64, description = "How many screens the campaign has"),
+                ("X-Next-Cursor" = String, description = "Present when more follow: the cursor of the next page"),
+                ("Link" = String, description = "Present when more follow: the next page, rel=\"next\""),
+            )),
         ReadErrors
     )
 )]
@@ -144,11 +251,21 @@ pub async fn campaign_screens(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let layout = state.layout.tenant(&super::tenant_of(&req, &state).await?);
+    let q = query_map(&req)?;
+    let slice = slice_param(&q)?;
+    let tenant = super::tenant_of(&req, &state).await?;
+    let layout = state.layout.tenant(&tenant);
     let campaign = ident_param(&path.into_inner(), "campaignId")?;
     let mut conn = state.redis.clone();
-    let list = counters::campaign_screens(&mut conn, &layout, campaign.as_str())
+    {
+        let _gate = state.settle_gate.lock().await;
+        settle(&state, &mut conn, &layout, &tenant)
+            .await
+            .map_err(ApiError::dependency)?;
+    }
+    let page = counters::campaign_screens(&mut conn, &layout, campaign.as_str(), slice)
         .await
         .map_err(ApiError::dependency)?;
-    Ok(HttpResponse::Ok().json(list))
+    let path = format!("/campaigns/{}/screens", campaign.as_str());
+    Ok(paged(&path, slice, page))
 }

@@ -1,8 +1,19 @@
 //! `GET /live`: server-sent events for the UI. About once a second it sends
 //! `pipeline` (queue overview and running totals), `analytics` (for the
-//! `adId`/`timeframe` asked for) and `campaigns`. The stream ends when the
-//! client goes away or the server shuts down.
+//! `adId`/`timeframe` asked for, when it changed) and `campaigns` (the
+//! entries of the top [`LIVE_CAMPAIGNS`] by plays that changed since the
+//! stream's previous tick; the first tick sends them all). The stream ends
+//! when the client goes away or the server shuts down.
+//!
+//! Bounds: a tick is at most one `pipeline`, one `analytics` and
+//! [`LIVE_CAMPAIGNS`] campaign entries (about 12 KiB with 64-character ids),
+//! however many campaigns exist; a stream remembers at most
+//! [`LIVE_CAMPAIGNS`] entries; and at most `LIVE_MAX_STREAMS` (default 200)
+//! streams are open per process: past that, 503 with `Retry-After`.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -18,9 +29,48 @@ use crate::fault::Fault;
 use crate::store;
 
 const PERIOD: Duration = Duration::from_secs(1);
+/// Campaigns a tick looks at (the top by plays) and at most sends.
+pub const LIVE_CAMPAIGNS: u64 = 100;
+/// Ticks between two reads of the catalogue (whose campaigns are listed
+/// even without plays).
+const CATALOGUE_EVERY: u64 = 60;
+/// How long a client refused for the stream cap should wait.
+const FULL_RETRY_AFTER_SECS: u64 = 5;
+
+/// One open stream's place under `LIVE_MAX_STREAMS`; freed when the stream
+/// is dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        let taken = open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a stream remembers between ticks, to send only changes.
+#[derive(Default)]
+struct Sent {
+    ticks: u64,
+    known: Vec<String>,
+    analytics: Option<String>,
+    campaigns: HashMap<String, (u64, u64)>,
+}
 
 /// Server-sent events for dashboards, about once a second: `pipeline`,
-/// `analytics` (for `adId`/`timeframe`) and `campaigns`.
+/// `analytics` (for `adId`/`timeframe`, when it changed) and `campaigns`
+/// (entries of the top 100 that changed since the previous tick; merge them
+/// by `campaignId`).
 #[utoipa::path(
     get,
     path = "/live",
@@ -34,6 +84,7 @@ const PERIOD: Duration = Duration::from_secs(1);
         (status = 200, description = "An endless text/event-stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "An invalid query parameter", body = super::openapi::ErrorBody),
         (status = 401, description = "TENANTS=on and no valid key", body = super::openapi::ErrorBody),
+        (status = 503, description = "LIVE_MAX_STREAMS streams are open; retry after Retry-After seconds", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -45,12 +96,23 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let timeframe = timeframe_param(&q)?;
     let tenant = super::tenant_of(&req, &state).await?;
     let key = super::api_key(&req)?;
-    let stream = futures_util::stream::unfold((state, true), move |(state, first)| {
+    let slot =
+        Slot::take(&state.live_streams, state.settings.live_max_streams).ok_or_else(|| {
+            ApiError::Unavailable {
+                message: format!(
+                    "{} live streams are open, the most this server keeps; try again later",
+                    state.settings.live_max_streams
+                ),
+                retry_after_secs: FULL_RETRY_AFTER_SECS,
+            }
+        })?;
+    let start = (state, slot, Sent::default());
+    let stream = futures_util::stream::unfold(start, move |(state, slot, mut sent)| {
         let ad = ad.clone();
         let tenant = tenant.clone();
         let key = key.clone();
         async move {
-            if !first {
+            if sent.ticks > 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(PERIOD) => {}
                     _ = state.shutdown.cancelled() => return None,
@@ -59,10 +121,11 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                     return None;
                 }
             }
-            let chunk = frame(&state, &tenant, ad.as_ref(), timeframe).await;
+            let chunk = frame(&state, &tenant, ad.as_ref(), timeframe, &mut sent).await;
+            sent.ticks += 1;
             Some((
                 Ok::<_, actix_web::Error>(Bytes::from(chunk)),
-                (state, false),
+                (state, slot, sent),
             ))
         }
     });
@@ -86,7 +149,13 @@ async fn still_valid(state: &AppState, key: &str) -> bool {
 /// One round of events. A part whose source fails is left out of this
 /// round and logged with its cause (a comment line keeps the connection
 /// alive when nothing could be sent).
-async fn frame(state: &AppState, tenant: &str, ad: Option<&Ident>, timeframe: Timeframe) -> String {
+async fn frame(
+    state: &AppState,
+    tenant: &str,
+    ad: Option<&Ident>,
+    timeframe: Timeframe,
+    sent: &mut Sent,
+) -> String {
     let mut out = String::new();
     let mut conn = state.redis.clone();
     let layout = state.layout.tenant(tenant);
@@ -99,19 +168,64 @@ async fn frame(state: &AppState, tenant: &str, ad: Option<&Ident>, timeframe: Ti
         }
     }
     if let Some(ad) = ad {
-        let read = counters::ad_analytics(&mut conn, &layout, ad.as_str(), timeframe, Utc::now());
+        let source = counters::Source {
+            pool: &state.pool,
+            tenant,
+        };
+        let read = counters::ad_analytics(
+            &mut conn,
+            source,
+            &layout,
+            ad.as_str(),
+            timeframe,
+            Utc::now(),
+        );
         if let Some(a) = logged("analytics", read.await) {
-            push_json(&mut out, "analytics", &a);
+            match serde_json::to_string(&a) {
+                Ok(text) if sent.analytics.as_deref() != Some(text.as_str()) => {
+                    push_event(&mut out, "analytics", &text);
+                    sent.analytics = Some(text);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(part = "analytics", error = %e, "encoding a live stream part failed")
+                }
+            }
         }
     }
-    if let Some(ads) = logged("campaigns", store::catalogue(&state.pool).await) {
-        let known: Vec<String> = ads.into_iter().map(|a| a.campaign_id).collect();
-        if let Some(list) = logged(
-            "campaigns",
-            counters::campaigns(&mut conn, &layout, known).await,
-        ) {
-            push_json(&mut out, "campaigns", &list);
+    if sent.ticks.is_multiple_of(CATALOGUE_EVERY) {
+        if let Some(ads) = logged("campaigns", store::catalogue(&state.pool).await) {
+            sent.known = ads.into_iter().map(|a| a.campaign_id).collect();
         }
+    }
+    // One settling at a time per process; the others read what is ranked.
+    if let Ok(_gate) = state.settle_gate.try_lock() {
+        logged(
+            "campaigns",
+            super::analytics::settle(state, &mut conn, &layout, tenant).await,
+        );
+    }
+    let top = counters::Slice {
+        offset: 0,
+        limit: LIVE_CAMPAIGNS,
+    };
+    if let Some(page) = logged(
+        "campaigns",
+        counters::campaigns(&mut conn, &layout, sent.known.iter().cloned(), top).await,
+    ) {
+        let changed: Vec<&counters::CampaignPlays> = page
+            .items
+            .iter()
+            .filter(|c| sent.campaigns.get(&c.campaign_id) != Some(&(c.plays, c.screens)))
+            .collect();
+        if !changed.is_empty() || sent.ticks == 0 {
+            push_json(&mut out, "campaigns", &changed);
+        }
+        sent.campaigns = page
+            .items
+            .iter()
+            .map(|c| (c.campaign_id.clone(), (c.plays, c.screens)))
+            .collect();
     }
     if out.is_empty() {
         out.push_str(": waiting for redis and postgres\n\n");

@@ -53,6 +53,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown; ends long-lived streams.
     pub shutdown: CancellationToken,
+    /// `/live` streams open now (at most `LIVE_MAX_STREAMS`).
+    pub live_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// One ranking of pending campaigns at a time in this process.
+    pub settle_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The tenant of a request: `""` with tenants off; with `TENANTS=on` the

@@ -4,6 +4,7 @@
 
 mod admin;
 mod analytics;
+mod bounds;
 mod deploy;
 mod edge;
 mod faults;

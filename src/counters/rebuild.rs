@@ -1,0 +1,361 @@
+//! Rebuilding one ad's all-time figures, or the ranking entries of new
+//! campaigns, from Postgres when their Redis keys are missing.
+//!
+//! Workers never create an all-time key (`ad:`, `ua:`) or a ranking entry
+//! (`cz`): one batch knows only its own events. A read that finds them
+//! missing rebuilds them here, exactly, while workers keep committing:
+//! 1. In one REPEATABLE READ transaction, take the `counter_outbox` table
+//!    lock (as `reconcile` does). It waits for every worker that claimed an
+//!    outbox row to apply and commit, and holds back new batches (their
+//!    commit writes an outbox row) and new claims until this transaction
+//!    ends. So while it is held no counter application runs at all.
+//! 2. Read the figures from that snapshot: the rollups (`rollup_hour` for
+//!    counts, `rollup_minute` for screens) and the raw clicks' IPs (raw
+//!    events older than `EVENT_RETENTION` are gone, so after a rebuild the
+//!    all-time unique count covers the retained clicks only), plus the ids
+//!    of the outbox rows: batches the snapshot holds whose counter update
+//!    has not run yet.
+//! 3. Write the keys, and put those batch ids in the key's exclusion set
+//!    (`ax:<ad>`, `cx:<campaign>`), which the counter script consults: when
+//!    those batches are applied after the lock is released, they skip the
+//!    rebuilt figure that already holds them. Batches committed later are
+//!    not in the snapshot and count normally.
+//! 4. Commit, releasing the lock.
+//!
+//! A crash after 3 and before 4 leaves keys that equal the snapshot and
+//! exclusions for batches still in the outbox: the same state as a commit.
+//! A crash before 3 leaves nothing. The lock is waited for at most
+//! [`LOCK_WAIT`]; an ad whose rebuild cannot get it is answered from
+//! Postgres without caching. An id with nothing in Postgres costs one
+//! indexed lookup and creates no state. With more than [`MAX_PENDING`]
+//! outbox rows (counters lagging behind an outage) nothing is cached either.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::{code, Layout, ALL_TIME_TTL, HOUR, MARKER_TTL_SECS};
+use crate::domain::Kind;
+
+/// How long a rebuild waits for the outbox lock.
+const LOCK_WAIT: &str = "250ms";
+/// Outbox rows past which a rebuild does not cache (its exclusion sets
+/// would grow with the backlog).
+const MAX_PENDING: i64 = 1000;
+/// Pending campaigns ranked per rebuild.
+pub const SETTLE_PER_CALL: usize = 1000;
+
+/// An ad's all-time figures.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct AllTime {
+    pub counts: [u64; 4],
+    pub hourly_clicks: BTreeMap<i64, u64>,
+    pub uniques: u64,
+}
+
+/// Sets an ad's all-time keys. KEYS: counts hash, exclusion set, unique
+/// HyperLogLog. ARGV: TTL, exclusion TTL, field count, (field, value)…,
+/// batch ids… The IPs follow in `PFADD` calls while the lock still holds.
+const WRITE_AD: &str = r"
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local n = tonumber(ARGV[3])
+local i = 4
+-- Every kind's field is written, zeros too, so the hash always exists.
+redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
+i = i + 2 * n
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if i <= #ARGV then
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, #ARGV))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+redis.call('PFADD', KEYS[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return 1
+";
+
+/// Ranks one campaign. KEYS: ranking, last-seen, pending, screens,
+/// exclusion set. ARGV: campaign, plays, now, TTL, exclusion TTL, screen
+/// count, (plays, screen)…, batch ids…
+const WRITE_CAMPAIGN: &str = r"
+local c = ARGV[1]
+redis.call('ZREM', KEYS[3], c)
+redis.call('DEL', KEYS[4], KEYS[5])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[2], c)
+  redis.call('ZADD', KEYS[2], ARGV[3], c)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+local n = tonumber(ARGV[6])
+local i = 7
+if n > 0 then
+  redis.call('ZADD', KEYS[4], unpack(ARGV, i, i + 2 * n - 1))
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
+i = i + 2 * n
+if i <= #ARGV then
+  redis.call('SADD', KEYS[5], unpack(ARGV, i, #ARGV))
+  redis.call('EXPIRE', KEYS[5], ARGV[5])
+end
+return 1
+";
+
+type HourRow = (String, DateTime<Utc>, i64);
+
+async fn ad_rollups<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    tenant: &str,
+    ad: &str,
+) -> anyhow::Result<Vec<HourRow>> {
+    sqlx::query_as(
+        "SELECT kind, bucket, sum(events)::bigint FROM rollup_hour
+         WHERE tenant_id = $1 AND ad_id = $2 GROUP BY 1, 2",
+    )
+    .bind(tenant)
+    .bind(ad)
+    .fetch_all(ex)
+    .await
+    .context("reading an ad's rollups")
+}
+
+fn figures(rows: &[HourRow]) -> AllTime {
+    let mut out = AllTime::default();
+    for (kind, bucket, n) in rows {
+        let Some(kind) = Kind::parse(kind) else {
+            continue;
+        };
+        let n = (*n).max(0) as u64;
+        out.counts[kind as usize] += n;
+        if kind == Kind::Click && n > 0 {
+            *out.hourly_clicks
+                .entry(bucket.timestamp().div_euclid(HOUR))
+                .or_insert(0) += n;
+        }
+    }
+    out
+}
+
+/// The clicks' distinct IPs, as `reconcile` reads them.
+const CLICK_IPS: &str = "SELECT DISTINCT host(ip) FROM events
+     WHERE tenant_id = $1 AND ad_id = $2 AND kind = 'click' AND ip IS NOT NULL";
+
+/// Starts the locked snapshot; `None` when the lock was not free in time.
+async fn locked_snapshot(pool: &PgPool) -> anyhow::Result<Option<Transaction<'static, Postgres>>> {
+    let mut tx = pool.begin().await.context("starting a rebuild")?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await
+        .context("setting the isolation level")?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+        .execute(&mut *tx)
+        .await
+        .context("bounding the lock wait")?;
+    match sqlx::query("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => Ok(Some(tx)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(None),
+        Err(e) => Err(e).context("locking the counter outbox"),
+    }
+}
+
+/// Batches committed in the snapshot whose counter update has not run;
+/// `None` when there are more than [`MAX_PENDING`].
+async fn pending_batches(
+    tx: &mut Transaction<'static, Postgres>,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT batch_id FROM counter_outbox LIMIT $1")
+        .bind(MAX_PENDING + 1)
+        .fetch_all(&mut **tx)
+        .await
+        .context("reading the counter outbox")?;
+    if ids.len() as i64 > MAX_PENDING {
+        return Ok(None);
+    }
+    Ok(Some(ids.into_iter().map(|(b,)| b.to_string()).collect()))
+}
+
+/// The all-time figures of `ad`, rebuilt into Redis when that can be done
+/// exactly (see the module comment).
+pub(crate) async fn rebuild_ad(
+    pool: &PgPool,
+    conn: &mut ConnectionManager,
+    layout: &Layout,
+    tenant: &str,
+    ad: &str,
+) -> anyhow::Result<AllTime> {
+    // An id Postgres has never seen: zeros, and no state anywhere.
+    let rows = ad_rollups(pool, tenant, ad).await?;
+    if rows.is_empty() {
+        return Ok(AllTime::default());
+    }
+    let Some(mut tx) = locked_snapshot(pool).await? else {
+        return uncached(pool, tenant, ad, &rows).await;
+    };
+    let rows = ad_rollups(&mut *tx, tenant, ad).await?;
+    let ips: Vec<(String,)> = sqlx::query_as(CLICK_IPS)
+        .bind(tenant)
+        .bind(ad)
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading an ad's click IPs")?;
+    let Some(batches) = pending_batches(&mut tx).await? else {
+        drop(tx);
+        return uncached(pool, tenant, ad, &rows).await;
+    };
+    let mut all = figures(&rows);
+    all.uniques = ips.len() as u64;
+
+    let mut args: Vec<String> = vec![
+        ALL_TIME_TTL.as_secs().to_string(),
+        MARKER_TTL_SECS.to_string(),
+    ];
+    let mut fields: Vec<(String, u64)> = Kind::ALL
+        .into_iter()
+        .map(|k| (code(k).to_owned(), all.counts[k as usize]))
+        .collect();
+    fields.extend(
+        all.hourly_clicks
+            .iter()
+            .map(|(h, n)| (format!("{}:h:{h}", code(Kind::Click)), *n)),
+    );
+    args.push(fields.len().to_string());
+    for (f, n) in fields {
+        args.push(f);
+        args.push(n.to_string());
+    }
+    args.extend(batches);
+    let uniques_key = layout.uniques_all(ad);
+    redis::Script::new(WRITE_AD)
+        .key(layout.ad(ad))
+        .key(layout.ad_excluded(ad))
+        .key(&uniques_key)
+        .arg(args)
+        .invoke_async::<i64>(conn)
+        .await
+        .context("writing rebuilt ad counters")?;
+    for part in ips.chunks(1000) {
+        let members: Vec<&str> = part.iter().map(|(ip,)| ip.as_str()).collect();
+        redis::cmd("PFADD")
+            .arg(&uniques_key)
+            .arg(members)
+            .query_async::<i64>(conn)
+            .await
+            .context("writing rebuilt unique clicks")?;
+    }
+    // Answer what later reads of the key will answer (an estimate).
+    all.uniques = redis::cmd("PFCOUNT")
+        .arg(&uniques_key)
+        .query_async(conn)
+        .await
+        .context("counting rebuilt unique clicks")?;
+    tx.commit().await.context("ending the ad rebuild")?;
+    Ok(all)
+}
+
+/// Figures straight from Postgres, cached nowhere.
+async fn uncached(
+    pool: &PgPool,
+    tenant: &str,
+    ad: &str,
+    rows: &[HourRow],
+) -> anyhow::Result<AllTime> {
+    let mut all = figures(rows);
+    let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM ({CLICK_IPS}) ips"))
+        .bind(tenant)
+        .bind(ad)
+        .fetch_one(pool)
+        .await
+        .context("counting an ad's click IPs")?;
+    all.uniques = n.max(0) as u64;
+    Ok(all)
+}
+
+/// Ranks up to [`SETTLE_PER_CALL`] campaigns that played while absent from
+/// the ranking (new ones, or ones dropped after [`ALL_TIME_TTL`] of silence),
+/// from a locked snapshot as above. Returns how many were ranked; 0 when the
+/// lock was busy (the next read tries again).
+pub async fn settle_campaigns(
+    pool: &PgPool,
+    conn: &mut ConnectionManager,
+    layout: &Layout,
+    tenant: &str,
+) -> anyhow::Result<usize> {
+    let pending: Vec<String> = redis::cmd("ZRANGE")
+        .arg(layout.campaigns_pending())
+        .arg(0)
+        .arg(SETTLE_PER_CALL - 1)
+        .query_async(conn)
+        .await
+        .context("reading pending campaigns")?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let Some(mut tx) = locked_snapshot(pool).await? else {
+        return Ok(0);
+    };
+    let totals: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT campaign_id, sum(events)::bigint FROM rollup_hour
+         WHERE tenant_id = $1 AND campaign_id = ANY($2) AND kind = 'play' GROUP BY 1",
+    )
+    .bind(tenant)
+    .bind(&pending)
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading campaign plays")?;
+    let screens: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT campaign_id, screen_id, sum(events)::bigint FROM rollup_minute
+         WHERE tenant_id = $1 AND campaign_id = ANY($2) AND kind = 'play' AND screen_id <> ''
+         GROUP BY 1, 2",
+    )
+    .bind(tenant)
+    .bind(&pending)
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading campaign screens")?;
+    let Some(batches) = pending_batches(&mut tx).await? else {
+        return Ok(0);
+    };
+    let totals: BTreeMap<String, i64> = totals.into_iter().collect();
+    let mut per_campaign: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
+    for (c, s, n) in &screens {
+        per_campaign.entry(c).or_default().push((*n, s));
+    }
+    let script = redis::Script::new(WRITE_CAMPAIGN);
+    let now = Utc::now().timestamp().to_string();
+    for c in &pending {
+        let mut args: Vec<String> = vec![
+            c.clone(),
+            totals.get(c).copied().unwrap_or(0).to_string(),
+            now.clone(),
+            ALL_TIME_TTL.as_secs().to_string(),
+            MARKER_TTL_SECS.to_string(),
+        ];
+        let list = per_campaign
+            .get(c.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        args.push(list.len().to_string());
+        for (n, s) in list {
+            args.push(n.to_string());
+            args.push((*s).to_owned());
+        }
+        args.extend(batches.iter().cloned());
+        script
+            .key(layout.campaigns())
+            .key(layout.campaigns_seen())
+            .key(layout.campaigns_pending())
+            .key(layout.screens(c))
+            .key(layout.campaign_excluded(c))
+            .arg(args)
+            .invoke_async::<i64>(conn)
+            .await
+            .context("ranking a campaign")?;
+    }
+    tx.commit().await.context("ending the campaign rebuild")?;
+    Ok(pending.len())
+}
