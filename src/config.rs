@@ -313,6 +313,7 @@ pub const VARIABLES: &[&str] = &[
     "EVENT_RETENTION",
     "REPORT_POOL_SIZE",
     "REPORT_TIMEOUT",
+    "LIVE_MAX_STREAMS",
     "SEED_CATALOGUE",
     "RUST_LOG",
     "LOG_FORMAT",

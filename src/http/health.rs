@@ -9,6 +9,8 @@ use super::AppState;
 use crate::fault::{Cause, Fault};
 use crate::store;
 
+/// A dependency that does not answer a probe within this is `down` for
+/// readiness, whether its connection was refused or it hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// 200 while the process lives.
@@ -64,7 +66,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 async fn postgres_state(state: &AppState) -> Result<(), Cause> {
     let check = store::health::probe_writes(&state.pool);
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Err(_) => Err(Cause::Timeout),
+        Err(_) => Err(Cause::Down),
         Ok(Err(e)) => Err(cause_of(e)),
         Ok(Ok(p)) if p.read_only => Err(Cause::ReadOnly),
         Ok(Ok(p)) if !p.tables_present => Err(Cause::Schema),
@@ -85,7 +87,7 @@ async fn redis_state(state: &AppState) -> Result<(), Cause> {
         .arg(10_000);
     let check = probe.query_async::<()>(&mut conn);
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Err(_) => Err(Cause::Timeout),
+        Err(_) => Err(Cause::Down),
         Ok(Err(e)) => Err(cause_of(e.into())),
         Ok(Ok(())) => Ok(()),
     }
