@@ -21,6 +21,9 @@ pub struct Settings {
     pub host: IpAddr,
     pub port: u16,
     pub database_url: String,
+    /// `CORS_ORIGINS`: `None` for `*` (any origin may send events; reads
+    /// and admin stay same-origin), else the origins allowed everywhere.
+    pub cors_origins: Option<Vec<String>>,
     pub redis_url: String,
     pub redis_prefix: String,
     pub worker_count: usize,
@@ -74,6 +77,7 @@ impl Default for Settings {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 8080,
             database_url: "postgres://postgres@127.0.0.1:5432/adtrack".into(),
+            cors_origins: None,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "adtrack".into(),
             worker_count: 4,
@@ -131,6 +135,9 @@ impl Settings {
         }
         if let Some(v) = get("DATABASE_URL") {
             s.database_url = v;
+        }
+        if let Some(v) = get("CORS_ORIGINS") {
+            s.cors_origins = parse_origins(&v)?;
         }
         if let Some(v) = get("REDIS_URL") {
             s.redis_url = v;
@@ -294,6 +301,7 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "REDIS_URL",
     "REDIS_PREFIX",
+    "CORS_ORIGINS",
     "WORKER_COUNT",
     "BATCH_SIZE",
     "MAX_ATTEMPTS",
@@ -327,6 +335,32 @@ pub fn long_help() -> String {
          defaults.",
         VARIABLES.join(", ")
     )
+}
+
+/// `*`, or a comma-separated list of origins (`scheme://host[:port]`, no
+/// path): what a browser sends in `Origin`.
+fn parse_origins(value: &str) -> anyhow::Result<Option<Vec<String>>> {
+    if value.trim() == "*" {
+        return Ok(None);
+    }
+    let mut origins = Vec::new();
+    for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains('/') && origin.is_ascii() => {
+                origins.push(origin.to_ascii_lowercase())
+            }
+            _ => bail!(
+                "CORS_ORIGINS: {origin:?} is not an origin such as https://news.example (scheme and host, no path), nor *"
+            ),
+        }
+    }
+    if origins.is_empty() {
+        bail!("CORS_ORIGINS: name at least one origin, or * for any");
+    }
+    Ok(Some(origins))
 }
 
 /// A Postgres URL with its scheme and a database name: without the scheme,

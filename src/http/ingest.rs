@@ -434,10 +434,55 @@ async fn read_body(
         }
         Ok(first.unwrap_or_else(|| joined.freeze()))
     };
-    tokio::time::timeout(deadline, read).await.map_err(|_| {
+    let raw = tokio::time::timeout(deadline, read).await.map_err(|_| {
         ApiError::RequestTimeout(format!(
             "the request body did not arrive within {} s",
             deadline.as_secs()
         ))
-    })?
+    })??;
+    decode_body(req, raw, limit)
+}
+
+/// Undoes `Content-Encoding: gzip` or `deflate` (what PostHog's, Segment's
+/// and Snowplow's SDKs send). The size limit applies to the decoded body,
+/// and decoding stops as soon as it is passed, so a compression bomb costs
+/// at most `limit` bytes of memory and the work to produce them.
+fn decode_body(req: &HttpRequest, raw: web::Bytes, limit: usize) -> Result<web::Bytes, ApiError> {
+    use std::io::Read;
+
+    let Some(value) = req.headers().get(header::CONTENT_ENCODING) else {
+        return Ok(raw);
+    };
+    let encoding = value
+        .to_str()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .map_err(|_| ApiError::UnsupportedMediaType("Content-Encoding is not ASCII".into()))?;
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let mut out = Vec::new();
+    let read = match encoding.as_str() {
+        "" | "identity" => return Ok(raw),
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(cap)
+            .read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(&raw[..])
+            .take(cap)
+            .read_to_end(&mut out),
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Encoding {other:?} is not supported; send gzip, deflate or an uncompressed body"
+            )))
+        }
+    };
+    read.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("the {encoding} body could not be decompressed: {e}"),
+        )
+    })?;
+    if out.len() > limit {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the decompressed body is larger than {limit} bytes"
+        )));
+    }
+    Ok(out.into())
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod analytics;
 mod client;
+mod cors;
 mod error;
 mod health;
 mod ingest;
@@ -278,12 +279,14 @@ pub fn app(
     // The app factory runs once on each HTTP worker thread: that thread's
     // pusher (and its Redis connection) stays on it.
     let pusher = state.pusher.local();
+    let cors_origins = state.settings.cors_origins.clone();
     actix_web::App::new()
         .app_data(state)
         .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
         .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
         .wrap(security_headers())
+        .wrap(cors::middleware(cors_origins))
         .wrap_fn(move |req, srv| {
             let started = Instant::now();
             let method = req.method().clone();

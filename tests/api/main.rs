@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod bounds;
+mod cors;
 mod deploy;
 mod edge;
 mod faults;
