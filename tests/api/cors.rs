@@ -191,3 +191,63 @@ async fn compressed_batches_are_accepted_and_bombs_cost_nothing() {
     assert_eq!(app.stored().await, 201, "only the good bodies were queued");
     app.stop().await;
 }
+
+/// Reads, the UI and the API document are gzip-compressed when the client
+/// asks; ingest answers and the event stream never are.
+#[tokio::test]
+async fn answers_are_compressed_where_it_pays() {
+    let app = spawn_app().await;
+    let encoding = |res: &reqwest::Response| {
+        res.headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    for path in ["/", "/app.js", "/openapi.json", "/ads"] {
+        let res = app
+            .client
+            .get(app.url(path))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert_eq!(encoding(&res).as_deref(), Some("gzip"), "{path}");
+        let raw = res.bytes().await.unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&raw[..]), &mut text)
+            .unwrap();
+        assert!(!text.is_empty(), "{path}");
+    }
+    let res = app
+        .client
+        .post(app.url("/ads/click"))
+        .header("accept-encoding", "gzip")
+        .json(&json!({"adId": "ad-gzip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_ne!(encoding(&res).as_deref(), Some("gzip"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    // The stream's first event arrives as plain text, at once.
+    let mut res = app
+        .client
+        .get(app.url("/live"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(encoding(&res).as_deref(), Some("gzip"));
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), res.chunk())
+        .await
+        .expect("the stream sends at once")
+        .unwrap()
+        .unwrap();
+    assert!(
+        std::str::from_utf8(&chunk).unwrap().contains("event: "),
+        "{chunk:?}"
+    );
+    drop(res);
+    app.stop().await;
+}
