@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod bounds;
+mod counter_scripts;
 mod deploy;
 mod edge;
 mod faults;
