@@ -162,14 +162,20 @@ pub async fn apply_batch(
         marker: &marker,
         paused: &paused,
     };
-    let args = ops.to_arg_chunks(usize::MAX).concat();
+    // One chunk, or none when there is nothing to count: the marker and
+    // the acknowledgement still run.
+    let chunk = ops
+        .to_arg_chunks(usize::MAX)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
     let outcome = apply::run(
         conn,
         apply_keys,
         MARKER_TTL_SECS,
         mode,
         &batch.to_string(),
-        args,
+        &chunk,
     )
     .await?;
     Ok(match outcome.as_str() {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 
+use super::ops::Chunk;
 use super::scripts::APPLY;
 use super::{Counted, Layout, Ops};
 use crate::queue::Keys;
@@ -49,28 +50,25 @@ impl Counters {
     }
 }
 
-/// Runs APPLY once with `ops` (encoded as one argument list) and returns
-/// its answer: `ok`, `seen` or `paused`.
+/// Runs APPLY once with the ops of `chunk` and returns its answer: `ok`,
+/// `seen` or `paused`.
 pub(crate) async fn run(
     conn: &mut ConnectionManager,
     keys: ApplyKeys<'_>,
     marker_ttl_secs: u64,
     mode: &str,
     batch: &str,
-    ops: Vec<String>,
+    chunk: &Chunk,
 ) -> anyhow::Result<String> {
-    let mut args = Vec::with_capacity(3 + ops.len());
-    args.extend([
-        marker_ttl_secs.to_string(),
-        mode.to_owned(),
-        batch.to_owned(),
-    ]);
-    args.extend(ops);
     APPLY
         .key(keys.processing)
         .key(keys.marker)
         .key(keys.paused)
-        .arg(args)
+        .key(&chunk.keys)
+        .arg(marker_ttl_secs)
+        .arg(mode)
+        .arg(batch)
+        .arg(&chunk.args)
         .invoke_async(conn)
         .await
         .context("applying counter updates")
@@ -91,7 +89,7 @@ pub(crate) async fn write_staged(
             marker: anchor,
             paused: anchor,
         };
-        run(conn, keys, 0, "-", "", chunk)
+        run(conn, keys, 0, "-", "", &chunk)
             .await
             .context("writing staged counters")?;
     }

@@ -71,14 +71,8 @@ impl Layout {
     pub(crate) fn campaigns_pending(&self) -> String {
         format!("{}cn", self.root)
     }
-    pub(crate) fn screens_prefix(&self) -> String {
-        format!("{}cs:", self.root)
-    }
     pub fn screens(&self, campaign: &str) -> String {
         format!("{}cs:{campaign}", self.root)
-    }
-    pub(crate) fn campaign_excluded_prefix(&self) -> String {
-        format!("{}cx:", self.root)
     }
     pub(crate) fn campaign_excluded(&self, campaign: &str) -> String {
         format!("{}cx:{campaign}", self.root)

@@ -258,43 +258,50 @@ impl Ops {
         keys
     }
 
-    /// The updates as the flat argument list of [`APPLY`], in chunks of
-    /// about `max_args` so no script call grows unbounded.
-    pub(crate) fn to_arg_chunks(&self, max_args: usize) -> Vec<Vec<String>> {
-        let mut chunks = vec![Vec::new()];
-        let mut push = |args: Vec<String>| {
+    /// The updates as the ops of `lua/apply.lua`, in chunks of about
+    /// `max_args` arguments so no script call grows unbounded. Each chunk
+    /// declares the keys its ops touch; an op names a key by its index in
+    /// the call's KEYS.
+    pub(crate) fn to_arg_chunks(&self, max_args: usize) -> Vec<Chunk> {
+        let mut chunks = vec![Chunk::default()];
+        let mut push = |op: Vec<Arg>| {
             let Some(last) = chunks.last_mut() else {
                 return;
             };
-            if !last.is_empty() && last.len() + args.len() > max_args {
-                chunks.push(args);
-            } else {
-                last.extend(args);
+            if !last.args.is_empty() && last.args.len() + op.len() > max_args {
+                chunks.push(Chunk::default());
+            }
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(op);
             }
         };
-        let ttl = ALL_TIME_TTL.as_secs().to_string();
+        let ttl = || V(ALL_TIME_TTL.as_secs().to_string());
         let rebuild = self.mode == Mode::Rebuild;
         for ((key, field), n) in &self.incr {
-            push(vec!["H".into(), key.clone(), field.clone(), n.to_string()]);
+            push(vec![
+                op("H"),
+                K(key.clone()),
+                V(field.clone()),
+                V(n.to_string()),
+            ]);
         }
         let mut refresh: BTreeSet<&String> = self.touch.iter().collect();
         for ((key, excluded, field), n) in &self.all_time {
-            let op = if rebuild { "H" } else { "A" };
-            let mut args = vec![op.into(), key.clone()];
+            let mut args = vec![op(if rebuild { "H" } else { "A" }), K(key.clone())];
             if !rebuild {
-                args.push(excluded.clone());
+                args.push(K(excluded.clone()));
             }
-            args.extend([field.clone(), n.to_string()]);
+            args.extend([V(field.clone()), V(n.to_string())]);
             push(args);
             refresh.insert(key);
         }
         for (keys, members) in &self.uniques {
             let members: Vec<&String> = members.iter().collect();
             for part in members.chunks(1000) {
-                let mut args = vec!["P".into(), keys.len().to_string()];
-                args.extend(keys.iter().cloned());
-                args.push(part.len().to_string());
-                args.extend(part.iter().map(|m| (*m).clone()));
+                let mut args = vec![op("P"), V(keys.len().to_string())];
+                args.extend(keys.iter().cloned().map(K));
+                args.push(V(part.len().to_string()));
+                args.extend(part.iter().map(|m| V((*m).clone())));
                 push(args);
             }
         }
@@ -308,12 +315,12 @@ impl Ops {
             };
             for part in parts {
                 let mut args = if rebuild {
-                    vec!["P".into(), "1".into(), key.clone()]
+                    vec![op("P"), V("1".into()), K(key.clone())]
                 } else {
-                    vec!["U".into(), key.clone()]
+                    vec![op("U"), K(key.clone())]
                 };
-                args.push(part.len().to_string());
-                args.extend(part.iter().map(|m| (*m).clone()));
+                args.push(V(part.len().to_string()));
+                args.extend(part.iter().map(|m| V((*m).clone())));
                 push(args);
             }
             refresh.insert(key);
@@ -325,33 +332,38 @@ impl Ops {
             let screens = layout.screens(campaign);
             if rebuild {
                 push(vec![
-                    "Z".into(),
-                    layout.campaigns(),
-                    campaign.clone(),
-                    n.to_string(),
+                    op("Z"),
+                    K(layout.campaigns()),
+                    V(campaign.clone()),
+                    V(n.to_string()),
                 ]);
                 push(vec![
-                    "L".into(),
-                    layout.campaigns_seen(),
-                    campaign.clone(),
-                    self.now.to_string(),
+                    op("L"),
+                    K(layout.campaigns_seen()),
+                    V(campaign.clone()),
+                    V(self.now.to_string()),
                 ]);
                 if !screen.is_empty() {
-                    push(vec!["Z".into(), screens, screen.clone(), n.to_string()]);
+                    push(vec![
+                        op("Z"),
+                        K(screens),
+                        V(screen.clone()),
+                        V(n.to_string()),
+                    ]);
                 }
             } else {
                 push(vec![
-                    "G".into(),
-                    layout.campaigns(),
-                    layout.campaigns_seen(),
-                    layout.campaigns_pending(),
-                    screens,
-                    layout.campaign_excluded(campaign),
-                    campaign.clone(),
-                    screen.clone(),
-                    n.to_string(),
-                    self.now.to_string(),
-                    ttl.clone(),
+                    op("G"),
+                    K(layout.campaigns()),
+                    K(layout.campaigns_seen()),
+                    K(layout.campaigns_pending()),
+                    K(screens),
+                    K(layout.campaign_excluded(campaign)),
+                    V(campaign.clone()),
+                    V(screen.clone()),
+                    V(n.to_string()),
+                    V(self.now.to_string()),
+                    ttl(),
                 ]);
             }
         }
@@ -359,20 +371,18 @@ impl Ops {
             let layout = Layout::new(root.clone());
             if rebuild {
                 for key in [layout.campaigns(), layout.campaigns_seen()] {
-                    push(vec!["T".into(), key, ttl.clone()]);
+                    push(vec![op("T"), K(key), ttl()]);
                 }
             } else {
                 // Drop campaigns silent for ALL_TIME_TTL, a few per call.
                 push(vec![
-                    "C".into(),
-                    layout.campaigns(),
-                    layout.campaigns_seen(),
-                    layout.campaigns_pending(),
-                    layout.screens_prefix(),
-                    layout.campaign_excluded_prefix(),
-                    (self.now - ALL_TIME_TTL.as_secs() as i64).to_string(),
-                    TRIM_PER_APPLY.to_string(),
-                    ttl.clone(),
+                    op("C"),
+                    K(layout.campaigns()),
+                    K(layout.campaigns_seen()),
+                    K(layout.campaigns_pending()),
+                    V((self.now - ALL_TIME_TTL.as_secs() as i64).to_string()),
+                    V(TRIM_PER_APPLY.to_string()),
+                    ttl(),
                 ]);
             }
         }
@@ -380,19 +390,74 @@ impl Ops {
             for (root, campaign, screen) in self.plays.keys() {
                 if !screen.is_empty() {
                     let key = Layout::new(root.clone()).screens(campaign);
-                    push(vec!["T".into(), key, ttl.clone()]);
+                    push(vec![op("T"), K(key), ttl()]);
                 }
             }
         }
         // Expiry last, so it applies to keys created above.
         for key in refresh {
-            push(vec!["T".into(), key.clone(), ttl.clone()]);
+            push(vec![op("T"), K(key.clone()), ttl()]);
         }
         for (key, at) in &self.expire {
-            push(vec!["X".into(), key.clone(), at.to_string()]);
+            push(vec![op("X"), K(key.clone()), V(at.to_string())]);
         }
-        chunks.retain(|c| !c.is_empty());
+        chunks.retain(|c| !c.args.is_empty());
         chunks
+    }
+}
+
+/// One argument of an op: a key (declared in KEYS) or a value.
+enum Arg {
+    K(String),
+    V(String),
+}
+use Arg::{K, V};
+
+fn op(code: &str) -> Arg {
+    V(code.to_owned())
+}
+
+/// The keys APPLY always takes first (processing list, marker, pause
+/// flag); a chunk's own keys follow them.
+const FIXED_KEYS: usize = 3;
+
+/// One APPLY call's worth of ops: the keys they touch, and the arguments
+/// that name those keys by their position in KEYS.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl Chunk {
+    fn push(&mut self, op: Vec<Arg>) {
+        for arg in op {
+            match arg {
+                V(v) => self.args.push(v),
+                K(key) => {
+                    let next = FIXED_KEYS + self.keys.len() + 1;
+                    let at = match self.index.get(&key) {
+                        Some(at) => *at,
+                        None => {
+                            self.index.insert(key.clone(), next);
+                            self.keys.push(key);
+                            next
+                        }
+                    };
+                    self.args.push(at.to_string());
+                }
+            }
+        }
+    }
+
+    /// The key an op argument names.
+    #[cfg(test)]
+    fn key(&self, arg: &str) -> Option<&str> {
+        let at: usize = arg.parse().ok()?;
+        self.keys
+            .get(at.checked_sub(FIXED_KEYS + 1)?)
+            .map(String::as_str)
     }
 }
 
@@ -471,11 +536,13 @@ mod tests {
             event(Kind::Play, "ad", "1.2.3.4", now),
         ];
         ops.add_events(events.iter().map(CountedEvent::view));
-        let args = ops.to_arg_chunks(usize::MAX).concat();
+        let chunks = ops.to_arg_chunks(usize::MAX);
+        assert_eq!(chunks.len(), 1);
+        let chunk = &chunks[0];
         // All-time figures go through the conditional ops only.
-        for (i, a) in args.iter().enumerate() {
+        for (i, a) in chunk.args.iter().enumerate() {
             if a == "H" {
-                let key = &args[i + 1];
+                let key = chunk.key(&chunk.args[i + 1]).unwrap();
                 assert!(!key.contains(":ad:") && !key.contains(":cz"), "{key}");
             }
         }
@@ -497,7 +564,7 @@ mod tests {
         assert!(chunks.len() > 1);
         for c in &chunks {
             assert!(matches!(
-                c[0].as_str(),
+                c.args[0].as_str(),
                 "H" | "A" | "P" | "U" | "G" | "C" | "Z" | "L" | "T" | "X"
             ));
         }

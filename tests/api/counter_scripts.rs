@@ -14,13 +14,21 @@ use crate::scripts::Scratch;
 const MARKER_TTL: &str = "600";
 
 /// Runs APPLY in `mode` for `batch` with `ops`, as the exactly-once
-/// protocol does: KEYS are the processing list, the marker, the pause flag.
-async fn apply(s: &mut Scratch, mode: &str, batch: &Uuid, ops: &[&str]) -> String {
-    let keys = [
+/// protocol does: KEYS are the processing list, the marker, the pause flag,
+/// then `op_keys`, which the ops name by index (the first is "4").
+async fn apply(
+    s: &mut Scratch,
+    mode: &str,
+    batch: &Uuid,
+    op_keys: &[&str],
+    ops: &[&str],
+) -> String {
+    let mut keys = vec![
         s.processing(),
         s.keys.applied(batch),
         s.keys.counters_paused(),
     ];
+    keys.extend(op_keys.iter().map(|k| k.to_string()));
     let mut args = vec![MARKER_TTL.to_string(), mode.into(), batch.to_string()];
     args.extend(ops.iter().map(|a| a.to_string()));
     s.run(&APPLY, &keys, args).await
@@ -36,23 +44,24 @@ async fn apply_counts_a_batch_once_even_when_run_again() {
     let batch = Uuid::now_v7();
     let (processing, marker) = (s.processing(), s.keys.applied(&batch));
     let hash = format!("{}am:1:ad", s.keys.counters_root());
-    let ops = ["H", hash.as_str(), "c:1", "2"];
+    let ops = ["H", "4", "c:1", "2"];
+    let op_keys = [hash.as_str()];
     let _: () = s.conn.rpush(&processing, &["e1", "e2"]).await.unwrap();
 
-    assert_eq!(apply(&mut s, "am", &batch, &ops).await, "ok");
+    assert_eq!(apply(&mut s, "am", &batch, &op_keys, &ops).await, "ok");
     assert_eq!(hget(&mut s, &hash, "c:1").await, Some(2));
     assert!(s.exists(&marker).await, "the marker is set with the counts");
     assert!(!s.exists(&processing).await, "the list is acknowledged");
 
     // The claim's commit was lost: recovery applies the same batch again
     // (without a list), and the marker makes it a no-op.
-    assert_eq!(apply(&mut s, "m", &batch, &ops).await, "seen");
+    assert_eq!(apply(&mut s, "m", &batch, &op_keys, &ops).await, "seen");
     assert_eq!(hget(&mut s, &hash, "c:1").await, Some(2));
 
     // The worker crashed before it learnt the answer and, its list
     // reserved again, runs the same apply: counted once, list acknowledged.
     let _: () = s.conn.rpush(&processing, &["e1", "e2"]).await.unwrap();
-    assert_eq!(apply(&mut s, "am", &batch, &ops).await, "seen");
+    assert_eq!(apply(&mut s, "am", &batch, &op_keys, &ops).await, "seen");
     assert_eq!(hget(&mut s, &hash, "c:1").await, Some(2));
     assert!(!s.exists(&processing).await);
     s.clean(&[hash, marker]).await;
@@ -66,7 +75,7 @@ async fn apply_with_the_list_already_acknowledged_still_counts() {
     // No processing list: a crash after an earlier acknowledgement.
     assert!(!s.exists(&s.processing()).await);
     assert_eq!(
-        apply(&mut s, "am", &batch, &["H", &hash, "i:1", "3"]).await,
+        apply(&mut s, "am", &batch, &[&hash], &["H", "4", "i:1", "3"]).await,
         "ok"
     );
     assert_eq!(hget(&mut s, &hash, "i:1").await, Some(3));
@@ -89,7 +98,7 @@ async fn apply_while_paused_changes_nothing_but_the_list() {
     let _: () = s.conn.set_ex(&paused, "run", 60).await.unwrap();
 
     assert_eq!(
-        apply(&mut s, "am", &batch, &["H", &hash, "c:1", "1"]).await,
+        apply(&mut s, "am", &batch, &[&hash], &["H", "4", "c:1", "1"]).await,
         "paused"
     );
     // The update waits in the outbox: no count, and no marker that would
@@ -102,7 +111,7 @@ async fn apply_while_paused_changes_nothing_but_the_list() {
     // Reconcile finished: recovery applies it.
     let _: () = s.conn.del(&paused).await.unwrap();
     assert_eq!(
-        apply(&mut s, "m", &batch, &["H", &hash, "c:1", "1"]).await,
+        apply(&mut s, "m", &batch, &[&hash], &["H", "4", "c:1", "1"]).await,
         "ok"
     );
     assert_eq!(hget(&mut s, &hash, "c:1").await, Some(1));
@@ -127,42 +136,31 @@ async fn apply_skips_all_time_keys_whose_rebuild_counted_the_batch() {
     let _: () = s.conn.sadd(&excluded, counted.to_string()).await.unwrap();
     let _: () = s.conn.zadd(&ranking, "camp", 7).await.unwrap();
     let _: () = s.conn.sadd(&cx, counted.to_string()).await.unwrap();
-    let ops = |ad: &str| {
-        vec![
-            "A".to_string(),
-            ad.to_string(),
-            excluded.clone(),
-            "c".into(),
-            "1".into(),
-            "A".into(),
-            missing.clone(),
-            excluded.clone(),
-            "c".into(),
-            "1".into(),
-            "G".into(),
-            ranking.clone(),
-            seen.clone(),
-            pending.clone(),
-            screens.clone(),
-            cx.clone(),
-            "camp".into(),
-            "scr".into(),
-            "1".into(),
-            "1000".into(),
-            "60".into(),
-        ]
-    };
-    let args = ops(&ad);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op_keys = [
+        ad.as_str(),
+        excluded.as_str(),
+        missing.as_str(),
+        ranking.as_str(),
+        seen.as_str(),
+        pending.as_str(),
+        screens.as_str(),
+        cx.as_str(),
+    ];
+    #[rustfmt::skip]
+    let args = [
+        "A", "4", "5", "c", "1", // the rebuilt ad
+        "A", "6", "5", "c", "1", // an ad never rebuilt
+        "G", "7", "8", "9", "10", "11", "camp", "scr", "1", "1000", "60",
+    ];
 
     // The batch the snapshot holds skips the rebuilt keys...
-    assert_eq!(apply(&mut s, "m", &counted, &args).await, "ok");
+    assert_eq!(apply(&mut s, "m", &counted, &op_keys, &args).await, "ok");
     assert_eq!(hget(&mut s, &ad, "c").await, Some(5));
     let plays: f64 = s.conn.zscore(&ranking, "camp").await.unwrap();
     assert_eq!(plays, 7.0);
     // ...and a later batch counts on them; an all-time key nobody rebuilt
     // is never created by a batch.
-    assert_eq!(apply(&mut s, "m", &other, &args).await, "ok");
+    assert_eq!(apply(&mut s, "m", &other, &op_keys, &args).await, "ok");
     assert_eq!(hget(&mut s, &ad, "c").await, Some(6));
     let plays: f64 = s.conn.zscore(&ranking, "camp").await.unwrap();
     assert_eq!(plays, 8.0);
@@ -367,4 +365,50 @@ async fn epoch_extend_extends_only_the_holders_lease() {
     let ttl: i64 = s.conn.ttl(&lease).await.unwrap();
     assert!(ttl <= 5, "{ttl}");
     s.clean(&[lease]).await;
+}
+
+#[tokio::test]
+async fn apply_drops_only_campaigns_silent_past_the_cutoff() {
+    let mut s = Scratch::new().await;
+    let root = s.keys.counters_root();
+    let (ranking, seen, pending) = (
+        format!("{root}cz"),
+        format!("{root}cl"),
+        format!("{root}cn"),
+    );
+    let _: () = s
+        .conn
+        .zadd_multiple(&ranking, &[(3, "silent"), (4, "playing")])
+        .await
+        .unwrap();
+    let _: () = s
+        .conn
+        .zadd_multiple(&seen, &[(100, "silent"), (5000, "playing")])
+        .await
+        .unwrap();
+    let _: () = s
+        .conn
+        .zadd_multiple(&pending, &[(100, "old"), (5000, "new")])
+        .await
+        .unwrap();
+    let op_keys = [ranking.as_str(), seen.as_str(), pending.as_str()];
+    let ops = ["C", "4", "5", "6", "1000", "10", "60"];
+    let batch = Uuid::now_v7();
+    assert_eq!(apply(&mut s, "m", &batch, &op_keys, &ops).await, "ok");
+    let ranked: Vec<String> = s.conn.zrange(&ranking, 0, -1).await.unwrap();
+    assert_eq!(ranked, ["playing"]);
+    let known: Vec<String> = s.conn.zrange(&seen, 0, -1).await.unwrap();
+    assert_eq!(known, ["playing"]);
+    let waiting: Vec<String> = s.conn.zrange(&pending, 0, -1).await.unwrap();
+    assert_eq!(waiting, ["new"]);
+    // A second run (the same batch again, or the next one) drops nothing
+    // more.
+    let again = Uuid::now_v7();
+    assert_eq!(apply(&mut s, "m", &again, &op_keys, &ops).await, "ok");
+    let ranked: Vec<String> = s.conn.zrange(&ranking, 0, -1).await.unwrap();
+    assert_eq!(ranked, ["playing"]);
+    let markers = [s.keys.applied(&batch), s.keys.applied(&again)];
+    let mut keys = vec![ranking, seen, pending];
+    keys.extend(markers);
+    s.clean(&keys).await;
 }
