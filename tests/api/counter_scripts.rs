@@ -34,6 +34,15 @@ async fn apply(
     s.run(&APPLY, &keys, args).await
 }
 
+/// The campaign ranking, last-seen and pending keys under `root`.
+fn campaign_keys(root: &str) -> (String, String, String) {
+    (
+        format!("{root}cz"),
+        format!("{root}cl"),
+        format!("{root}cn"),
+    )
+}
+
 async fn hget(s: &mut Scratch, key: &str, field: &str) -> Option<i64> {
     s.conn.hget(key, field).await.unwrap()
 }
@@ -124,11 +133,7 @@ async fn apply_skips_all_time_keys_whose_rebuild_counted_the_batch() {
     let root = s.keys.counters_root();
     let (counted, other) = (Uuid::now_v7(), Uuid::now_v7());
     let (ad, excluded) = (format!("{root}ad:a"), format!("{root}ax:a"));
-    let (ranking, seen, pending) = (
-        format!("{root}cz"),
-        format!("{root}cl"),
-        format!("{root}cn"),
-    );
+    let (ranking, seen, pending) = campaign_keys(&root);
     let (screens, cx) = (format!("{root}cs:camp"), format!("{root}cx:camp"));
     let missing = format!("{root}ad:never-rebuilt");
     // A rebuild wrote the figures with `counted` still in the outbox.
@@ -344,23 +349,25 @@ async fn epoch_check_creates_once_and_takes_a_lease_lost_with_its_holder() {
     s.clean(&[epoch, lease]).await;
 }
 
+/// EPOCH_EXTEND of the lease to 30 s on behalf of `holder`.
+async fn extend(s: &mut Scratch, holder: &str) -> i64 {
+    let lease = s.keys.epoch_rebuild();
+    s.run(&EPOCH_EXTEND, &[lease], (holder, 30)).await
+}
+
 #[tokio::test]
 async fn epoch_extend_extends_only_the_holders_lease() {
     let mut s = Scratch::new().await;
     let lease = s.keys.epoch_rebuild();
     let _: () = s.conn.set_ex(&lease, "p1", 5).await.unwrap();
-    let extended: i64 = s
-        .run(&EPOCH_EXTEND, std::slice::from_ref(&lease), ("p1", 30))
-        .await;
+    let extended = extend(&mut s, "p1").await;
     assert_eq!(extended, 1);
     let ttl: i64 = s.conn.ttl(&lease).await.unwrap();
     assert!(ttl > 5, "{ttl}");
 
     // The lease expired and another process took it: p1 must not extend it.
     let _: () = s.conn.set_ex(&lease, "p2", 5).await.unwrap();
-    let extended: i64 = s
-        .run(&EPOCH_EXTEND, std::slice::from_ref(&lease), ("p1", 30))
-        .await;
+    let extended = extend(&mut s, "p1").await;
     assert_eq!(extended, 0);
     let ttl: i64 = s.conn.ttl(&lease).await.unwrap();
     assert!(ttl <= 5, "{ttl}");
@@ -371,11 +378,7 @@ async fn epoch_extend_extends_only_the_holders_lease() {
 async fn apply_drops_only_campaigns_silent_past_the_cutoff() {
     let mut s = Scratch::new().await;
     let root = s.keys.counters_root();
-    let (ranking, seen, pending) = (
-        format!("{root}cz"),
-        format!("{root}cl"),
-        format!("{root}cn"),
-    );
+    let (ranking, seen, pending) = campaign_keys(&root);
     let _: () = s
         .conn
         .zadd_multiple(&ranking, &[(3, "silent"), (4, "playing")])
