@@ -42,11 +42,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::aio::ConnectionManager;
-use redis::Script;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::scripts::{EPOCH_CHECK, EPOCH_EXTEND, EPOCH_FINISH};
 use super::{reconcile, ReconcileReport};
+use crate::exactly_once;
 use crate::queue::Keys;
 
 /// How long the rebuild lease lives unless its holder refreshes it.
@@ -54,49 +55,6 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// How long a failed rebuild keeps the lease, so the next attempt waits
 /// that long instead of hammering a Postgres that is down.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-
-/// Reads the epoch; creates it when missing; takes the rebuild lease when
-/// a rebuild is due and nobody holds it.
-///
-/// KEYS: epoch, lease. ARGV: new id, now (RFC 3339), lease holder, lease
-/// seconds. Returns `{state, id}`: `reset` (created; the caller holds the
-/// lease), `rebuild` (due; the caller holds the lease), `rebuilding`
-/// (another process holds it) or `settled`.
-const CHECK: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'resetAt', ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-  return {'reset', ARGV[1]}
-end
-local id = redis.call('HGET', KEYS[1], 'id') or ''
-if redis.call('HEXISTS', KEYS[1], 'rebuiltAt') == 1 then return {'settled', id} end
-if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return {'rebuild', id} end
-return {'rebuilding', id}
-";
-
-/// Ends a rebuild. KEYS: epoch, lease. ARGV: epoch id, now (RFC 3339),
-/// lease holder, outcome: `done` (write `rebuiltAt` if the epoch is still
-/// this one, free the lease), `keep:<ms>` (keep the lease that long),
-/// `free` (free the lease). Only the holder's lease is touched.
-const FINISH: &str = r"
-if ARGV[4] == 'done' and redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'rebuiltAt', ARGV[2])
-end
-if redis.call('GET', KEYS[2]) == ARGV[3] then
-  local keep = string.match(ARGV[4], '^keep:(%d+)$')
-  if keep then redis.call('PEXPIRE', KEYS[2], keep) else redis.call('DEL', KEYS[2]) end
-end
-return 1
-";
-
-/// Extends the lease while its holder works. KEYS: lease. ARGV: holder,
-/// seconds.
-const EXTEND: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
 
 /// What [`Epoch::check`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,20 +83,11 @@ pub struct Epoch {
     keys: Keys,
     /// Written into the lease: says which process holds it.
     holder: String,
-    check: Script,
-    finish: Script,
-    extend: Script,
 }
 
 impl Epoch {
     pub fn new(keys: Keys, holder: String) -> Self {
-        Self {
-            keys,
-            holder,
-            check: Script::new(CHECK),
-            finish: Script::new(FINISH),
-            extend: Script::new(EXTEND),
-        }
+        Self { keys, holder }
     }
 
     pub async fn check(
@@ -147,8 +96,7 @@ impl Epoch {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Seen> {
         let fresh = uuid::Uuid::new_v4().simple().to_string();
-        let (state, id): (String, String) = self
-            .check
+        let (state, id): (String, String) = EPOCH_CHECK
             .key(self.keys.epoch())
             .key(self.keys.epoch_rebuild())
             .arg(&fresh)
@@ -186,10 +134,7 @@ impl Epoch {
             // Dropping reconcile mid-way leaves its pause flag for minutes;
             // clear it so workers count again, and free the lease so another
             // process rebuilds.
-            let _ = redis::cmd("DEL")
-                .arg(self.keys.counters_paused())
-                .query_async::<()>(conn)
-                .await;
+            let _ = exactly_once::resume(conn, &self.keys).await;
             self.end(conn, id, "free").await?;
             anyhow::bail!("shut down before the counters were rebuilt");
         };
@@ -232,8 +177,7 @@ impl Epoch {
             tokio::select! {
                 r = &mut work => return r,
                 _ = refresh.tick() => {
-                    let kept: anyhow::Result<i64> = self
-                        .extend
+                    let kept: anyhow::Result<i64> = EPOCH_EXTEND
                         .key(self.keys.epoch_rebuild())
                         .arg(&self.holder)
                         .arg(LEASE.as_secs())
@@ -258,7 +202,7 @@ impl Epoch {
         id: &str,
         outcome: &str,
     ) -> anyhow::Result<()> {
-        self.finish
+        EPOCH_FINISH
             .key(self.keys.epoch())
             .key(self.keys.epoch_rebuild())
             .arg(id)
@@ -291,14 +235,14 @@ pub async fn last_reset(
 
 /// Whether Postgres holds anything the counters are built from.
 async fn anything_committed(pool: &PgPool) -> anyhow::Result<bool> {
-    sqlx::query_scalar(
+    let stored: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM rollup_minute)
-             OR EXISTS (SELECT 1 FROM events)
-             OR EXISTS (SELECT 1 FROM counter_outbox)",
+             OR EXISTS (SELECT 1 FROM events)",
     )
     .fetch_one(pool)
     .await
-    .context("looking for committed events")
+    .context("looking for committed events")?;
+    Ok(stored || exactly_once::outbox_pending(pool).await?)
 }
 
 fn rfc3339(at: DateTime<Utc>) -> String {

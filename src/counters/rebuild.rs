@@ -37,8 +37,10 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{code, Layout, ALL_TIME_TTL, HOUR, MARKER_TTL_SECS};
+use super::scripts::{WRITE_AD, WRITE_CAMPAIGN};
+use super::{code, Layout, ALL_TIME_TTL, HOUR};
 use crate::domain::Kind;
+use crate::exactly_once;
 
 /// How long a rebuild waits for the outbox lock.
 const LOCK_WAIT: &str = "250ms";
@@ -55,53 +57,6 @@ pub(crate) struct AllTime {
     pub hourly_clicks: BTreeMap<i64, u64>,
     pub uniques: u64,
 }
-
-/// Sets an ad's all-time keys. KEYS: counts hash, exclusion set, unique
-/// HyperLogLog. ARGV: TTL, exclusion TTL, field count, (field, value)…,
-/// batch ids… The IPs follow in `PFADD` calls while the lock still holds.
-const WRITE_AD: &str = r"
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-local n = tonumber(ARGV[3])
-local i = 4
--- Every kind's field is written, zeros too, so the hash always exists.
-redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
-i = i + 2 * n
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if i <= #ARGV then
-  redis.call('SADD', KEYS[2], unpack(ARGV, i, #ARGV))
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-redis.call('PFADD', KEYS[3])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-return 1
-";
-
-/// Ranks one campaign. KEYS: ranking, last-seen, pending, screens,
-/// exclusion set. ARGV: campaign, plays, now, TTL, exclusion TTL, screen
-/// count, (plays, screen)…, batch ids…
-const WRITE_CAMPAIGN: &str = r"
-local c = ARGV[1]
-redis.call('ZREM', KEYS[3], c)
-redis.call('DEL', KEYS[4], KEYS[5])
-if tonumber(ARGV[2]) > 0 then
-  redis.call('ZADD', KEYS[1], ARGV[2], c)
-  redis.call('ZADD', KEYS[2], ARGV[3], c)
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-end
-local n = tonumber(ARGV[6])
-local i = 7
-if n > 0 then
-  redis.call('ZADD', KEYS[4], unpack(ARGV, i, i + 2 * n - 1))
-  redis.call('EXPIRE', KEYS[4], ARGV[4])
-end
-i = i + 2 * n
-if i <= #ARGV then
-  redis.call('SADD', KEYS[5], unpack(ARGV, i, #ARGV))
-  redis.call('EXPIRE', KEYS[5], ARGV[5])
-end
-return 1
-";
 
 type HourRow = (String, DateTime<Utc>, i64);
 
@@ -153,14 +108,7 @@ async fn locked_snapshot(pool: &PgPool) -> anyhow::Result<Option<Transaction<'st
         .execute(&mut *tx)
         .await
         .context("bounding the lock wait")?;
-    match sqlx::query("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await
-    {
-        Ok(_) => Ok(Some(tx)),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(None),
-        Err(e) => Err(e).context("locking the counter outbox"),
-    }
+    Ok(exactly_once::lock_outbox(&mut tx).await?.then_some(tx))
 }
 
 /// Batches committed in the snapshot whose counter update has not run;
@@ -168,15 +116,11 @@ async fn locked_snapshot(pool: &PgPool) -> anyhow::Result<Option<Transaction<'st
 async fn pending_batches(
     tx: &mut Transaction<'static, Postgres>,
 ) -> anyhow::Result<Option<Vec<String>>> {
-    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT batch_id FROM counter_outbox LIMIT $1")
-        .bind(MAX_PENDING + 1)
-        .fetch_all(&mut **tx)
-        .await
-        .context("reading the counter outbox")?;
+    let ids = exactly_once::pending_batches(tx, MAX_PENDING + 1).await?;
     if ids.len() as i64 > MAX_PENDING {
         return Ok(None);
     }
-    Ok(Some(ids.into_iter().map(|(b,)| b.to_string()).collect()))
+    Ok(Some(ids.into_iter().map(|b| b.to_string()).collect()))
 }
 
 /// The all-time figures of `ad`, rebuilt into Redis when that can be done
@@ -212,7 +156,7 @@ pub(crate) async fn rebuild_ad(
 
     let mut args: Vec<String> = vec![
         ALL_TIME_TTL.as_secs().to_string(),
-        MARKER_TTL_SECS.to_string(),
+        exactly_once::MARKER_TTL_SECS.to_string(),
     ];
     let mut fields: Vec<(String, u64)> = Kind::ALL
         .into_iter()
@@ -230,7 +174,7 @@ pub(crate) async fn rebuild_ad(
     }
     args.extend(batches);
     let uniques_key = layout.uniques_all(ad);
-    redis::Script::new(WRITE_AD)
+    WRITE_AD
         .key(layout.ad(ad))
         .key(layout.ad_excluded(ad))
         .key(&uniques_key)
@@ -325,7 +269,7 @@ pub async fn settle_campaigns(
     for (c, s, n) in &screens {
         per_campaign.entry(c).or_default().push((*n, s));
     }
-    let script = redis::Script::new(WRITE_CAMPAIGN);
+    let script = &*WRITE_CAMPAIGN;
     let now = Utc::now().timestamp().to_string();
     for c in &pending {
         let mut args: Vec<String> = vec![
@@ -333,7 +277,7 @@ pub async fn settle_campaigns(
             totals.get(c).copied().unwrap_or(0).to_string(),
             now.clone(),
             ALL_TIME_TTL.as_secs().to_string(),
-            MARKER_TTL_SECS.to_string(),
+            exactly_once::MARKER_TTL_SECS.to_string(),
         ];
         let list = per_campaign
             .get(c.as_str())

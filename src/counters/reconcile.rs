@@ -1,7 +1,8 @@
 //! `adtrack reconcile`: rebuild every Redis counter from Postgres, safely
 //! while servers run.
 //!
-//! How it stays exact with workers running:
+//! How it stays exact with workers running (steps P1 to P4 of the protocol
+//! in [`crate::exactly_once`]):
 //! 1. Set the pause flag: from now on no worker applies counter updates; a
 //!    worker that tries leaves its update in the Postgres outbox.
 //! 2. In one REPEATABLE READ transaction, lock the outbox table (so no batch
@@ -14,7 +15,7 @@
 //!    markers say they are applied, so recovery only deletes them.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -24,12 +25,14 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Counters, Layout, Mode, Ops, HOUR};
+use super::scripts::SWAP;
+use super::{Layout, Mode, Ops, HOUR};
 use crate::domain::Kind;
+use crate::exactly_once;
 use crate::queue::Keys;
 
 /// How long the pause flag lives if reconcile dies before clearing it.
-const PAUSE_SECS: u64 = 600;
+const PAUSE: Duration = Duration::from_secs(600);
 /// Pending updates applied to staging at a time.
 const FLUSH_AT: usize = 50_000;
 /// Keys per swap script call; a swap that fits in one call is atomic.
@@ -44,23 +47,6 @@ pub struct ReconcileReport {
     pub elapsed_ms: u128,
 }
 
-/// Moves staging keys over live ones and sets markers. ARGV: number of keys
-/// to delete, those keys, number of renames, (from, to) pairs, marker TTL,
-/// markers…
-const SWAP: &str = r"
-local i = 1
-local del = tonumber(ARGV[i]); i = i + 1
-for j = 1, del do redis.call('DEL', ARGV[i]); i = i + 1 end
-local ren = tonumber(ARGV[i]); i = i + 1
-for j = 1, ren do
-  if redis.call('EXISTS', ARGV[i]) == 1 then redis.call('RENAME', ARGV[i], ARGV[i + 1]) end
-  i = i + 2
-end
-local ttl = ARGV[i]; i = i + 1
-while i <= #ARGV do redis.call('SET', ARGV[i], '1', 'EX', ttl); i = i + 1 end
-return 1
-";
-
 pub async fn reconcile(
     pool: &PgPool,
     conn: &mut ConnectionManager,
@@ -71,24 +57,13 @@ pub async fn reconcile(
     let run = Uuid::new_v4().simple().to_string();
     let live_root = keys.counters_root();
     let staging_root = keys.staging_root(&run);
-    let counters = Counters::new(keys.clone());
 
-    redis::cmd("SET")
-        .arg(keys.counters_paused())
-        .arg(&run)
-        .arg("EX")
-        .arg(PAUSE_SECS)
-        .query_async::<()>(conn)
-        .await
-        .context("pausing counter updates")?;
+    exactly_once::pause(conn, keys, &run, PAUSE).await?;
 
-    let result = rebuild(pool, conn, keys, &counters, &live_root, &staging_root, now).await;
+    let result = rebuild(pool, conn, keys, &live_root, &staging_root, now).await;
     if result.is_err() {
         // Leave the live counters as they were and let workers resume.
-        let _ = redis::cmd("DEL")
-            .arg(keys.counters_paused())
-            .query_async::<()>(conn)
-            .await;
+        let _ = exactly_once::resume(conn, keys).await;
     }
     let mut report = result?;
     report.elapsed_ms = started.elapsed().as_millis();
@@ -99,7 +74,6 @@ async fn rebuild(
     pool: &PgPool,
     conn: &mut ConnectionManager,
     keys: &Keys,
-    counters: &Counters,
     live_root: &str,
     staging_root: &str,
     now: DateTime<Utc>,
@@ -120,10 +94,10 @@ async fn rebuild(
         .execute(&mut *tx)
         .await
         .context("setting the isolation level")?;
-    sqlx::query("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await
-        .context("locking the counter outbox")?;
+    // No lock_timeout is set: this waits for the lock.
+    if !exactly_once::lock_outbox(&mut tx).await? {
+        anyhow::bail!("the counter outbox lock was not free");
+    }
 
     let mut ops = Ops::with_mode(staging.clone(), now, Mode::Rebuild);
     {
@@ -180,11 +154,7 @@ async fn rebuild(
     }
     flush(conn, &mut ops, &mut written, &staging, now).await?;
 
-    let outbox: Vec<(Uuid,)> = sqlx::query_as("DELETE FROM counter_outbox RETURNING batch_id")
-        .fetch_all(&mut *tx)
-        .await
-        .context("clearing the counter outbox")?;
-    let outbox: Vec<Uuid> = outbox.into_iter().map(|(b,)| b).collect();
+    let outbox = exactly_once::take_outbox(&mut tx).await?;
 
     // Live keys the rebuild does not write are stale: remove them.
     let mut stale = Vec::new();
@@ -224,16 +194,12 @@ async fn rebuild(
             (k.clone(), live)
         })
         .collect();
-    let markers: Vec<String> = outbox.iter().map(|b| keys.applied(b)).collect();
+    let markers = exactly_once::marker_keys(keys, &outbox);
     swap(conn, &keys.counters_paused(), &stale, &renames, &markers).await?;
-    redis::cmd("DEL")
-        .arg(keys.counters_paused())
-        .query_async::<()>(conn)
-        .await
-        .context("resuming counter updates")?;
+    exactly_once::resume(conn, keys).await?;
 
     tx.commit().await.context("committing the reconcile")?;
-    counters.forget_markers(conn, &outbox).await?;
+    exactly_once::forget_markers(conn, keys, &outbox).await?;
 
     Ok(ReconcileReport {
         keys_written: renames.len(),
@@ -254,26 +220,13 @@ async fn flush(
         return Ok(());
     }
     written.extend(ops.keys());
-    for chunk in ops.to_arg_chunks(10_000) {
-        let mut args = vec!["0".to_string(), "-".to_string(), String::new()];
-        args.extend(chunk);
-        // No processing list and no marker: the keys only route the call.
-        let anchor = staging.campaigns();
-        redis::Script::new(super::APPLY)
-            .key(&anchor)
-            .key(&anchor)
-            .key(&anchor)
-            .arg(args)
-            .invoke_async::<String>(conn)
-            .await
-            .context("writing staged counters")?;
-    }
+    super::apply::write_staged(conn, ops, &staging.campaigns(), 10_000).await?;
     *ops = Ops::with_mode(staging.clone(), now, Mode::Rebuild);
     Ok(())
 }
 
-/// `anchor` is a key of the prefix: every key the script touches is in its
-/// Cluster slot, and declaring one routes the call there.
+/// `anchor` is a key of the prefix, so a call with nothing else to move is
+/// still routed to its Cluster slot; every key moved is declared too.
 async fn swap(
     conn: &mut ConnectionManager,
     anchor: &str,
@@ -281,7 +234,6 @@ async fn swap(
     renames: &[(String, String)],
     markers: &[String],
 ) -> anyhow::Result<()> {
-    let script = redis::Script::new(SWAP);
     let total = stale.len() + renames.len() * 2 + markers.len();
     let chunks = total.div_ceil(SWAP_CHUNK).max(1);
     let per = |len: usize| len.div_ceil(chunks).max(1);
@@ -292,20 +244,16 @@ async fn swap(
         let del = stale_parts.next().unwrap_or(&[]);
         let ren = rename_parts.next().unwrap_or(&[]);
         let mk = marker_parts.next().unwrap_or(&[]);
-        let mut args: Vec<String> = Vec::with_capacity(3 + del.len() + ren.len() * 2 + mk.len());
-        args.push(del.len().to_string());
-        args.extend(del.iter().cloned());
-        args.push(ren.len().to_string());
+        let mut call = SWAP.prepare_invoke();
+        call.key(anchor).key(del);
         for (from, to) in ren {
-            args.push(from.clone());
-            args.push(to.clone());
+            call.key(from).key(to);
         }
-        args.push(super::MARKER_TTL_SECS.to_string());
-        args.extend(mk.iter().cloned());
-        script
-            .key(anchor)
-            .arg(args)
-            .invoke_async::<i64>(conn)
+        call.key(mk)
+            .arg(del.len())
+            .arg(ren.len())
+            .arg(exactly_once::MARKER_TTL_SECS);
+        call.invoke_async::<i64>(conn)
             .await
             .context("swapping the rebuilt counters in")?;
     }

@@ -1,7 +1,8 @@
-//! The `counter_outbox` table's statements for the workers: the claim of a
-//! batch's row after its commit, the claim of rows an interrupted worker
-//! left behind, and the outbox depth. The worker (`worker`) and its
-//! maintenance (`worker::maintenance`) hold the protocol; the SQL lives here.
+//! The `counter_outbox` table's statements: the claim of a batch's row after
+//! its commit, the claim of rows an interrupted worker left behind, the
+//! table lock and reads of a snapshot, and the outbox depth. Only
+//! [`crate::exactly_once`], which holds the protocol, calls them; the SQL
+//! lives here.
 
 use std::time::Duration;
 
@@ -69,4 +70,46 @@ pub async fn depth(pool: &PgPool) -> anyhow::Result<i64> {
         .fetch_one(pool)
         .await
         .context("counting outbox rows")
+}
+
+/// Whether any outbox row waits.
+pub async fn any(pool: &PgPool) -> anyhow::Result<bool> {
+    sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM counter_outbox) AS "any!""#)
+        .fetch_one(pool)
+        .await
+        .context("looking for outbox rows")
+}
+
+/// Locks the table (EXCLUSIVE: claims and new rows wait) until the caller's
+/// transaction ends. `false` when its `lock_timeout` ran out first.
+pub async fn lock<'e>(executor: impl sqlx::PgExecutor<'e>) -> anyhow::Result<bool> {
+    match sqlx::query!("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")
+        .execute(executor)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // lock_not_available
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(false),
+        Err(e) => Err(e).context("locking the counter outbox"),
+    }
+}
+
+/// Up to `limit` batch ids of waiting rows.
+pub async fn pending<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    limit: i64,
+) -> anyhow::Result<Vec<Uuid>> {
+    sqlx::query_scalar!("SELECT batch_id FROM counter_outbox LIMIT $1", limit)
+        .fetch_all(executor)
+        .await
+        .context("reading the counter outbox")
+}
+
+/// Deletes every row (inside the caller's transaction); returns their
+/// batch ids.
+pub async fn take_all<'e>(executor: impl sqlx::PgExecutor<'e>) -> anyhow::Result<Vec<Uuid>> {
+    sqlx::query_scalar!("DELETE FROM counter_outbox RETURNING batch_id")
+        .fetch_all(executor)
+        .await
+        .context("clearing the counter outbox")
 }

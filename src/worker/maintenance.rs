@@ -6,15 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::WorkerContext;
 use crate::counters::epoch::Seen;
-use crate::counters::{Applied, Counters, Epoch};
+use crate::counters::Epoch;
+use crate::exactly_once;
 use crate::store;
 
 /// Outbox rows younger than this are left to their own worker.
@@ -197,8 +195,13 @@ impl Maintenance {
             }
             if last_outbox.elapsed() >= Duration::from_secs(2) {
                 last_outbox = tokio::time::Instant::now();
-                match recover_outbox(&self.ctx.pool, &mut conn, &self.ctx.counters, OUTBOX_GRACE)
-                    .await
+                match exactly_once::recover(
+                    &self.ctx.pool,
+                    &mut conn,
+                    &self.ctx.counters,
+                    OUTBOX_GRACE,
+                )
+                .await
                 {
                     Ok(n) if n > 0 => {
                         self.ctx.metrics.outbox_recovered.inc_by(n as u64);
@@ -210,7 +213,7 @@ impl Maintenance {
                     Ok(_) => {}
                     Err(e) => self.failed("outbox recovery", e),
                 }
-                if let Ok(depth) = store::outbox::depth(&self.ctx.pool).await {
+                if let Ok(depth) = exactly_once::outbox_depth(&self.ctx.pool).await {
                     self.ctx.metrics.outbox_depth.set(depth);
                 }
             }
@@ -252,49 +255,4 @@ impl Maintenance {
         self.ctx.metrics.event_partitions.set(partitions);
         Ok(())
     }
-}
-
-/// Applies counter updates whose outbox rows are older than `grace`.
-/// Returns the number of batches applied.
-pub async fn recover_outbox(
-    pool: &PgPool,
-    conn: &mut ConnectionManager,
-    counters: &Counters,
-    grace: Duration,
-) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await.context("starting outbox recovery")?;
-    let rows = store::outbox::claim_stale(&mut *tx, grace).await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let mut applied = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let batch = &row.batch_id;
-        let events =
-            store::counted_events(&mut *tx, &row.event_ids, row.tenant_ids.as_deref()).await?;
-        let views: Vec<_> = events.iter().map(|e| e.view()).collect();
-        let ops = counters.ops_for(&views, Utc::now());
-        if counters.apply_batch(conn, batch, &ops, None).await? == Applied::Paused {
-            // Reconcile is rebuilding; leave the rest for later.
-            break;
-        }
-        applied.push(*batch);
-    }
-    if applied.len() < rows.len() {
-        // Only some were applied: keep the others' rows by undoing the
-        // claim and deleting just the applied ones.
-        tx.rollback().await.context("releasing outbox rows")?;
-        if !applied.is_empty() {
-            store::outbox::delete(pool, &applied).await?;
-        }
-    } else {
-        tx.commit().await.context("committing outbox recovery")?;
-    }
-    if let Err(e) = counters.forget_markers(conn, &applied).await {
-        tracing::debug!(
-            error = format!("{e:#}"),
-            "marker cleanup deferred to its TTL"
-        );
-    }
-    Ok(applied.len())
 }

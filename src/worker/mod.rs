@@ -5,23 +5,20 @@
 //! 1. Reserve: what this worker's processing list still holds (a round that
 //!    could not finish), else up to `BATCH_SIZE` items moved from the queue.
 //! 2. Commit the batch to Postgres in one statement: new raw rows, their
-//!    rollups and an outbox row naming them (see `store`). Events that fail
+//!    rollups and an outbox row naming them (see [`crate::exactly_once`]). Events that fail
 //!    on their own are isolated by splitting the batch, and sent to the retry
 //!    set or, after `MAX_ATTEMPTS`, the dead-letter list; the rest commit.
-//! 3. Apply the counters: claim the outbox row in a transaction, apply the
-//!    updates in one Redis script guarded by the batch's marker, which also
-//!    deletes the processing list, then commit the claim.
-//!
-//! A crash anywhere leaves either the items in the processing list (the
-//! reaper returns them to the queue; re-processing inserts nothing twice) or
-//! an outbox row (recovery applies it; the marker prevents a double apply).
+//! 3. Apply the counters and acknowledge the processing list, exactly once:
+//!    the steps, and what a crash after each leaves, are in
+//!    [`crate::exactly_once`].
 //! Outages never count as attempts ([`crate::fault`] decides what is one):
 //! the round fails as a whole, the items stay where they are, and the worker
 //! backs off.
 
 mod maintenance;
 
-pub use maintenance::{recover_outbox, Maintenance};
+pub use crate::exactly_once::recover as recover_outbox;
+pub use maintenance::Maintenance;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,8 +33,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::counters::{Applied, Counted, Counters};
+use crate::counters::{Counted, Counters};
 use crate::domain::{Event, Kind};
+use crate::exactly_once;
 use crate::fault::{Fault, OutageError};
 use crate::metrics::Metrics;
 use crate::queue::{Divert, Queue, Queues};
@@ -242,11 +240,19 @@ impl Worker {
             }
             // The last apply also acknowledges the processing list.
             let ack = (i == last && ack_in_script).then_some(processing.as_str());
-            self.apply_committed(batch, &counted, ack).await?;
+            exactly_once::apply_committed(
+                &ctx.pool,
+                &mut self.conn,
+                &ctx.counters,
+                batch,
+                &counted,
+                ack,
+            )
+            .await?;
             acked |= ack.is_some();
         }
         if !acked {
-            ctx.counters.ack(&mut self.conn, &processing).await?;
+            exactly_once::acknowledge(&mut self.conn, &processing).await?;
         }
         self.acked = true;
 
@@ -287,7 +293,7 @@ impl Worker {
         while let Some(part) = pending.pop() {
             let batch = Uuid::now_v7();
             let refs: Vec<&Event> = part.iter().map(|(_, e)| e).collect();
-            let err = match store::insert_batch(&self.ctx.pool, &refs, batch).await {
+            let err = match exactly_once::commit(&self.ctx.pool, &refs, batch).await {
                 Ok(ids) => {
                     if !ids.is_empty() {
                         committed.push((batch, ids));
@@ -351,51 +357,6 @@ impl Worker {
             moves.push((f.raw, divert));
         }
         self.queue.divert(&mut self.conn, &self.id, &moves).await?;
-        Ok(())
-    }
-
-    /// Step 3 of a round for one committed sub-batch.
-    async fn apply_committed(
-        &mut self,
-        batch: &Uuid,
-        counted: &[Counted<'_>],
-        processing: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let ctx = self.ctx.clone();
-        let mut tx = ctx
-            .pool
-            .begin()
-            .await
-            .context("starting the counter claim")?;
-        let claimed = store::outbox::claim(&mut *tx, batch).await?;
-        if claimed == 0 {
-            // Recovery or reconcile already accounted for this batch.
-            drop(tx);
-            if let Some(p) = processing {
-                ctx.counters.ack(&mut self.conn, p).await?;
-            }
-            return Ok(());
-        }
-        let ops = ctx.counters.ops_for(counted, Utc::now());
-        match ctx
-            .counters
-            .apply_batch(&mut self.conn, batch, &ops, processing)
-            .await?
-        {
-            Applied::Paused => {
-                // Reconcile is running; recovery applies this row later.
-                tx.rollback().await.context("releasing the counter claim")?;
-            }
-            Applied::Applied | Applied::AlreadyApplied => {
-                tx.commit().await.context("committing the counter claim")?;
-                if let Err(e) = ctx.counters.forget_markers(&mut self.conn, &[*batch]).await {
-                    tracing::debug!(
-                        error = format!("{e:#}"),
-                        "marker cleanup deferred to its TTL"
-                    );
-                }
-            }
-        }
         Ok(())
     }
 }

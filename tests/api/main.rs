@@ -6,6 +6,7 @@ mod admin;
 mod analytics;
 mod bounds;
 mod cors;
+mod counter_scripts;
 mod deploy;
 mod edge;
 mod faults;

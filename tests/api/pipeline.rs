@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use adtrack::counters::{Applied, CountedEvent, Counters};
 use adtrack::domain::{parse_event, ParseContext};
+use adtrack::exactly_once;
 use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -201,15 +202,13 @@ async fn a_batch_marker_makes_a_second_apply_a_no_op() {
     let ops = counters.ops_for(&[counted.view()], Utc::now());
     let batch = uuid::Uuid::now_v7();
     assert_eq!(
-        counters
-            .apply_batch(&mut conn, &batch, &ops, None)
+        exactly_once::apply_batch(&mut conn, &counters, &batch, &ops, None)
             .await
             .unwrap(),
         Applied::Applied
     );
     assert_eq!(
-        counters
-            .apply_batch(&mut conn, &batch, &ops, None)
+        exactly_once::apply_batch(&mut conn, &counters, &batch, &ops, None)
             .await
             .unwrap(),
         Applied::AlreadyApplied
@@ -224,8 +223,7 @@ async fn a_batch_marker_makes_a_second_apply_a_no_op() {
         .unwrap();
     let other = uuid::Uuid::now_v7();
     assert_eq!(
-        counters
-            .apply_batch(&mut conn, &other, &ops, None)
+        exactly_once::apply_batch(&mut conn, &counters, &other, &ops, None)
             .await
             .unwrap(),
         Applied::Paused

@@ -15,14 +15,14 @@ use crate::helpers::redis_url;
 
 /// A connection and a prefix no other test uses; its keys are deleted on
 /// [`Scratch::clean`].
-struct Scratch {
-    conn: ConnectionManager,
-    keys: Keys,
+pub(crate) struct Scratch {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
     worker: String,
 }
 
 impl Scratch {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let conn = adtrack::app::redis_connection(&redis_url(), Duration::from_secs(5))
             .await
@@ -35,7 +35,7 @@ impl Scratch {
     }
 
     /// Runs `script` with `keys` and `args`, as its caller in `src/` does.
-    async fn run<T: FromRedisValue>(
+    pub(crate) async fn run<T: FromRedisValue>(
         &mut self,
         script: &Script,
         keys: &[String],
@@ -48,19 +48,19 @@ impl Scratch {
         call.arg(args).invoke_async(&mut self.conn).await.unwrap()
     }
 
-    fn processing(&self) -> String {
+    pub(crate) fn processing(&self) -> String {
         self.keys.processing(&self.worker)
     }
 
-    async fn list(&mut self, key: &str) -> Vec<String> {
+    pub(crate) async fn list(&mut self, key: &str) -> Vec<String> {
         self.conn.lrange(key, 0, -1).await.unwrap()
     }
 
-    async fn exists(&mut self, key: &str) -> bool {
+    pub(crate) async fn exists(&mut self, key: &str) -> bool {
         self.conn.exists(key).await.unwrap()
     }
 
-    async fn clean(mut self, extra: &[String]) {
+    pub(crate) async fn clean(mut self, extra: &[String]) {
         let mut keys = vec![
             self.keys.queue(),
             self.processing(),
