@@ -235,13 +235,7 @@ pub async fn last_reset(
 
 /// Whether Postgres holds anything the counters are built from.
 async fn anything_committed(pool: &PgPool) -> anyhow::Result<bool> {
-    let stored: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM rollup_minute)
-             OR EXISTS (SELECT 1 FROM events)",
-    )
-    .fetch_one(pool)
-    .await
-    .context("looking for committed events")?;
+    let stored = crate::store::counters::anything_stored(pool).await?;
     Ok(stored || exactly_once::outbox_pending(pool).await?)
 }
 

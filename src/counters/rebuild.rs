@@ -41,6 +41,7 @@ use super::scripts::{WRITE_AD, WRITE_CAMPAIGN};
 use super::{code, Layout, ALL_TIME_TTL, HOUR};
 use crate::domain::Kind;
 use crate::exactly_once;
+use crate::store;
 
 /// How long a rebuild waits for the outbox lock.
 const LOCK_WAIT: &str = "250ms";
@@ -65,15 +66,7 @@ async fn ad_rollups<'e>(
     tenant: &str,
     ad: &str,
 ) -> anyhow::Result<Vec<HourRow>> {
-    sqlx::query_as(
-        "SELECT kind, bucket, sum(events)::bigint FROM rollup_hour
-         WHERE tenant_id = $1 AND ad_id = $2 GROUP BY 1, 2",
-    )
-    .bind(tenant)
-    .bind(ad)
-    .fetch_all(ex)
-    .await
-    .context("reading an ad's rollups")
+    store::counters::ad_hours(ex, tenant, ad).await
 }
 
 fn figures(rows: &[HourRow]) -> AllTime {
@@ -93,21 +86,10 @@ fn figures(rows: &[HourRow]) -> AllTime {
     out
 }
 
-/// The clicks' distinct IPs, as `reconcile` reads them.
-const CLICK_IPS: &str = "SELECT DISTINCT host(ip) FROM events
-     WHERE tenant_id = $1 AND ad_id = $2 AND kind = 'click' AND ip IS NOT NULL";
-
 /// Starts the locked snapshot; `None` when the lock was not free in time.
 async fn locked_snapshot(pool: &PgPool) -> anyhow::Result<Option<Transaction<'static, Postgres>>> {
     let mut tx = pool.begin().await.context("starting a rebuild")?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await
-        .context("setting the isolation level")?;
-    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
-        .execute(&mut *tx)
-        .await
-        .context("bounding the lock wait")?;
+    store::counters::begin_snapshot(&mut tx, Some(LOCK_WAIT)).await?;
     Ok(exactly_once::lock_outbox(&mut tx).await?.then_some(tx))
 }
 
@@ -141,12 +123,7 @@ pub(crate) async fn rebuild_ad(
         return uncached(pool, tenant, ad, &rows).await;
     };
     let rows = ad_rollups(&mut *tx, tenant, ad).await?;
-    let ips: Vec<(String,)> = sqlx::query_as(CLICK_IPS)
-        .bind(tenant)
-        .bind(ad)
-        .fetch_all(&mut *tx)
-        .await
-        .context("reading an ad's click IPs")?;
+    let ips = store::counters::ad_click_ips(&mut *tx, tenant, ad).await?;
     let Some(batches) = pending_batches(&mut tx).await? else {
         drop(tx);
         return uncached(pool, tenant, ad, &rows).await;
@@ -183,7 +160,7 @@ pub(crate) async fn rebuild_ad(
         .await
         .context("writing rebuilt ad counters")?;
     for part in ips.chunks(1000) {
-        let members: Vec<&str> = part.iter().map(|(ip,)| ip.as_str()).collect();
+        let members: Vec<&str> = part.iter().map(String::as_str).collect();
         redis::cmd("PFADD")
             .arg(&uniques_key)
             .arg(members)
@@ -209,12 +186,7 @@ async fn uncached(
     rows: &[HourRow],
 ) -> anyhow::Result<AllTime> {
     let mut all = figures(rows);
-    let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM ({CLICK_IPS}) ips"))
-        .bind(tenant)
-        .bind(ad)
-        .fetch_one(pool)
-        .await
-        .context("counting an ad's click IPs")?;
+    let n = store::counters::ad_click_ip_count(pool, tenant, ad).await?;
     all.uniques = n.max(0) as u64;
     Ok(all)
 }
@@ -242,25 +214,8 @@ pub async fn settle_campaigns(
     let Some(mut tx) = locked_snapshot(pool).await? else {
         return Ok(0);
     };
-    let totals: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT campaign_id, sum(events)::bigint FROM rollup_hour
-         WHERE tenant_id = $1 AND campaign_id = ANY($2) AND kind = 'play' GROUP BY 1",
-    )
-    .bind(tenant)
-    .bind(&pending)
-    .fetch_all(&mut *tx)
-    .await
-    .context("reading campaign plays")?;
-    let screens: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT campaign_id, screen_id, sum(events)::bigint FROM rollup_minute
-         WHERE tenant_id = $1 AND campaign_id = ANY($2) AND kind = 'play' AND screen_id <> ''
-         GROUP BY 1, 2",
-    )
-    .bind(tenant)
-    .bind(&pending)
-    .fetch_all(&mut *tx)
-    .await
-    .context("reading campaign screens")?;
+    let totals = store::counters::campaign_plays(&mut *tx, tenant, &pending).await?;
+    let screens = store::counters::campaign_screens(&mut *tx, tenant, &pending).await?;
     let Some(batches) = pending_batches(&mut tx).await? else {
         return Ok(0);
     };

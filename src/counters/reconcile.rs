@@ -30,6 +30,7 @@ use super::{Layout, Mode, Ops, HOUR};
 use crate::domain::Kind;
 use crate::exactly_once;
 use crate::queue::Keys;
+use crate::store;
 
 /// How long the pause flag lives if reconcile dies before clearing it.
 const PAUSE: Duration = Duration::from_secs(600);
@@ -90,29 +91,25 @@ async fn rebuild(
         .begin()
         .await
         .context("starting the reconcile transaction")?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await
-        .context("setting the isolation level")?;
-    // No lock_timeout is set: this waits for the lock.
+    // No lock_timeout: this waits for the lock.
+    store::counters::begin_snapshot(&mut tx, None).await?;
     if !exactly_once::lock_outbox(&mut tx).await? {
         anyhow::bail!("the counter outbox lock was not free");
     }
 
     let mut ops = Ops::with_mode(staging.clone(), now, Mode::Rebuild);
     {
-        type Row = (String, String, String, String, String, DateTime<Utc>, i64);
-        let mut rows = sqlx::query_as::<_, Row>(
-            "SELECT tenant_id, kind, ad_id, campaign_id, screen_id,
-                    CASE WHEN bucket >= $1 THEN bucket ELSE date_trunc('hour', bucket) END AS b,
-                    sum(events)::bigint
-             FROM rollup_minute GROUP BY 1, 2, 3, 4, 5, 6",
-        )
-        .bind(minute_cut)
-        .fetch(&mut *tx);
-        while let Some((tenant, kind, ad, campaign, screen, at, n)) =
-            rows.try_next().await.context("reading rollups")?
-        {
+        let mut rows = store::counters::rolled_counts(&mut tx, minute_cut);
+        while let Some(row) = rows.try_next().await? {
+            let store::counters::RolledCount {
+                tenant,
+                kind,
+                ad,
+                campaign,
+                screen,
+                at,
+                events: n,
+            } = row;
             let Some(kind) = Kind::parse(&kind) else {
                 continue;
             };
@@ -132,17 +129,8 @@ async fn rebuild(
         }
     }
     {
-        let mut rows = sqlx::query_as::<_, (String, String, String, Option<DateTime<Utc>>)>(
-            "SELECT DISTINCT tenant_id, ad_id, host(ip),
-                    CASE WHEN event_time >= $1 THEN date_trunc('minute', event_time)
-                         WHEN event_time >= $2 THEN date_trunc('hour', event_time) END
-             FROM events
-             WHERE kind = 'click' AND ad_id IS NOT NULL AND ip IS NOT NULL",
-        )
-        .bind(minute_cut)
-        .bind(hour_cut)
-        .fetch(&mut *tx);
-        while let Some((tenant, ad, ip, at)) = rows.try_next().await.context("reading click IPs")? {
+        let mut rows = store::counters::click_ips(&mut tx, minute_cut, hour_cut);
+        while let Some(store::counters::ClickIp { tenant, ad, ip, at }) = rows.try_next().await? {
             match at {
                 Some(at) => ops.add_unique_click(&tenant, &ad, at, &ip),
                 None => ops.add_unique_all_time(&tenant, &ad, &ip),

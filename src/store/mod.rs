@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::counters::CountedEvent;
 use crate::domain::{Event, Kind};
 
+pub mod counters;
 pub mod health;
 pub mod outbox;
 mod partitions;
