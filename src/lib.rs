@@ -27,6 +27,8 @@ pub mod healthcheck;
 pub mod http;
 /// Queuing accepted events: Redis, or the spool while Redis is down.
 pub mod ingest;
+/// Every Redis key and hash field name.
+pub mod keys;
 /// Prometheus metrics.
 pub mod metrics;
 /// The Redis list protocol: push, reserve, divert, reap; retries and dead letters.

@@ -11,8 +11,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::analytics::query_map;
 use super::openapi::{AdminErrors, DeadLetters, ErrorBody, Moved, Purged, QueueStatus};
+use super::query;
 use super::{ApiError, AppState};
 
 pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
@@ -87,6 +87,12 @@ pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     Ok(HttpResponse::Ok().json(status))
 }
 
+/// The query of `GET /admin/dlq`.
+#[derive(serde::Deserialize)]
+struct DlqQuery {
+    limit: Option<String>,
+}
+
 /// Dead letters, newest first.
 #[utoipa::path(
     get,
@@ -102,8 +108,8 @@ pub async fn queue(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
 )]
 pub async fn dlq(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let q = query_map(&req)?;
-    let limit = match q.get("limit") {
+    let q: DlqQuery = query::parse(&req)?;
+    let limit = match q.limit {
         None => 100,
         Some(v) => v
             .parse::<usize>()

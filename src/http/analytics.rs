@@ -2,12 +2,12 @@
 //! `/campaigns/{id}/screens`, answered from the Redis counters (and the
 //! catalogue in Postgres).
 
-use std::collections::HashMap;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
+use serde::Deserialize;
 
 use super::openapi::ReadErrors;
+use super::query::{self, either};
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
 use crate::counters::{AdAnalytics, CampaignPlays, ScreenPlays};
@@ -15,29 +15,26 @@ use crate::domain::Ident;
 use crate::store;
 use crate::store::Ad;
 
-pub(crate) fn query_map(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| {
-            ApiError::bad_request("invalid_query", format!("the query string is invalid: {e}"))
-        })?
-        .into_inner();
-    let mut map = HashMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        // `?adId=a&adId=b` is ambiguous; refuse it rather than pick one.
-        if map.contains_key(&name) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("the query parameter {name:?} is given more than once"),
-            ));
-        }
-        map.insert(name, value);
-    }
-    Ok(map)
+/// The query of `GET /ads/analytics`.
+#[derive(Deserialize)]
+struct AdAnalyticsQuery {
+    #[serde(rename = "adId")]
+    ad_id: Option<String>,
+    #[serde(rename = "ad_id")]
+    ad_id_snake: Option<String>,
+    timeframe: Option<String>,
+}
+
+/// The query of a ranked listing: see [`slice_param`].
+#[derive(Deserialize)]
+struct SliceQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 /// The `timeframe` query parameter; `24h` when absent.
-pub(crate) fn timeframe_param(q: &HashMap<String, String>) -> Result<Timeframe, ApiError> {
-    match q.get("timeframe").map(String::as_str) {
+pub(crate) fn timeframe_param(timeframe: Option<&str>) -> Result<Timeframe, ApiError> {
+    match timeframe {
         None | Some("") => Ok(Timeframe::Day),
         Some(t) => Timeframe::parse(t)
             .ok_or_else(|| ApiError::invalid_field("timeframe must be one of 1h, 24h, 7d, all")),
@@ -67,13 +64,11 @@ pub async fn ad_analytics(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
-    let ad = q
-        .get("adId")
-        .or_else(|| q.get("ad_id"))
+    let q: AdAnalyticsQuery = query::parse(&req)?;
+    let ad = either(&q.ad_id, &q.ad_id_snake)
         .ok_or_else(|| ApiError::invalid_field("adId is required"))?;
     let ad = ident_param(ad, "adId")?;
-    let timeframe = timeframe_param(&q)?;
+    let timeframe = timeframe_param(q.timeframe.as_deref())?;
     let tenant = super::tenant_of(&req, &state).await?;
     let layout = state.layout.tenant(&tenant);
     let mut conn = state.redis.clone();
@@ -121,8 +116,8 @@ const MAX_CURSOR: u64 = 1_000_000_000;
 
 /// `limit` (1..=1000, default 100) and `cursor` (the `X-Next-Cursor` of the
 /// previous page: an offset into the ranking, default 0).
-fn slice_param(q: &HashMap<String, String>) -> Result<counters::Slice, ApiError> {
-    let limit = match q.get("limit").map(String::as_str) {
+fn slice_param(q: &SliceQuery) -> Result<counters::Slice, ApiError> {
+    let limit = match q.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
         Some(v) => v
             .parse::<u64>()
@@ -132,7 +127,7 @@ fn slice_param(q: &HashMap<String, String>) -> Result<counters::Slice, ApiError>
                 ApiError::invalid_field(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
             })?,
     };
-    let offset = match q.get("cursor").map(String::as_str) {
+    let offset = match q.cursor.as_deref() {
         None | Some("") => 0,
         Some(v) => v
             .parse::<u64>()
@@ -203,8 +198,7 @@ pub async fn campaigns(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
-    let slice = slice_param(&q)?;
+    let slice = slice_param(&query::parse(&req)?)?;
     let tenant = super::tenant_of(&req, &state).await?;
     let layout = state.layout.tenant(&tenant);
     let known: Vec<String> = store::catalogue(&state.pool)
@@ -251,8 +245,7 @@ pub async fn campaign_screens(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
-    let slice = slice_param(&q)?;
+    let slice = slice_param(&query::parse(&req)?)?;
     let tenant = super::tenant_of(&req, &state).await?;
     let layout = state.layout.tenant(&tenant);
     let campaign = ident_param(&path.into_inner(), "campaignId")?;

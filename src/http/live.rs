@@ -19,9 +19,11 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
+use serde::Deserialize;
 use serde_json::json;
 
-use super::analytics::{query_map, timeframe_param};
+use super::analytics::timeframe_param;
+use super::query;
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
 use crate::domain::Ident;
@@ -58,6 +60,14 @@ impl Drop for Slot {
     }
 }
 
+/// The query of `GET /live` (its `apiKey` is read by `super::api_key`).
+#[derive(Deserialize)]
+struct LiveQuery {
+    #[serde(rename = "adId")]
+    ad_id: Option<String>,
+    timeframe: Option<String>,
+}
+
 /// What a stream remembers between ticks, to send only changes.
 #[derive(Default)]
 struct Sent {
@@ -88,12 +98,12 @@ struct Sent {
     )
 )]
 pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
-    let ad = match q.get("adId").filter(|v| !v.is_empty()) {
+    let q: LiveQuery = query::parse(&req)?;
+    let ad = match q.ad_id.as_deref().filter(|v| !v.is_empty()) {
         Some(v) => Some(Ident::parse(v).map_err(|p| ApiError::invalid_field(format!("adId {p}")))?),
         None => None,
     };
-    let timeframe = timeframe_param(&q)?;
+    let timeframe = timeframe_param(q.timeframe.as_deref())?;
     let tenant = super::tenant_of(&req, &state).await?;
     let key = super::api_key(&req)?;
     let slot =

@@ -10,6 +10,7 @@ mod health;
 mod ingest;
 mod live;
 pub mod openapi;
+mod query;
 mod reports;
 mod ui;
 
@@ -93,9 +94,7 @@ pub(crate) fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
     if req.path() == "/live" {
         return Ok(match header {
             Some(k) => k,
-            None => analytics::query_map(req)?
-                .remove("apiKey")
-                .unwrap_or_default(),
+            None => query::parse::<LiveKey>(req)?.api_key.unwrap_or_default(),
         });
     }
     let in_query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
@@ -107,6 +106,13 @@ pub(crate) fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
         ));
     }
     Ok(header.unwrap_or_default())
+}
+
+/// The `apiKey` query parameter of `/live`.
+#[derive(serde::Deserialize)]
+struct LiveKey {
+    #[serde(rename = "apiKey")]
+    api_key: Option<String>,
 }
 
 /// The Content-Security-Policy of every answer: scripts, styles, images and

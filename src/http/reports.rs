@@ -2,15 +2,14 @@
 //! events newest first, or the dead letters as failed events) and
 //! `GET /experiments/{id}/summary`.
 
-use std::collections::HashMap;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::analytics::query_map;
 use super::openapi::{EventsPage, ReadErrors};
+use super::query::{self, either};
 use super::{ApiError, AppState};
 use crate::domain::{Ident, Kind};
 use crate::store::reports::{self, AggregateFilter, EventFilter, Grouping};
@@ -55,45 +54,89 @@ pub const MAX_BUCKETS: i64 = 10_080;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
 
-/// A query parameter by its camelCase or snake_case name; an empty value
-/// counts as absent.
-fn param<'q>(q: &'q HashMap<String, String>, camel: &str, snake: &str) -> Option<&'q str> {
-    q.get(camel)
-        .or_else(|| q.get(snake))
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+/// The filters `/aggregates` and `/events` share; `adId` and `campaignId`
+/// may be given in snake_case too.
+#[derive(Deserialize)]
+struct Dimensions {
+    #[serde(rename = "campaignId")]
+    campaign_id: Option<String>,
+    #[serde(rename = "campaign_id")]
+    campaign_id_snake: Option<String>,
+    #[serde(rename = "adId")]
+    ad_id: Option<String>,
+    #[serde(rename = "ad_id")]
+    ad_id_snake: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
-fn ident(
-    q: &HashMap<String, String>,
-    camel: &str,
-    snake: &str,
-) -> Result<Option<String>, ApiError> {
-    param(q, camel, snake)
+impl Dimensions {
+    fn campaign(&self) -> Result<Option<String>, ApiError> {
+        ident(
+            either(&self.campaign_id, &self.campaign_id_snake),
+            "campaignId",
+        )
+    }
+
+    fn ad(&self) -> Result<Option<String>, ApiError> {
+        ident(either(&self.ad_id, &self.ad_id_snake), "adId")
+    }
+
+    fn kind(&self) -> Result<Option<String>, ApiError> {
+        present(self.kind.as_deref())
+            .map(|v| {
+                Kind::parse(v)
+                    .map(|k| k.as_str().to_owned())
+                    .ok_or_else(|| {
+                        ApiError::invalid_field(
+                            "type must be one of impression, click, play, conversion",
+                        )
+                    })
+            })
+            .transpose()
+    }
+}
+
+/// The query of `GET /aggregates`.
+#[derive(Deserialize)]
+struct AggregatesQuery {
+    #[serde(flatten)]
+    dimensions: Dimensions,
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(rename = "groupBy")]
+    group_by: Option<String>,
+    #[serde(rename = "group_by")]
+    group_by_snake: Option<String>,
+}
+
+/// The query of `GET /events`.
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(flatten)]
+    dimensions: Dimensions,
+    before: Option<String>,
+    limit: Option<String>,
+    status: Option<String>,
+}
+
+/// An empty value counts as absent.
+fn present(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.is_empty())
+}
+
+fn ident(value: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+    present(value)
         .map(|v| {
             Ident::parse(v)
                 .map(|id| id.as_str().to_owned())
-                .map_err(|problem| ApiError::invalid_field(format!("{camel} {problem}")))
+                .map_err(|problem| ApiError::invalid_field(format!("{name} {problem}")))
         })
         .transpose()
 }
 
-fn kind(q: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
-    param(q, "type", "type")
-        .map(|v| {
-            Kind::parse(v)
-                .map(|k| k.as_str().to_owned())
-                .ok_or_else(|| {
-                    ApiError::invalid_field(
-                        "type must be one of impression, click, play, conversion",
-                    )
-                })
-        })
-        .transpose()
-}
-
-fn time(q: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    param(q, name, name)
+fn time(value: &Option<String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    present(value.as_deref())
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
@@ -144,14 +187,15 @@ pub async fn aggregates(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
-    let grouping = match param(&q, "groupBy", "group_by") {
+    let q: AggregatesQuery = query::parse(&req)?;
+    let group_by = present(either(&q.group_by, &q.group_by_snake));
+    let grouping = match group_by {
         None => Grouping::Hour,
         Some(g) => Grouping::parse(g)
             .ok_or_else(|| ApiError::invalid_field("groupBy must be one of minute, hour, day"))?,
     };
-    let to = time(&q, "to")?.unwrap_or_else(Utc::now);
-    let from = time(&q, "from")?.unwrap_or(to - chrono::Duration::hours(24));
+    let to = time(&q.to, "to")?.unwrap_or_else(Utc::now);
+    let from = time(&q.from, "from")?.unwrap_or(to - chrono::Duration::hours(24));
     if from >= to {
         return Err(ApiError::invalid_field("from must be before to"));
     }
@@ -165,14 +209,14 @@ pub async fn aggregates(
         return Err(ApiError::invalid_field(format!(
             "the range holds {buckets} buckets of one {}; at most {MAX_BUCKETS} are allowed: \
              narrow from/to or group by a wider unit",
-            param(&q, "groupBy", "group_by").unwrap_or("hour")
+            group_by.unwrap_or("hour")
         )));
     }
     let filter = AggregateFilter {
         tenant: super::tenant_of(&req, &state).await?,
-        campaign_id: ident(&q, "campaignId", "campaign_id")?,
-        ad_id: ident(&q, "adId", "ad_id")?,
-        kind: kind(&q)?,
+        campaign_id: q.dimensions.campaign()?,
+        ad_id: q.dimensions.ad()?,
+        kind: q.dimensions.kind()?,
     };
     let result = reports::aggregates(&state.report_pool, &filter, from, to, grouping)
         .await
@@ -192,8 +236,8 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     Some((time, Uuid::parse_str(id).ok()?))
 }
 
-fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
-    match param(q, "limit", "limit") {
+fn limit(value: &Option<String>) -> Result<i64, ApiError> {
+    match present(value.as_deref()) {
         None => Ok(DEFAULT_LIMIT),
         Some(v) => v
             .parse::<i64>()
@@ -226,10 +270,10 @@ pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
+    let q: EventsQuery = query::parse(&req)?;
     let tenant = super::tenant_of(&req, &state).await?;
-    let limit = limit(&q)?;
-    match param(&q, "status", "status") {
+    let limit = limit(&q.limit)?;
+    match present(q.status.as_deref()) {
         None | Some("processed") => processed(&q, tenant, limit, &state).await,
         Some("failed") => {
             // Dead letters carry error text: operator data. With tenants
@@ -252,12 +296,12 @@ pub async fn events(
 }
 
 async fn processed(
-    q: &HashMap<String, String>,
+    q: &EventsQuery,
     tenant: String,
     limit: i64,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let before = match param(q, "before", "before") {
+    let before = match present(q.before.as_deref()) {
         None => None,
         Some(c) => Some(
             decode_cursor(c)
@@ -278,9 +322,9 @@ async fn processed(
     };
     let filter = EventFilter {
         tenant,
-        kind: kind(q)?,
-        ad_id: ident(q, "adId", "ad_id")?,
-        campaign_id: ident(q, "campaignId", "campaign_id")?,
+        kind: q.dimensions.kind()?,
+        ad_id: q.dimensions.ad()?,
+        campaign_id: q.dimensions.campaign()?,
         before,
         limit,
     };
@@ -302,12 +346,12 @@ async fn processed(
 /// Dead letters in the event shape, newest first, each with `status`,
 /// `error`, `attempts` and `failedAt`; the cursor is an offset.
 async fn failed(
-    q: &HashMap<String, String>,
+    q: &EventsQuery,
     tenant: &str,
     limit: i64,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let offset = match param(q, "before", "before") {
+    let offset = match present(q.before.as_deref()) {
         None => 0,
         Some(c) => c
             .strip_prefix("failed~")
@@ -316,9 +360,9 @@ async fn failed(
                 ApiError::invalid_field("before must be a nextCursor from a previous page")
             })?,
     };
-    let kind = kind(q)?;
-    let ad = ident(q, "adId", "ad_id")?;
-    let campaign = ident(q, "campaignId", "campaign_id")?;
+    let kind = q.dimensions.kind()?;
+    let ad = q.dimensions.ad()?;
+    let campaign = q.dimensions.campaign()?;
     let mut conn = state.redis.clone();
     let (total, letters) = state
         .queues

@@ -6,6 +6,7 @@ use anyhow::Context;
 use redis::aio::ConnectionManager;
 
 use super::{scripts, Queue};
+use crate::keys::fields;
 
 /// One worker as `/admin/queue` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -81,8 +82,8 @@ impl Queue {
         pipe.cmd("LLEN").arg(self.keys.dlq());
         pipe.cmd("HMGET")
             .arg(self.keys.stats())
-            .arg("ingested")
-            .arg("committed");
+            .arg(fields::INGESTED)
+            .arg(fields::COMMITTED);
         for w in &ids {
             pipe.cmd("LLEN").arg(self.keys.processing(w));
             pipe.cmd("EXISTS").arg(self.keys.heartbeat(w));

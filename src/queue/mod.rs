@@ -13,15 +13,14 @@
 //!   the queue by one script that re-checks the heartbeat inside Redis.
 
 mod admin;
-mod keys;
 mod protocol;
 mod pusher;
 #[doc(hidden)]
 pub mod scripts;
 mod shards;
 
+pub use crate::keys::Keys;
 pub use admin::{QueueOverview, WorkerStatus};
-pub use keys::Keys;
 pub use protocol::Divert;
 pub use pusher::{LocalPusher, PushError, PushFailure, Pusher};
 pub use shards::{Queues, MAX_SHARDS};

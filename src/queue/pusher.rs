@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, OnceCell};
 
 use super::Keys;
 use crate::fault::{Cause, Dependency, Outage};
+use crate::keys::fields;
 use crate::metrics::Metrics;
 
 /// Most envelopes sent in one `LPUSH`; more wait for the next one.
@@ -242,7 +243,7 @@ async fn flush(
     // A running total for the UI's ingest rate; same round trip.
     pipe.cmd("HINCRBY")
         .arg(keys.stats())
-        .arg("ingested")
+        .arg(fields::INGESTED)
         .arg(count)
         .ignore();
     match tokio::time::timeout(PUSH_TIMEOUT, pipe.query_async::<()>(conn)).await {

@@ -10,6 +10,7 @@ use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use super::{segments, split_segment, sync_dir, Lines, Spool};
+use crate::keys::fields;
 use crate::metrics::Metrics;
 use crate::queue::Keys;
 
@@ -138,7 +139,7 @@ impl Replayer {
             pipe.cmd("LPUSH").arg(self.keys.queue()).arg(chunk).ignore();
             pipe.cmd("HINCRBY")
                 .arg(self.keys.stats())
-                .arg("ingested")
+                .arg(fields::INGESTED)
                 .arg(chunk.len())
                 .ignore();
             tokio::time::timeout(

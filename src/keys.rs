@@ -1,3 +1,9 @@
+//! Every Redis key and hash field name adtrack uses, in one place. The
+//! values are part of the operator's interface (the README's `redis-cli`
+//! lines read them): rename a method here freely, never the text it returns.
+
+use std::fmt::Display;
+
 /// Every Redis key adtrack uses, derived from `REDIS_PREFIX`.
 ///
 /// All keys carry the hash tag `{P}`, so the keys of one prefix share one
@@ -125,6 +131,29 @@ impl Keys {
     }
 }
 
+/// Hash field names written or read in more than one place.
+pub mod fields {
+    use super::Display;
+
+    /// `{P}:stats` field: events accepted into the queue (pushed by ingest
+    /// or replayed from the spool).
+    pub const INGESTED: &str = "ingested";
+
+    /// `{P}:stats` field: events committed to Postgres and counted.
+    pub const COMMITTED: &str = "committed";
+
+    /// Field of an all-time counter hash holding the events of kind code
+    /// `kind` in hour `hour` since the epoch: `c:h:<hour>` for clicks.
+    pub fn hour(kind: &str, hour: impl Display) -> String {
+        format!("{}{hour}", hour_prefix(kind))
+    }
+
+    /// What every [`hour`] field of kind code `kind` starts with.
+    pub fn hour_prefix(kind: &str) -> String {
+        format!("{kind}:h:")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +186,13 @@ mod tests {
         assert!(!s.queue_in_home_slot());
         assert!(Keys::shard("adtrack", 0).queue_in_home_slot());
         assert_eq!(Keys::shard("adtrack", 0).queue(), "{adtrack}:queue");
+    }
+
+    #[test]
+    fn field_names_match_the_readme() {
+        assert_eq!(fields::INGESTED, "ingested");
+        assert_eq!(fields::COMMITTED, "committed");
+        assert_eq!(fields::hour("c", 493_001), "c:h:493001");
+        assert_eq!(fields::hour_prefix("c"), "c:h:");
     }
 }
