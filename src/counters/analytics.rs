@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use super::{code, rebuild, Layout, DAY, HOUR, MINUTE};
 use crate::domain::Kind;
+use crate::keys::fields;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Timeframe {
@@ -125,7 +126,7 @@ pub async fn ad_analytics(
                     let n = fields.get(code(kind)).copied().unwrap_or(0).max(0) as u64;
                     totals.add(kind, n);
                 }
-                let prefix = format!("{}:h:", code(Kind::Click));
+                let prefix = fields::hour_prefix(code(Kind::Click));
                 for (field, n) in &fields {
                     if let Some(hour) = field
                         .strip_prefix(&prefix)

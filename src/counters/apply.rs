@@ -10,6 +10,7 @@ use redis::aio::ConnectionManager;
 use super::ops::Chunk;
 use super::scripts::APPLY;
 use super::{Counted, Layout, Ops};
+use crate::keys::fields;
 use crate::queue::Keys;
 
 /// The real-time counters of one prefix.
@@ -44,7 +45,11 @@ impl Counters {
         ops.add_events(events.iter().copied());
         if !events.is_empty() {
             // Running total for the UI's commit rate, applied with the batch.
-            ops.hincr(self.keys.stats(), "committed".into(), events.len() as i64);
+            ops.hincr(
+                self.keys.stats(),
+                fields::COMMITTED.into(),
+                events.len() as i64,
+            );
         }
         ops
     }

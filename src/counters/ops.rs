@@ -12,6 +12,7 @@ use super::layout::{
 };
 use super::{code, Counted};
 use crate::domain::Kind;
+use crate::keys::fields;
 
 /// Silent campaigns dropped from the ranking per counter application, so a
 /// cleanup never costs one script call more than this.
@@ -155,7 +156,7 @@ impl Ops {
             }
             self.touch.insert(uniques);
             if kind == Kind::Click {
-                self.all_time_incr(&layout, ad, format!("c:h:{hour}"), n);
+                self.all_time_incr(&layout, ad, fields::hour(code(Kind::Click), hour), n);
             }
             let expiry = hour_hash_expiry(day);
             if expiry > self.now {

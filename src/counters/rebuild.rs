@@ -41,6 +41,7 @@ use super::scripts::{WRITE_AD, WRITE_CAMPAIGN};
 use super::{code, Layout, ALL_TIME_TTL, HOUR};
 use crate::domain::Kind;
 use crate::exactly_once;
+use crate::keys::fields;
 use crate::store;
 
 /// How long a rebuild waits for the outbox lock.
@@ -142,7 +143,7 @@ pub(crate) async fn rebuild_ad(
     fields.extend(
         all.hourly_clicks
             .iter()
-            .map(|(h, n)| (format!("{}:h:{h}", code(Kind::Click)), *n)),
+            .map(|(h, n)| (fields::hour(code(Kind::Click), h), *n)),
     );
     args.push(fields.len().to_string());
     for (f, n) in fields {
