@@ -205,6 +205,44 @@ async function main() {
     await page.close();
   });
 
+  await check('a 503 is retried after its Retry-After with the same eventIds; a 400 drops the batch', async () => {
+    const adId = `sdk-retry-${RUN}`;
+    const page = await open(context, { init: { flushInterval: 100 } });
+    const errors = [];
+    page.on('console', (msg) => msg.type() === 'error' && errors.push(msg.text()));
+    const sent = [];
+    let answer = { status: 503, headers: { 'Retry-After': '2' } };
+    await context.route(`${BASE}/events/batch`, (route) => {
+      const request = route.request();
+      if (request.method() !== 'POST') return route.continue();
+      sent.push({ at: Date.now(), ids: JSON.parse(request.postData()).events.map((e) => e.eventId).join() });
+      const fake = answer;
+      answer = null; // once
+      if (!fake) return route.continue();
+      return route.fulfill({
+        status: fake.status,
+        contentType: 'application/json',
+        headers: { 'Access-Control-Allow-Origin': SITE, 'Access-Control-Expose-Headers': 'Retry-After', ...fake.headers },
+        body: '{"error":"unavailable","message":"faked by the test"}',
+      });
+    });
+    await trackMany(page, adId, 2, 1);
+    await eventually(async () => (await pending(page)) === 0, { message: 'queue drained after the 503' });
+    assert(sent.length === 2, `${sent.length} requests`);
+    assert(sent[0].ids === sent[1].ids, 'the retry carried other eventIds');
+    const waited = sent[1].at - sent[0].at;
+    assert(waited >= 1900 && waited < 4000, `retried after ${waited} ms, not Retry-After's 2 s`);
+    await expectCounts(adId, { impressions: 2, clicks: 1 });
+
+    answer = { status: 400, headers: {} };
+    await page.evaluate((adId) => window.sdk.track('impression', { adId }), adId);
+    await eventually(async () => (await pending(page)) === 0, { message: 'the refused batch dropped' });
+    await context.unroute(`${BASE}/events/batch`);
+    assert(errors.some((e) => /dropped: HTTP 400/.test(e)), `console: ${errors.join(' | ')}`);
+    await expectCounts(adId, { impressions: 2, clicks: 1 });
+    await page.close();
+  });
+
   await check('a page closed mid-batch delivers the rest by beacon', async () => {
     const adId = `sdk-close-${RUN}`;
     const ctx = await browser.newContext(); // its own storage: nothing adopts these later
