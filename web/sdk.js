@@ -164,6 +164,7 @@
           }
           if (res.status === 429 || res.status === 408 || res.status >= 500) return retry(retryAfter(res));
           console.error('adtrack: batch of ' + batch.length + ' events dropped: HTTP ' + res.status);
+          backoff = 0; // the rest of the queue goes on
           remove(ids);
         },
         function () {
