@@ -6,7 +6,9 @@
 //! `CORS_ORIGINS` names origins, those origins (and no others) may use
 //! every route. A request from an origin that is not allowed is still
 //! served, without CORS headers, so the browser keeps its answer from the
-//! page; `curl` and same-origin pages are unaffected.
+//! page; `curl` and same-origin pages are unaffected. The browser SDK
+//! (`/sdk.js`, `/sdk.mjs`) may be fetched by any page whatever the setting:
+//! a module script is always fetched in CORS mode, and the SDK is public.
 
 use std::rc::Rc;
 
@@ -18,6 +20,9 @@ use actix_web::http::Method;
 /// The paths that take events from a page.
 pub const INGEST_PATHS: &[&str] = &["/ads/click", "/ads/impression", "/events", "/events/batch"];
 
+/// The browser SDK's files, which any page may load (as a module too).
+pub const SDK_PATHS: &[&str] = &["/sdk.js", "/sdk.mjs"];
+
 /// The CORS middleware for `listed` origins (`None`: `*` for ingest).
 pub fn middleware(listed: Option<Vec<String>>) -> Cors {
     let listed: Option<Rc<[String]>> = listed.map(Rc::from);
@@ -26,6 +31,8 @@ pub fn middleware(listed: Option<Vec<String>>) -> Cors {
         .allowed_methods([Method::GET, Method::POST, Method::DELETE])
         .allowed_headers([
             header::CONTENT_TYPE,
+            // A page compresses a batch with CompressionStream and says so.
+            header::CONTENT_ENCODING,
             header::AUTHORIZATION,
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("x-api-key"),
@@ -41,6 +48,9 @@ pub fn middleware(listed: Option<Vec<String>>) -> Cors {
 }
 
 fn allows(listed: Option<&[String]>, origin: &HeaderValue, head: &RequestHead) -> bool {
+    if head.method == Method::GET && SDK_PATHS.contains(&head.uri.path()) {
+        return true;
+    }
     if let Some(listed) = listed {
         return origin
             .to_str()

@@ -132,6 +132,45 @@ async fn listed_origins_may_use_every_route_and_no_other_origin_may() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn any_page_may_load_the_sdk_and_send_compressed_batches() {
+    let other = "https://elsewhere.example";
+    for listed in [None, Some(vec![PAGE.to_owned()])] {
+        let app = spawn_app_with(|s| s.cors_origins = listed.clone()).await;
+        // A module script is fetched in CORS mode: the SDK is public,
+        // whatever CORS_ORIGINS lists.
+        for path in ["/sdk.js", "/sdk.mjs"] {
+            let res = app
+                .client
+                .get(app.url(path))
+                .header("Origin", other)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+            assert_eq!(allowed_origin(&res).as_deref(), Some(other), "{path}");
+            let mime = res.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(mime.contains("javascript"), "{path}: {mime}");
+        }
+        // A page that gzips its batch names Content-Encoding in the preflight.
+        let res = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url("/events/batch"))
+            .header("Origin", PAGE)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type, content-encoding",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+        assert_eq!(allowed_origin(&res).as_deref(), Some(PAGE));
+        app.stop().await;
+    }
+}
+
 async fn post_encoded(
     app: &TestApp,
     path: &str,
