@@ -179,13 +179,7 @@ pub async fn ad_analytics(
                     None => Vec::new(),
                 };
                 for (hi, h) in hs.iter().enumerate() {
-                    for (j, kind) in Kind::ALL.into_iter().enumerate() {
-                        let n = values
-                            .get(hi * 4 + j)
-                            .copied()
-                            .flatten()
-                            .unwrap_or(0)
-                            .max(0) as u64;
+                    for (kind, n) in slot_counts(&values, hi) {
                         totals.add(kind, n);
                         if kind == Kind::Click {
                             hourly.insert(*h, n);
@@ -233,13 +227,7 @@ pub async fn ad_analytics(
                     None => Vec::new(),
                 };
                 for (mi, _) in ms.iter().enumerate() {
-                    for (j, kind) in Kind::ALL.into_iter().enumerate() {
-                        let n = values
-                            .get(mi * 4 + j)
-                            .copied()
-                            .flatten()
-                            .unwrap_or(0)
-                            .max(0) as u64;
+                    for (kind, n) in slot_counts(&values, mi) {
                         totals.add(kind, n);
                         if kind == Kind::Click {
                             *hourly.entry(*hour).or_insert(0) += n;
@@ -433,5 +421,18 @@ pub async fn campaign_screens(
             })
             .collect(),
         total,
+    })
+}
+
+/// The counts of every kind in slot `slot` of an `HMGET` that asked for
+/// the kinds' fields slot by slot (missing or negative fields read 0).
+fn slot_counts(values: &[Option<i64>], slot: usize) -> impl Iterator<Item = (Kind, u64)> + '_ {
+    Kind::ALL.into_iter().enumerate().map(move |(j, kind)| {
+        let n = values
+            .get(slot * Kind::ALL.len() + j)
+            .copied()
+            .flatten()
+            .unwrap_or(0);
+        (kind, n.max(0) as u64)
     })
 }
