@@ -70,23 +70,27 @@ pub async fn ad_analytics(
     let ad = ident_param(ad, "adId")?;
     let timeframe = timeframe_param(q.timeframe.as_deref())?;
     let tenant = super::tenant_of(&req, &state).await?;
-    let layout = state.layout.tenant(&tenant);
+    let result = read_ad(&state, &tenant, ad.as_str(), timeframe)
+        .await
+        .map_err(ApiError::dependency)?;
+    Ok(HttpResponse::Ok().json(result))
+}
+
+/// One ad's figures for `tenant` now: what `/ads/analytics` answers and
+/// `/live` streams.
+pub(super) async fn read_ad(
+    state: &AppState,
+    tenant: &str,
+    ad: &str,
+    timeframe: counters::Timeframe,
+) -> anyhow::Result<counters::AdAnalytics> {
+    let layout = state.layout.tenant(tenant);
     let mut conn = state.redis.clone();
     let source = counters::Source {
         pool: &state.pool,
-        tenant: &tenant,
+        tenant,
     };
-    let result = counters::ad_analytics(
-        &mut conn,
-        source,
-        &layout,
-        ad.as_str(),
-        timeframe,
-        Utc::now(),
-    )
-    .await
-    .map_err(ApiError::dependency)?;
-    Ok(HttpResponse::Ok().json(result))
+    counters::ad_analytics(&mut conn, source, &layout, ad, timeframe, Utc::now()).await
 }
 
 /// The ad catalogue.

@@ -178,18 +178,7 @@ async fn frame(
         }
     }
     if let Some(ad) = ad {
-        let source = counters::Source {
-            pool: &state.pool,
-            tenant,
-        };
-        let read = counters::ad_analytics(
-            &mut conn,
-            source,
-            &layout,
-            ad.as_str(),
-            timeframe,
-            Utc::now(),
-        );
+        let read = super::analytics::read_ad(state, tenant, ad.as_str(), timeframe);
         if let Some(a) = logged("analytics", read.await) {
             match serde_json::to_string(&a) {
                 Ok(text) if sent.analytics.as_deref() != Some(text.as_str()) => {
