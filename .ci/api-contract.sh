@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The API against its own OpenAPI document: starts the adtrack binary with a
 # fresh database and Redis prefix, runs schemathesis (every check but
-# positive_data_acceptance, see README "API contract"), then cleans up.
+# positive_data_acceptance, see docs/API.md "API contract"), then cleans up.
 #
 #   .ci/api-contract.sh [path/to/adtrack]    # default target/debug/adtrack
 set -euo pipefail
