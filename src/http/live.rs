@@ -143,6 +143,8 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
+        // An event must never wait in a compressor's buffer.
+        .insert_header(super::ingest::UNCOMPRESSED)
         .streaming(stream))
 }
 

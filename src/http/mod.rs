@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::Service;
-use actix_web::http::{header, Method};
+use actix_web::http::Method;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -268,18 +268,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
     cfg.default_service(web::to(ui::asset_or_not_found));
 }
 
-/// Whether answers of the route named `route` are compressed when the
-/// client asks: the UI, its assets, the API document and JSON reads are;
-/// ingest answers are not (a 202 is a few dozen bytes, sent at load-test
-/// rates), nor `/live` (an event stream must never wait in a compressor's
-/// buffer). Actix's `Compress` leaves an answer that names its encoding.
-fn compressed(route: Option<&str>) -> bool {
-    match route {
-        Some(r) => r != "/live" && !cors::INGEST_PATHS.contains(&r),
-        None => true,
-    }
-}
-
 /// Builds the actix `App` for `state`, with request metrics.
 pub fn app(
     state: web::Data<AppState>,
@@ -304,19 +292,6 @@ pub fn app(
         .configure(move |cfg| configure(cfg, surface))
         .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
         .wrap(security_headers())
-        .wrap_fn(|req, srv| {
-            let fut = srv.call(req);
-            async move {
-                let mut res = fut.await?;
-                if !compressed(res.request().match_name()) {
-                    res.headers_mut().insert(
-                        header::CONTENT_ENCODING,
-                        header::HeaderValue::from_static("identity"),
-                    );
-                }
-                Ok(res)
-            }
-        })
         .wrap(actix_web::middleware::Compress::default())
         .wrap(cors::middleware(cors_origins))
         .wrap_fn(move |req, srv| {

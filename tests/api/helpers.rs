@@ -214,17 +214,11 @@ impl TestApp {
     }
 
     pub async fn outbox_len(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM counter_outbox")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count outbox")
+        outbox_len(&self.pool).await
     }
 
     pub async fn stored(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count events")
+        stored(&self.pool).await
     }
 
     /// Waits until the queue, the processing lists and the counter outbox
@@ -856,17 +850,11 @@ impl Backends {
     }
 
     pub async fn outbox_len(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM counter_outbox")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count outbox")
+        outbox_len(&self.pool).await
     }
 
     pub async fn stored(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count events")
+        stored(&self.pool).await
     }
 
     pub async fn stored_ids(&self) -> std::collections::HashSet<Uuid> {
@@ -1050,4 +1038,20 @@ impl Drop for Tmpfs {
         }
         let _ = std::fs::remove_dir(&self.path);
     }
+}
+
+/// Counter-outbox rows waiting in `pool`'s database.
+pub async fn outbox_len(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM counter_outbox")
+        .fetch_one(pool)
+        .await
+        .expect("count outbox")
+}
+
+/// Raw events stored in `pool`'s database.
+pub async fn stored(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count events")
 }
