@@ -175,13 +175,24 @@ pub struct OutageError {
     pub error: anyhow::Error,
 }
 
-impl From<anyhow::Error> for OutageError {
-    fn from(error: anyhow::Error) -> Self {
-        let outage = match Fault::of(&error) {
+impl Outage {
+    /// The outage `err` stands for where no single event is at fault (a
+    /// round, a probe, a read): a data error there is a Postgres failure of
+    /// unknown cause.
+    pub fn of(err: &anyhow::Error) -> Self {
+        match Fault::of(err) {
             Fault::Outage(o) => o,
             Fault::Poison => Outage::new(Dependency::Postgres, Cause::Unknown),
-        };
-        Self { outage, error }
+        }
+    }
+}
+
+impl From<anyhow::Error> for OutageError {
+    fn from(error: anyhow::Error) -> Self {
+        Self {
+            outage: Outage::of(&error),
+            error,
+        }
     }
 }
 

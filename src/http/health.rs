@@ -6,7 +6,7 @@ use super::openapi::{Health, Readiness};
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
-use crate::fault::{Cause, Fault};
+use crate::fault::{Cause, Outage};
 use crate::store;
 
 /// A dependency that does not answer a probe within this is `down` for
@@ -94,11 +94,7 @@ async fn redis_state(state: &AppState) -> Result<(), Cause> {
 }
 
 fn cause_of(err: anyhow::Error) -> Cause {
-    match Fault::of(&err) {
-        Fault::Outage(o) => o.cause,
-        // A data error from a probe means nothing about the data: say so.
-        Fault::Poison => Cause::Unknown,
-    }
+    Outage::of(&err).cause
 }
 
 /// Prometheus text format.

@@ -27,7 +27,7 @@ use super::query;
 use super::{ApiError, AppState};
 use crate::counters::{self, Timeframe};
 use crate::domain::Ident;
-use crate::fault::Fault;
+use crate::fault::Outage;
 use crate::store;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -239,15 +239,11 @@ fn logged<T>(part: &'static str, read: anyhow::Result<T>) -> Option<T> {
     match read {
         Ok(v) => Some(v),
         Err(e) => {
-            let fault = Fault::of(&e);
-            let (dependency, cause) = match fault {
-                Fault::Outage(o) => (o.dependency.as_str(), o.cause.as_str()),
-                Fault::Poison => ("postgres", "data"),
-            };
+            let outage = Outage::of(&e);
             tracing::warn!(
                 part,
-                dependency,
-                cause,
+                dependency = outage.dependency.as_str(),
+                cause = outage.cause.as_str(),
                 error = format!("{e:#}"),
                 "live stream part left out"
             );

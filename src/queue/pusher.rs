@@ -48,7 +48,7 @@ impl PushError {
     fn redis(e: redis::RedisError, doing: &str) -> Self {
         let reason = format!("{doing}: {e}");
         // Whatever the chain says, it was Redis that failed.
-        let cause = crate::fault::OutageError::from(e).outage.cause;
+        let cause = Outage::of(&e.into()).cause;
         let outage = Outage::new(Dependency::Redis, cause);
         Self::Unavailable { outage, reason }
     }
