@@ -58,6 +58,10 @@ pub struct Settings {
     pub tenants: bool,
     /// How long raw events are kept (whole UTC days); `None` keeps them forever.
     pub event_retention: Option<Duration>,
+    /// `MAX_EVENT_AGE`: event times older than this are refused (400);
+    /// `None` accepts any time since 2000 (late ones land in the default
+    /// partition).
+    pub max_event_age: Option<Duration>,
     /// Connections of the reports' own Postgres pool (`REPORT_POOL_SIZE`),
     /// apart from the pool of ingest and the workers, so reports never
     /// take a connection they need.
@@ -98,6 +102,7 @@ impl Default for Settings {
             queue_shards: 1,
             tenants: false,
             event_retention: None,
+            max_event_age: None,
             report_pool_size: 4,
             report_timeout: Duration::from_secs(5),
             log_format: LogFormat::Text,
@@ -212,6 +217,11 @@ impl Settings {
                 .with_context(|| format!("EVENT_RETENTION: {v:?} is not a duration such as 90d"))?;
             s.event_retention = (!d.is_zero()).then_some(d);
         }
+        if let Some(v) = get("MAX_EVENT_AGE") {
+            let d = humantime::parse_duration(&v)
+                .with_context(|| format!("MAX_EVENT_AGE: {v:?} is not a duration such as 30d"))?;
+            s.max_event_age = (!d.is_zero()).then_some(d);
+        }
         if let Some(v) = get("REPORT_POOL_SIZE") {
             s.report_pool_size = parse(&v, "REPORT_POOL_SIZE")?;
         }
@@ -319,6 +329,7 @@ pub const VARIABLES: &[&str] = &[
     "TENANTS",
     "QUEUE_SHARDS",
     "EVENT_RETENTION",
+    "MAX_EVENT_AGE",
     "REPORT_POOL_SIZE",
     "REPORT_TIMEOUT",
     "LIVE_MAX_STREAMS",

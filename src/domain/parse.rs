@@ -465,7 +465,7 @@ fn time(value: &Value, name: &str, ctx: &ParseContext) -> Result<DateTime<Utc>, 
         return Err(EventError::field(
             name,
             format!(
-                "is older than the event retention allows (oldest accepted: {})",
+                "is older than this server accepts (EVENT_RETENTION / MAX_EVENT_AGE; oldest accepted: {})",
                 oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
         ));

@@ -5,7 +5,7 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -330,12 +330,26 @@ fn parse_context(
         now,
         default_event_id,
         allow_simulate_failure: state.settings.simulate_failures,
-        oldest: state
-            .settings
-            .event_retention
-            .map(|keep| crate::store::retention_cutoff(now, keep)),
+        oldest: oldest_accepted(&state.settings, now),
         tenant: String::new(),
     })
+}
+
+/// The oldest event time ingest accepts at `now`: the later of what
+/// `EVENT_RETENTION` still keeps (an older event's idempotency key would be
+/// gone, so a retry could count twice) and `MAX_EVENT_AGE`.
+fn oldest_accepted(
+    settings: &crate::config::Settings,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let kept = settings
+        .event_retention
+        .map(|keep| crate::store::retention_cutoff(now, keep));
+    let young = settings
+        .max_event_age
+        .and_then(|age| chrono::Duration::from_std(age).ok())
+        .and_then(|age| now.checked_sub_signed(age));
+    kept.max(young)
 }
 
 /// The `Idempotency-Key` header as an eventId: itself when it is a UUID,

@@ -280,3 +280,28 @@ async fn concurrent_creators_of_the_same_partitions_all_succeed() {
     assert_eq!(created, 6, "each day is created exactly once");
     app.stop().await;
 }
+
+/// `MAX_EVENT_AGE` refuses older event times with a 400 naming
+/// `timestamp`; younger ones, even without a partition of their day, are
+/// stored.
+#[tokio::test]
+async fn max_event_age_refuses_older_timestamps() {
+    let app = spawn_app_with(|s| s.max_event_age = Some(Duration::from_secs(30 * 86_400))).await;
+    let (status, body) = app
+        .post(
+            "/ads/click",
+            &json!({ "adId": "ad-age", "timestamp": days_ago(31) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_field");
+    assert!(
+        body["message"].as_str().unwrap().contains("timestamp"),
+        "{body}"
+    );
+    app.click(json!({ "adId": "ad-age", "timestamp": days_ago(29) }))
+        .await;
+    app.wait_drained().await;
+    assert_eq!(app.stored().await, 1);
+    app.stop().await;
+}
