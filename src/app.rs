@@ -186,6 +186,13 @@ impl Application {
             redis.clone(),
             metrics.clone(),
         );
+        let ivt = crate::ivt::Ivt::new(
+            settings.ivt_filter,
+            settings.ivt_click_window,
+            keys.clone(),
+            redis.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             keys,
@@ -201,6 +208,7 @@ impl Application {
             spool: spool.clone(),
             redis_down,
             rate_limiter,
+            ivt,
             metrics,
             shutdown: shutdown.clone(),
             live_streams: Arc::default(),

@@ -16,6 +16,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `IVT_FILTER`: `off` counts every event (what load tests and the seeds'
+/// users expect); `flag` stores invalid traffic with its reason and keeps
+/// it out of totals and CTR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IvtFilter {
+    Off,
+    Flag,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: IpAddr,
@@ -71,6 +80,12 @@ pub struct Settings {
     /// report answers 503.
     pub report_timeout: Duration,
     pub log_format: LogFormat,
+    /// `IVT_FILTER`: whether invalid traffic (bot user agents, repeated
+    /// clicks) is flagged and kept out of the totals.
+    pub ivt_filter: IvtFilter,
+    /// `IVT_CLICK_WINDOW`: a second click from one IP on one ad within this
+    /// long is flagged (with `IVT_FILTER=flag`).
+    pub ivt_click_window: Duration,
     /// Seed the demo ad catalogue when the `ads` table is empty.
     pub seed_catalogue: bool,
 }
@@ -106,6 +121,8 @@ impl Default for Settings {
             report_pool_size: 4,
             report_timeout: Duration::from_secs(5),
             log_format: LogFormat::Text,
+            ivt_filter: IvtFilter::Off,
+            ivt_click_window: Duration::from_secs(30),
             seed_catalogue: true,
         }
     }
@@ -236,6 +253,22 @@ impl Settings {
                 _ => bail!("LOG_FORMAT: {v:?} must be text or json"),
             };
         }
+        if let Some(v) = get("IVT_FILTER") {
+            s.ivt_filter = match v.to_ascii_lowercase().as_str() {
+                "off" => IvtFilter::Off,
+                "flag" => IvtFilter::Flag,
+                _ => bail!("IVT_FILTER: {v:?} must be off or flag"),
+            };
+        }
+        if let Some(v) = get("IVT_CLICK_WINDOW") {
+            let d = humantime::parse_duration(&v).with_context(|| {
+                format!("IVT_CLICK_WINDOW: {v:?} is not a duration such as 30s")
+            })?;
+            if d < Duration::from_millis(1) || d > Duration::from_secs(86_400) {
+                bail!("IVT_CLICK_WINDOW: {v:?} must be between 1ms and 24h");
+            }
+            s.ivt_click_window = d;
+        }
         if let Some(v) = get("SEED_CATALOGUE") {
             s.seed_catalogue = parse_bool(&v, "SEED_CATALOGUE")?;
         }
@@ -333,6 +366,8 @@ pub const VARIABLES: &[&str] = &[
     "REPORT_POOL_SIZE",
     "REPORT_TIMEOUT",
     "LIVE_MAX_STREAMS",
+    "IVT_FILTER",
+    "IVT_CLICK_WINDOW",
     "SEED_CATALOGUE",
     "RUST_LOG",
     "LOG_FORMAT",

@@ -125,6 +125,12 @@ impl Keys {
         format!("{}:rl:ip:{client}", self.home)
     }
 
+    /// The open repeated-click window of one client on one ad of one tenant
+    /// (see `ivt`): holds the eventId of the click that opened it.
+    pub fn ivt_click(&self, tenant: &str, ad: &str, client: &str) -> String {
+        format!("{}:ivt:click:{tenant}:{ad}:{client}", self.home)
+    }
+
     /// Token bucket of one ad of one tenant (`""` unless `TENANTS=on`).
     pub fn rate_limit_ad(&self, tenant: &str, ad: &str) -> String {
         format!("{}:rl:ad:{tenant}:{ad}", self.home)

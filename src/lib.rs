@@ -27,6 +27,8 @@ pub mod healthcheck;
 pub mod http;
 /// Queuing accepted events: Redis, or the spool while Redis is down.
 pub mod ingest;
+/// Invalid traffic: bot user agents and repeated clicks (`IVT_FILTER`).
+pub mod ivt;
 /// Every Redis key and hash field name.
 pub mod keys;
 /// Prometheus metrics.

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_fail_open: IntCounter,
     pub redis_resets: IntCounter,
+    pub ivt_flagged: IntCounterVec,
+    pub ivt_checks_skipped: IntCounter,
 }
 
 impl Metrics {
@@ -209,6 +211,17 @@ impl Metrics {
                 "redis_resets_total",
                 "Times this process found Redis without its epoch (restarted empty, or first used) and took on rebuilding the counters",
             )?,
+            ivt_flagged: IntCounterVec::new(
+                Opts::new(
+                    "ivt_flagged_total",
+                    "Events flagged as invalid traffic at ingest (IVT_FILTER=flag), by reason",
+                ),
+                &["reason"],
+            )?,
+            ivt_checks_skipped: IntCounter::new(
+                "ivt_checks_skipped_total",
+                "Clicks let through without the repeated-click check because Redis could not answer it",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -256,6 +269,9 @@ impl Metrics {
         m.registry
             .register(Box::new(m.rate_limit_fail_open.clone()))?;
         m.registry.register(Box::new(m.redis_resets.clone()))?;
+        m.registry.register(Box::new(m.ivt_flagged.clone()))?;
+        m.registry
+            .register(Box::new(m.ivt_checks_skipped.clone()))?;
         Ok(m)
     }
 

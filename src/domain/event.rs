@@ -84,6 +84,37 @@ pub struct Event {
     /// from the API key and never read from a request body; `""` otherwise.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant_id: String,
+    /// Why the event is invalid traffic (`IVT_FILTER=flag`), set by the
+    /// server at the edge and never read from a request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<InvalidReason>,
+}
+
+/// Why an event was flagged as invalid traffic (see `ivt`); stored in
+/// `events.invalid_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InvalidReason {
+    /// Its User-Agent matches the list of known bots and crawlers.
+    BotUserAgent,
+    /// A click from one client on one ad within `IVT_CLICK_WINDOW` of an
+    /// earlier one.
+    RepeatedClick,
+}
+
+impl InvalidReason {
+    pub const ALL: [InvalidReason; 2] = [InvalidReason::BotUserAgent, InvalidReason::RepeatedClick];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidReason::BotUserAgent => "bot-user-agent",
+            InvalidReason::RepeatedClick => "repeated-click",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == value)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -6,6 +6,6 @@ mod ident;
 mod parse;
 mod time;
 
-pub use event::{Event, EventError, Kind};
+pub use event::{Event, EventError, InvalidReason, Kind};
 pub use ident::Ident;
 pub use parse::{parse_event, parse_value, ParseContext, MAX_CLOCK_SKEW, MAX_PROPERTIES_BYTES};

@@ -408,6 +408,7 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
         simulate_failure,
         attempts: 0,
         tenant_id: ctx.tenant.clone(),
+        invalid: None,
     })
 }
 

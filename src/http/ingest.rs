@@ -115,8 +115,8 @@ async fn ingest_one(
         .and_then(|e| e.ad_id.as_ref())
         .map(|a| (a.as_str(), 1));
     limit(state, &ctx, 1, ad.as_slice()).await?;
-    let event = parsed.map_err(|e| rejected(state, e))?;
-    enqueue(req, state, std::slice::from_ref(&event)).await?;
+    let mut event = parsed.map_err(|e| rejected(state, e))?;
+    enqueue(req, state, std::slice::from_mut(&mut event)).await?;
     Ok(HttpResponse::Accepted()
         .insert_header(UNCOMPRESSED)
         .json(Accepted {
@@ -216,7 +216,7 @@ pub async fn batch(
     // client pays for every item, a rejected one too.
     let cost = u32::try_from(items.len()).unwrap_or(u32::MAX);
     limit(&state, &base, cost, &per_ad).await?;
-    enqueue(&req, &state, &accepted).await?;
+    enqueue(&req, &state, &mut accepted).await?;
     Ok(HttpResponse::Accepted()
         .insert_header(UNCOMPRESSED)
         .json(BatchAccepted {
@@ -226,9 +226,21 @@ pub async fn batch(
         }))
 }
 
-/// Queues events through [`crate::ingest`]: answers once Redis or the
-/// spool holds them all.
-async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Result<(), ApiError> {
+/// Flags invalid traffic (`IVT_FILTER=flag`), then queues events through
+/// [`crate::ingest`]: answers once Redis or the spool holds them all.
+async fn enqueue(
+    req: &HttpRequest,
+    state: &AppState,
+    events: &mut [Event],
+) -> Result<(), ApiError> {
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    state
+        .ivt
+        .flag(events, user_agent, state.redis_down.is_down())
+        .await;
     let pusher = req
         .app_data::<LocalPusher>()
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no pusher on this HTTP worker")))?;

@@ -52,6 +52,8 @@ pub struct AppState {
     pub redis_down: Arc<RedisDown>,
     /// `None` unless `RATE_LIMIT_PER_IP` or `RATE_LIMIT_PER_AD` is set.
     pub rate_limiter: Option<crate::ratelimit::RateLimiter>,
+    /// Flags invalid traffic before it is queued (`IVT_FILTER`).
+    pub ivt: crate::ivt::Ivt,
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown; ends long-lived streams.
     pub shutdown: CancellationToken,

@@ -107,7 +107,9 @@ pub async fn insert_batch(
     let mut experiments = Vec::with_capacity(n);
     let mut properties = Vec::with_capacity(n);
     let mut tenants = Vec::with_capacity(n);
+    let mut invalid = Vec::with_capacity(n);
     for e in events {
+        invalid.push(e.invalid.map(|r| r.as_str()));
         tenants.push(e.tenant_id.as_str());
         ids.push(e.event_id);
         kinds.push(e.kind.as_str());
@@ -133,7 +135,7 @@ pub async fn insert_batch(
     // Every time has a partition: its day's, or the default one (see
     // `partitions`), so no insert ever creates a table.
     //
-    // The binds follow the placeholders $1..$16. sqlx's check knows text[]
+    // The binds follow the placeholders $1..$17. sqlx's check knows text[]
     // only as `&[String]`, so the arrays of borrowed or optional values name
     // their Rust type with `as`; the statement, its arity and the columns it
     // returns are still checked against the schema.
@@ -143,9 +145,10 @@ pub async fn insert_batch(
             SELECT * FROM UNNEST(
                 $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
-                $12::text[], $13::text[], $14::text[], $15::text[]
+                $12::text[], $13::text[], $14::text[], $15::text[], $17::text[]
             ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
-                   received_at, playback_time, amount, variant, experiment_id, properties, tenant_id)
+                   received_at, playback_time, amount, variant, experiment_id, properties, tenant_id,
+                   invalid_reason)
         ),
         claimed AS (
             INSERT INTO event_keys (tenant_id, event_id, event_time)
@@ -156,12 +159,18 @@ pub async fn insert_batch(
         ins AS (
             INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
                                 event_time, received_at, playback_time, amount, variant,
-                                experiment_id, properties)
+                                experiment_id, properties, invalid_reason)
             SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
-                   received_at, playback_time, amount, variant, experiment_id, properties::jsonb
+                   received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
+                   invalid_reason
             FROM input JOIN claimed USING (tenant_id, event_id)
             RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount,
-                      experiment_id, variant, coalesce(user_id, host(ip)) AS user_key
+                      experiment_id, variant, coalesce(user_id, host(ip)) AS user_key, invalid_reason
+        ),
+        -- Invalid traffic (IVT_FILTER=flag) is stored and counted by the
+        -- outbox, but no rollup or experiment figure includes it.
+        valid AS (
+            SELECT * FROM ins WHERE invalid_reason IS NULL
         ),
         outbox AS (
             INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
@@ -176,7 +185,7 @@ pub async fn insert_batch(
                    coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
                    coalesce(screen_id, '') AS screen_id, count(*) AS events,
                    coalesce(sum(amount), 0) AS amount
-            FROM ins
+            FROM valid
             GROUP BY 1, 2, 3, 4, 5, 6
         ),
         rolled AS (
@@ -202,7 +211,7 @@ pub async fn insert_batch(
         experiment_batch AS (
             SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
                    bool_or(kind = 'conversion') AS converted
-            FROM ins
+            FROM valid
             WHERE experiment_id IS NOT NULL AND user_key IS NOT NULL
             GROUP BY 1, 2, 3, 4
         ),
@@ -221,7 +230,7 @@ pub async fn insert_batch(
                    coalesce(c.users, 0), coalesce(c.converted_users, 0)
             FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
                          count(*) FILTER (WHERE kind = 'conversion') AS conversions
-                  FROM ins WHERE experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
+                  FROM valid WHERE experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
             LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
                               count(*) FILTER (WHERE converted) AS converted_users
                        FROM users_changed GROUP BY 1, 2, 3) c
@@ -251,6 +260,7 @@ pub async fn insert_batch(
         &properties as &[Option<String>],
         &tenants as &[&str],
         batch_id,
+        &invalid as &[Option<&str>],
     )
     .fetch_all(pool)
     .await

@@ -13,6 +13,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod ingest;
+mod ivt;
 mod openapi;
 mod pipeline;
 mod ratelimit;
