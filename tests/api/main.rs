@@ -26,3 +26,4 @@ mod shards;
 mod spool;
 mod storage;
 mod tenants;
+mod vast;
