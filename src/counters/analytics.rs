@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use sqlx::PgPool;
 
-use super::{code, rebuild, Layout, DAY, HOUR, MINUTE};
+use super::{code, field_code, rebuild, Layout, DAY, HOUR, MINUTE};
 use crate::domain::Kind;
 use crate::keys::fields;
 
@@ -79,6 +79,12 @@ pub struct AdAnalytics {
     pub errors_by_code: BTreeMap<String, u64>,
     /// completes ÷ impressions (0 without impressions, like `ctr`).
     pub completion_rate: f64,
+    /// Invalid traffic (`IVT_FILTER=flag`): impressions, clicks and events
+    /// of every kind flagged as coming from a bot or repeating a click.
+    /// None of them is in the figures above.
+    pub invalid_impressions: u64,
+    pub invalid_clicks: u64,
+    pub invalid_events: u64,
     /// Clicks per hour (RFC 3339 hour start → clicks). For bounded windows
     /// every hour of the window is present, zeros included.
     pub hourly_clicks: BTreeMap<String, u64>,
@@ -94,16 +100,34 @@ fn hour_label(hour: i64) -> String {
 #[derive(Default)]
 struct Totals {
     by_kind: [u64; Kind::ALL.len()],
+    /// Invalid traffic (`IVT_FILTER=flag`), by kind.
+    invalid: [u64; Kind::ALL.len()],
 }
 
 impl Totals {
     fn add(&mut self, kind: Kind, n: u64) {
         self.by_kind[kind as usize] += n;
     }
+    fn add_field(&mut self, kind: Kind, invalid: bool, n: u64) {
+        if invalid {
+            self.invalid[kind as usize] += n;
+        } else {
+            self.add(kind, n);
+        }
+    }
     fn get(&self, kind: Kind) -> u64 {
         self.by_kind[kind as usize]
     }
 }
+
+/// The counter fields of one bucket, valid and invalid, in the order
+/// [`slot_counts`] reads them back.
+fn slot_fields(bucket: i64) -> impl Iterator<Item = String> {
+    Kind::ALL.into_iter().flat_map(move |k| {
+        [false, true].map(|invalid| format!("{}:{bucket}", field_code(k, invalid)))
+    })
+}
+const FIELDS_PER_SLOT: usize = 2 * Kind::ALL.len();
 
 /// Where an all-time figure whose keys are missing is rebuilt from.
 #[derive(Clone, Copy)]
@@ -150,8 +174,11 @@ pub async fn ad_analytics(
                 .context("reading all-time ad counters")?;
             if has_counts && has_uniques {
                 for kind in Kind::ALL {
-                    let n = fields.get(code(kind)).copied().unwrap_or(0).max(0) as u64;
-                    totals.add(kind, n);
+                    for invalid in [false, true] {
+                        let field = field_code(kind, invalid);
+                        let n = fields.get(field).copied().unwrap_or(0).max(0) as u64;
+                        totals.add_field(kind, invalid, n);
+                    }
                 }
                 let prefix = fields::hour_prefix(code(Kind::Click));
                 for (field, n) in &fields {
@@ -170,6 +197,7 @@ pub async fn ad_analytics(
                 let all = rebuild::rebuild_ad(source.pool, conn, layout, source.tenant, ad).await?;
                 for kind in Kind::ALL {
                     totals.add(kind, all.counts[kind as usize]);
+                    totals.add_field(kind, true, all.invalid[kind as usize]);
                 }
                 hourly = all.hourly_clicks;
                 unique = all.uniques;
@@ -188,10 +216,7 @@ pub async fn ad_analytics(
             }
             let mut pipe = redis::pipe();
             for (day, hs) in &by_day {
-                let fields: Vec<String> = hs
-                    .iter()
-                    .flat_map(|h| Kind::ALL.map(|k| format!("{}:{h}", code(k))))
-                    .collect();
+                let fields: Vec<String> = hs.iter().flat_map(|h| slot_fields(*h)).collect();
                 pipe.cmd("HMGET").arg(layout.ad_hours(*day, ad)).arg(fields);
             }
             let hll_keys: Vec<String> = hours.iter().map(|h| layout.uniques_hour(*h, ad)).collect();
@@ -206,9 +231,9 @@ pub async fn ad_analytics(
                     None => Vec::new(),
                 };
                 for (hi, h) in hs.iter().enumerate() {
-                    for (kind, n) in slot_counts(&values, hi) {
-                        totals.add(kind, n);
-                        if kind == Kind::Click {
+                    for (kind, invalid, n) in slot_counts(&values, hi) {
+                        totals.add_field(kind, invalid, n);
+                        if kind == Kind::Click && !invalid {
                             hourly.insert(*h, n);
                         }
                     }
@@ -231,10 +256,7 @@ pub async fn ad_analytics(
             }
             let mut pipe = redis::pipe();
             for (hour, ms) in &by_hash {
-                let fields: Vec<String> = ms
-                    .iter()
-                    .flat_map(|m| Kind::ALL.map(|k| format!("{}:{m}", code(k))))
-                    .collect();
+                let fields: Vec<String> = ms.iter().flat_map(|m| slot_fields(*m)).collect();
                 pipe.cmd("HMGET")
                     .arg(layout.ad_minutes(*hour, ad))
                     .arg(fields);
@@ -254,9 +276,9 @@ pub async fn ad_analytics(
                     None => Vec::new(),
                 };
                 for (mi, _) in ms.iter().enumerate() {
-                    for (kind, n) in slot_counts(&values, mi) {
-                        totals.add(kind, n);
-                        if kind == Kind::Click {
+                    for (kind, invalid, n) in slot_counts(&values, mi) {
+                        totals.add_field(kind, invalid, n);
+                        if kind == Kind::Click && !invalid {
                             *hourly.entry(*hour).or_insert(0) += n;
                         }
                     }
@@ -298,6 +320,9 @@ pub async fn ad_analytics(
         errors: totals.get(Kind::Error),
         errors_by_code: BTreeMap::new(),
         completion_rate: rate(completes),
+        invalid_impressions: totals.invalid[Kind::Impression as usize],
+        invalid_clicks: totals.invalid[Kind::Click as usize],
+        invalid_events: totals.invalid.iter().sum(),
         hourly_clicks: hourly
             .into_iter()
             .map(|(h, n)| (hour_label(h), n))
@@ -464,15 +489,23 @@ pub async fn campaign_screens(
     })
 }
 
-/// The counts of every kind in slot `slot` of an `HMGET` that asked for
-/// the kinds' fields slot by slot (missing or negative fields read 0).
-fn slot_counts(values: &[Option<i64>], slot: usize) -> impl Iterator<Item = (Kind, u64)> + '_ {
-    Kind::ALL.into_iter().enumerate().map(move |(j, kind)| {
-        let n = values
-            .get(slot * Kind::ALL.len() + j)
-            .copied()
-            .flatten()
-            .unwrap_or(0);
-        (kind, n.max(0) as u64)
-    })
+/// The counts of every kind, valid and invalid, in slot `slot` of an
+/// `HMGET` that asked for [`slot_fields`] slot by slot (missing or negative
+/// fields read 0).
+fn slot_counts(
+    values: &[Option<i64>],
+    slot: usize,
+) -> impl Iterator<Item = (Kind, bool, u64)> + '_ {
+    Kind::ALL
+        .into_iter()
+        .flat_map(|k| [(k, false), (k, true)])
+        .enumerate()
+        .map(move |(j, (kind, invalid))| {
+            let n = values
+                .get(slot * FIELDS_PER_SLOT + j)
+                .copied()
+                .flatten()
+                .unwrap_or(0);
+            (kind, invalid, n.max(0) as u64)
+        })
 }

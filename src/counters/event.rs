@@ -16,6 +16,9 @@ pub struct CountedEvent {
     pub screen_id: Option<String>,
     pub ip: Option<String>,
     pub time: DateTime<Utc>,
+    /// Flagged as invalid traffic (`IVT_FILTER=flag`): counted only in the
+    /// `x<k>` fields.
+    pub invalid: bool,
 }
 
 impl From<&crate::domain::Event> for CountedEvent {
@@ -28,6 +31,7 @@ impl From<&crate::domain::Event> for CountedEvent {
             screen_id: e.screen_id.as_ref().map(|v| v.to_string()),
             ip: e.ip_address.map(|ip| ip.to_string()),
             time: e.timestamp,
+            invalid: e.invalid.is_some(),
         }
     }
 }
@@ -42,6 +46,7 @@ impl CountedEvent {
             screen_id: self.screen_id.as_deref(),
             ip: self.ip.as_deref(),
             time: self.time,
+            invalid: self.invalid,
         }
     }
 }
@@ -58,6 +63,7 @@ pub struct Counted<'a> {
     /// The client IP as text.
     pub ip: Option<&'a str>,
     pub time: DateTime<Utc>,
+    pub invalid: bool,
 }
 
 impl<'a> Counted<'a> {
@@ -71,6 +77,7 @@ impl<'a> Counted<'a> {
             screen_id: e.screen_id.as_ref().map(|v| v.as_str()),
             ip,
             time: e.timestamp,
+            invalid: e.invalid.is_some(),
         }
     }
 }
@@ -88,5 +95,32 @@ pub(crate) fn code(kind: Kind) -> &'static str {
         Kind::Complete => "f",
         Kind::Skip => "k",
         Kind::Error => "e",
+    }
+}
+
+/// The field code of invalid events of `kind` (`IVT_FILTER=flag`): `x`
+/// before the kind's code. Such events count only in these fields.
+pub(crate) fn invalid_code(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Impression => "xi",
+        Kind::Click => "xc",
+        Kind::Play => "xp",
+        Kind::Conversion => "xv",
+        Kind::Start => "xs",
+        Kind::FirstQuartile => "x1",
+        Kind::Midpoint => "x2",
+        Kind::ThirdQuartile => "x3",
+        Kind::Complete => "xf",
+        Kind::Skip => "xk",
+        Kind::Error => "xe",
+    }
+}
+
+/// The code of the counter field of `kind`, for valid or invalid events.
+pub(crate) fn field_code(kind: Kind, invalid: bool) -> &'static str {
+    if invalid {
+        invalid_code(kind)
+    } else {
+        code(kind)
     }
 }

@@ -54,7 +54,7 @@ pub use analytics::{
 };
 pub use apply::Counters;
 pub use epoch::{last_reset, Epoch};
-pub(crate) use event::code;
+pub(crate) use event::{code, field_code};
 pub use event::{Counted, CountedEvent};
 pub use layout::{Layout, ALL_TIME_TTL};
 pub(crate) use layout::{DAY, HOUR, MINUTE};

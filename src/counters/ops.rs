@@ -10,7 +10,7 @@ use super::layout::{
     hour_hash_expiry, hour_hll_expiry, minute_hash_expiry, minute_hll_expiry, Layout, ALL_TIME_TTL,
     DAY, HOUR, MINUTE,
 };
-use super::{code, Counted};
+use super::{code, field_code, Counted};
 use crate::domain::Kind;
 use crate::keys::fields;
 
@@ -101,8 +101,15 @@ impl Ops {
         );
         let mut counts: HashMap<CountKey<'a>, i64> = HashMap::new();
         let mut clicks: HashMap<(&'a str, &'a str, i64), Vec<&'a str>> = HashMap::new();
+        let mut invalid: HashMap<(&'a str, Kind, &'a str, i64), i64> = HashMap::new();
         for e in events {
             let minute = e.time.timestamp().div_euclid(MINUTE);
+            if e.invalid {
+                if let Some(ad) = e.ad_id {
+                    *invalid.entry((e.tenant, e.kind, ad, minute)).or_insert(0) += 1;
+                }
+                continue;
+            }
             let key = (
                 e.tenant,
                 e.kind,
@@ -122,6 +129,54 @@ impl Ops {
         }
         for ((tenant, ad, minute), ips) in clicks {
             self.add_unique_clicks(tenant, ad, at(minute), &ips);
+        }
+        for ((tenant, kind, ad, minute), n) in invalid {
+            self.add_invalid_count(tenant, kind, ad, at(minute), n);
+        }
+    }
+
+    /// Refreshes the TTL of `ad`'s all-time keys.
+    fn touch_all_time(&mut self, layout: &Layout, ad: &str) {
+        self.touch.insert(layout.ad(ad));
+        let uniques = layout.uniques_all(ad);
+        if self.mode == Mode::Rebuild {
+            // The copy has a unique-click key for every ad, empty for an
+            // ad without clicks, so a read finds both keys.
+            self.uniques_all.entry(uniques.clone()).or_default();
+        }
+        self.touch.insert(uniques);
+    }
+
+    /// `n` invalid events (`IVT_FILTER=flag`) of one kind on `ad` in the
+    /// minute that holds `at`: only the ad's `x<k>` fields, all-time and in
+    /// its windows; no unique click, play or campaign figure.
+    pub(crate) fn add_invalid_count(
+        &mut self,
+        tenant: &str,
+        kind: Kind,
+        ad: &str,
+        at: DateTime<Utc>,
+        n: i64,
+    ) {
+        let k = field_code(kind, true);
+        let ts = at.timestamp();
+        let hour = ts.div_euclid(HOUR);
+        let day = ts.div_euclid(DAY);
+        let minute = ts.div_euclid(MINUTE);
+        let layout = self.layout.tenant(tenant);
+        self.all_time_incr(&layout, ad, k.to_owned(), n);
+        self.touch_all_time(&layout, ad);
+        let expiry = hour_hash_expiry(day);
+        if expiry > self.now {
+            let key = layout.ad_hours(day, ad);
+            self.hincr(key.clone(), format!("{k}:{hour}"), n);
+            self.expire.insert(key, expiry);
+        }
+        let expiry = minute_hash_expiry(hour);
+        if expiry > self.now {
+            let key = layout.ad_minutes(hour, ad);
+            self.hincr(key.clone(), format!("{k}:{minute}"), n);
+            self.expire.insert(key, expiry);
         }
     }
 
@@ -147,14 +202,7 @@ impl Ops {
         let layout = self.layout.tenant(tenant);
         if let Some(ad) = ad {
             self.all_time_incr(&layout, ad, k.to_owned(), n);
-            self.touch.insert(layout.ad(ad));
-            let uniques = layout.uniques_all(ad);
-            if self.mode == Mode::Rebuild {
-                // The copy has a unique-click key for every ad, empty for an
-                // ad without clicks, so a read finds both keys.
-                self.uniques_all.entry(uniques.clone()).or_default();
-            }
-            self.touch.insert(uniques);
+            self.touch_all_time(&layout, ad);
             if kind == Kind::Click {
                 self.all_time_incr(&layout, ad, fields::hour(code(Kind::Click), hour), n);
             }
@@ -477,7 +525,38 @@ mod tests {
             screen_id: Some("scr".into()),
             ip: Some(ip.into()),
             time: at,
+            invalid: false,
         }
+    }
+
+    #[test]
+    fn invalid_events_count_only_in_their_own_fields() {
+        let now = Utc::now();
+        let layout = Layout::new("{t}:c:".into());
+        let mut bot = event(Kind::Click, "ad", "192.0.2.1", now);
+        bot.invalid = true;
+        let mut play = event(Kind::Play, "ad", "192.0.2.1", now);
+        play.invalid = true;
+        let mut ops = Ops::new(layout.clone(), now);
+        ops.add_events([bot.view(), play.view()]);
+        let minute = now.timestamp().div_euclid(MINUTE);
+        let hour = now.timestamp().div_euclid(HOUR);
+        let fields: BTreeSet<&str> = ops.incr.keys().map(|(_, f)| f.as_str()).collect();
+        let expected = [
+            format!("xc:{minute}"),
+            format!("xc:{hour}"),
+            format!("xp:{minute}"),
+            format!("xp:{hour}"),
+        ];
+        assert_eq!(fields, expected.iter().map(String::as_str).collect());
+        let all_time: BTreeSet<&str> = ops.all_time.keys().map(|(_, _, f)| f.as_str()).collect();
+        assert_eq!(all_time, BTreeSet::from(["xc", "xp"]));
+        assert!(ops.plays.is_empty(), "an invalid play ranks no campaign");
+        assert!(
+            ops.uniques.is_empty(),
+            "an invalid click is no unique click: {:?}",
+            ops.keys()
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::scripts::{WRITE_AD, WRITE_CAMPAIGN};
-use super::{code, Layout, ALL_TIME_TTL, HOUR};
+use super::{code, field_code, Layout, ALL_TIME_TTL, HOUR};
 use crate::domain::Kind;
 use crate::exactly_once;
 use crate::keys::fields;
@@ -56,6 +56,8 @@ pub const SETTLE_PER_CALL: usize = 1000;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AllTime {
     pub counts: [u64; Kind::ALL.len()],
+    /// Invalid traffic (`IVT_FILTER=flag`) by kind.
+    pub invalid: [u64; Kind::ALL.len()],
     pub hourly_clicks: BTreeMap<i64, u64>,
     pub uniques: u64,
 }
@@ -70,8 +72,13 @@ async fn ad_rollups<'e>(
     store::counters::ad_hours(ex, tenant, ad).await
 }
 
-fn figures(rows: &[HourRow]) -> AllTime {
+fn figures(rows: &[HourRow], invalid: &[(String, i64)]) -> AllTime {
     let mut out = AllTime::default();
+    for (kind, n) in invalid {
+        if let Some(kind) = Kind::parse(kind) {
+            out.invalid[kind as usize] += (*n).max(0) as u64;
+        }
+    }
     for (kind, bucket, n) in rows {
         let Some(kind) = Kind::parse(kind) else {
             continue;
@@ -117,19 +124,21 @@ pub(crate) async fn rebuild_ad(
 ) -> anyhow::Result<AllTime> {
     // An id Postgres has never seen: zeros, and no state anywhere.
     let rows = ad_rollups(pool, tenant, ad).await?;
-    if rows.is_empty() {
+    let invalid = store::counters::ad_invalid(pool, tenant, ad).await?;
+    if rows.is_empty() && invalid.is_empty() {
         return Ok(AllTime::default());
     }
     let Some(mut tx) = locked_snapshot(pool).await? else {
-        return uncached(pool, tenant, ad, &rows).await;
+        return uncached(pool, tenant, ad, &rows, &invalid).await;
     };
     let rows = ad_rollups(&mut *tx, tenant, ad).await?;
+    let invalid = store::counters::ad_invalid(&mut *tx, tenant, ad).await?;
     let ips = store::counters::ad_click_ips(&mut *tx, tenant, ad).await?;
     let Some(batches) = pending_batches(&mut tx).await? else {
         drop(tx);
-        return uncached(pool, tenant, ad, &rows).await;
+        return uncached(pool, tenant, ad, &rows, &invalid).await;
     };
-    let mut all = figures(&rows);
+    let mut all = figures(&rows, &invalid);
     all.uniques = ips.len() as u64;
 
     let mut args: Vec<String> = vec![
@@ -138,7 +147,12 @@ pub(crate) async fn rebuild_ad(
     ];
     let mut fields: Vec<(String, u64)> = Kind::ALL
         .into_iter()
-        .map(|k| (code(k).to_owned(), all.counts[k as usize]))
+        .flat_map(|k| {
+            [
+                (code(k).to_owned(), all.counts[k as usize]),
+                (field_code(k, true).to_owned(), all.invalid[k as usize]),
+            ]
+        })
         .collect();
     fields.extend(
         all.hourly_clicks
@@ -185,8 +199,9 @@ async fn uncached(
     tenant: &str,
     ad: &str,
     rows: &[HourRow],
+    invalid: &[(String, i64)],
 ) -> anyhow::Result<AllTime> {
-    let mut all = figures(rows);
+    let mut all = figures(rows, invalid);
     let n = store::counters::ad_click_ip_count(pool, tenant, ad).await?;
     all.uniques = n.max(0) as u64;
     Ok(all)

@@ -129,6 +129,25 @@ async fn rebuild(
         }
     }
     {
+        let mut rows = store::counters::invalid_counts(&mut tx, minute_cut);
+        while let Some(row) = rows.try_next().await? {
+            let store::counters::InvalidCount {
+                tenant,
+                kind,
+                ad,
+                at,
+                events: n,
+            } = row;
+            let Some(kind) = Kind::parse(&kind) else {
+                continue;
+            };
+            ops.add_invalid_count(&tenant, kind, &ad, at, n);
+            if ops.len() >= FLUSH_AT {
+                flush(conn, &mut ops, &mut written, &staging, now).await?;
+            }
+        }
+    }
+    {
         let mut rows = store::counters::click_ips(&mut tx, minute_cut, hour_cut);
         while let Some(store::counters::ClickIp { tenant, ad, ip, at }) = rows.try_next().await? {
             match at {

@@ -59,6 +59,55 @@ pub async fn ad_hours<'e>(
         .collect())
 }
 
+/// One ad's invalid events (`IVT_FILTER=flag`) per kind: (kind, events).
+/// They are in no rollup; the raw rows (kept for `EVENT_RETENTION`) hold
+/// them, found through the partial index `events_invalid_by_ad`.
+pub async fn ad_invalid<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    tenant: &str,
+    ad: &str,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        r#"SELECT kind AS "kind!", count(*) AS "events!" FROM events
+           WHERE tenant_id = $1 AND ad_id = $2 AND invalid_reason IS NOT NULL GROUP BY 1"#,
+        tenant,
+        ad
+    )
+    .fetch_all(ex)
+    .await
+    .context("reading an ad's invalid events")?;
+    Ok(rows.into_iter().map(|r| (r.kind, r.events)).collect())
+}
+
+/// Every stored invalid event (`IVT_FILTER=flag`) as `reconcile` reads it,
+/// per minute from `minute_cut` on and per hour before it.
+pub struct InvalidCount {
+    pub tenant: String,
+    pub kind: String,
+    pub ad: String,
+    pub at: DateTime<Utc>,
+    pub events: i64,
+}
+
+pub fn invalid_counts<'a>(
+    tx: &'a mut Transaction<'static, Postgres>,
+    minute_cut: DateTime<Utc>,
+) -> impl Stream<Item = anyhow::Result<InvalidCount>> + 'a {
+    sqlx::query_as!(
+        InvalidCount,
+        r#"SELECT tenant_id AS "tenant!", kind AS "kind!", ad_id AS "ad!",
+                  CASE WHEN event_time >= $1 THEN date_trunc('minute', event_time)
+                       ELSE date_trunc('hour', event_time) END AS "at!",
+                  count(*) AS "events!"
+           FROM events
+           WHERE invalid_reason IS NOT NULL AND ad_id IS NOT NULL
+           GROUP BY 1, 2, 3, 4"#,
+        minute_cut
+    )
+    .fetch(&mut **tx)
+    .map(|r| r.context("reading invalid events"))
+}
+
 /// The distinct IPs of one ad's stored clicks.
 pub async fn ad_click_ips<'e>(
     ex: impl sqlx::PgExecutor<'e>,
@@ -67,7 +116,8 @@ pub async fn ad_click_ips<'e>(
 ) -> anyhow::Result<Vec<String>> {
     sqlx::query_scalar!(
         r#"SELECT DISTINCT host(ip) AS "ip!" FROM events
-           WHERE tenant_id = $1 AND ad_id = $2 AND kind = 'click' AND ip IS NOT NULL"#,
+           WHERE tenant_id = $1 AND ad_id = $2 AND kind = 'click' AND ip IS NOT NULL
+                 AND invalid_reason IS NULL"#,
         tenant,
         ad
     )
@@ -84,7 +134,8 @@ pub async fn ad_click_ip_count<'e>(
 ) -> anyhow::Result<i64> {
     sqlx::query_scalar!(
         r#"SELECT count(DISTINCT host(ip)) AS "n!" FROM events
-           WHERE tenant_id = $1 AND ad_id = $2 AND kind = 'click' AND ip IS NOT NULL"#,
+           WHERE tenant_id = $1 AND ad_id = $2 AND kind = 'click' AND ip IS NOT NULL
+                 AND invalid_reason IS NULL"#,
         tenant,
         ad
     )
@@ -184,7 +235,8 @@ pub fn click_ips<'a>(
                   CASE WHEN event_time >= $1 THEN date_trunc('minute', event_time)
                        WHEN event_time >= $2 THEN date_trunc('hour', event_time) END AS "at?"
            FROM events
-           WHERE kind = 'click' AND ad_id IS NOT NULL AND ip IS NOT NULL"#,
+           WHERE kind = 'click' AND ad_id IS NOT NULL AND ip IS NOT NULL
+                 AND invalid_reason IS NULL"#,
         minute_cut,
         hour_cut
     )

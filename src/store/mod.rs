@@ -304,7 +304,7 @@ pub async fn counted_events<'e>(
     let rows = sqlx::query!(
         r#"
         SELECT e.tenant_id, e.kind, e.ad_id, e.campaign_id, e.screen_id, host(e.ip) AS ip,
-               e.event_time
+               e.event_time, e.invalid_reason IS NOT NULL AS "invalid!"
         FROM unnest($1::text[], $2::uuid[]) AS w(tenant_id, event_id)
         JOIN event_keys k ON k.tenant_id = w.tenant_id AND k.event_id = w.event_id
         JOIN events e ON e.event_time = k.event_time AND e.event_id = k.event_id
@@ -327,6 +327,7 @@ pub async fn counted_events<'e>(
                 screen_id: r.screen_id,
                 ip: r.ip,
                 time: r.event_time,
+                invalid: r.invalid,
             })
         })
         .collect())

@@ -240,6 +240,9 @@ async fn invalid_figures_are_rebuilt_from_postgres_like_the_others() {
     let rebuilt = app.analytics(ad, "all").await;
     assert_eq!(rebuilt["invalidClicks"], 4, "{rebuilt}");
     assert_eq!(rebuilt["totalClicks"], 1, "{rebuilt}");
+    // …and caches them: the next read answers from the rebuilt key.
+    let cached = app.analytics(ad, "all").await;
+    assert_eq!(cached, rebuilt);
     // reconcile rebuilds the windows too.
     adtrack::counters::reconcile(&app.pool, &mut conn, &app.keys, Utc::now())
         .await
@@ -249,4 +252,37 @@ async fn invalid_figures_are_rebuilt_from_postgres_like_the_others() {
         assert_eq!(a["invalidClicks"], 4, "{timeframe}: {a}");
         assert_eq!(a["totalClicks"], 1, "{timeframe}: {a}");
     }
+}
+
+#[tokio::test]
+async fn with_redis_down_clicks_pass_unflagged_into_the_spool() {
+    let mut redis = private_redis().await;
+    let url = redis.url();
+    let app = spawn_app_with(|s| {
+        s.redis_url = url.clone();
+        flagging(s);
+    })
+    .await;
+    let ad = "ad-ivt-down";
+    let click = json!({ "adId": ad, "ipAddress": "192.0.2.1" });
+    send(&app, "/ads/click", click.clone(), BROWSER).await;
+    redis.kill();
+    for _ in 0..4 {
+        send(&app, "/ads/click", click.clone(), BROWSER).await;
+    }
+    assert!(app.metric("adtrack_ivt_checks_skipped_total").await >= 3.0);
+    assert!(app.metric("adtrack_events_spooled_total").await >= 3.0);
+    redis.restart().await;
+    let b = Backends::connect(&app.settings).await;
+    b.wait_drained().await;
+    // The first click after the cut may have been checked (and flagged)
+    // before ingest saw Redis refuse; every later one passed unchecked.
+    let by_reason = stored_by_reason(&app).await;
+    let total: i64 = by_reason.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 5, "{by_reason:?}");
+    let valid = by_reason
+        .iter()
+        .find(|(r, _)| r.is_none())
+        .map_or(0, |(_, n)| *n);
+    assert!(valid >= 4, "{by_reason:?}");
 }
