@@ -95,6 +95,16 @@ async fn bot_user_agents_are_stored_flagged_and_left_out_of_totals_and_ctr() {
             .await,
         5.0
     );
+    // The listing of stored events names each flagged event's reason.
+    let (status, list) = app.get(&format!("/events?adId={ad}&limit=100")).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let reasons: Vec<&str> = list["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["invalidReason"].as_str())
+        .collect();
+    assert_eq!(reasons, vec!["bot-user-agent"; 5], "{list}");
 }
 
 #[tokio::test]

@@ -54,6 +54,10 @@ pub struct StoredEvent {
     pub experiment_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub properties: Option<Value>,
+    /// Why the event was flagged as invalid traffic (`IVT_FILTER=flag`):
+    /// `bot-user-agent` or `repeated-click`; absent for valid events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
 }
 
 /// The listing's statement: `$1` type, `$2` adId, `$3` campaignId (each
