@@ -45,6 +45,11 @@ pub struct Metrics {
     pub redis_resets: IntCounter,
     pub ivt_flagged: IntCounterVec,
     pub ivt_checks_skipped: IntCounter,
+    pub vast_documents: IntCounter,
+    pub vast_pixels: IntCounterVec,
+    pub vast_player_events: IntCounterVec,
+    pub vast_views_refused: IntCounterVec,
+    pub vast_clicks_unrecorded: IntCounter,
 }
 
 impl Metrics {
@@ -222,6 +227,35 @@ impl Metrics {
                 "ivt_checks_skipped_total",
                 "Clicks let through without the repeated-click check because Redis could not answer it",
             )?,
+            vast_documents: IntCounter::new(
+                "vast_documents_total",
+                "VAST documents served (each one a new view)",
+            )?,
+            vast_pixels: IntCounterVec::new(
+                Opts::new(
+                    "vast_pixels_total",
+                    "Tracking pixels and clicks answered after their event was queued, by event",
+                ),
+                &["event"],
+            )?,
+            vast_player_events: IntCounterVec::new(
+                Opts::new(
+                    "vast_player_events_total",
+                    "Player pixels counted here only, not stored (pause, resume, mute, unmute, closeLinear)",
+                ),
+                &["event"],
+            )?,
+            vast_views_refused: IntCounterVec::new(
+                Opts::new(
+                    "vast_views_refused_total",
+                    "Pixels and clicks whose view token was malformed, forged or expired (404)",
+                ),
+                &["reason"],
+            )?,
+            vast_clicks_unrecorded: IntCounter::new(
+                "vast_clicks_unrecorded_total",
+                "Click redirects answered without their click being queued (rate-limited, or queue and spool unavailable)",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -272,6 +306,14 @@ impl Metrics {
         m.registry.register(Box::new(m.ivt_flagged.clone()))?;
         m.registry
             .register(Box::new(m.ivt_checks_skipped.clone()))?;
+        m.registry.register(Box::new(m.vast_documents.clone()))?;
+        m.registry.register(Box::new(m.vast_pixels.clone()))?;
+        m.registry
+            .register(Box::new(m.vast_player_events.clone()))?;
+        m.registry
+            .register(Box::new(m.vast_views_refused.clone()))?;
+        m.registry
+            .register(Box::new(m.vast_clicks_unrecorded.clone()))?;
         Ok(m)
     }
 

@@ -228,7 +228,7 @@ pub async fn batch(
 
 /// Flags invalid traffic (`IVT_FILTER=flag`), then queues events through
 /// [`crate::ingest`]: answers once Redis or the spool holds them all.
-async fn enqueue(
+pub(super) async fn enqueue(
     req: &HttpRequest,
     state: &AppState,
     events: &mut [Event],
@@ -271,7 +271,7 @@ async fn enqueue(
 
 /// Applies the rate limits (when configured) to a request from
 /// `ctx.peer_ip` carrying `events` events, `ads` (adId, events) of them.
-async fn limit(
+pub(super) async fn limit(
     state: &AppState,
     ctx: &ParseContext,
     events: u32,
@@ -315,7 +315,7 @@ fn shutting_down() -> ApiError {
     }
 }
 
-fn rejected(state: &AppState, e: EventError) -> ApiError {
+pub(super) fn rejected(state: &AppState, e: EventError) -> ApiError {
     rejected_item(state, e).into()
 }
 
@@ -328,7 +328,7 @@ fn rejected_item(state: &AppState, e: EventError) -> EventError {
     e
 }
 
-fn parse_context(
+pub(super) fn parse_context(
     req: &HttpRequest,
     state: &AppState,
     fixed_kind: Option<Kind>,
