@@ -296,3 +296,49 @@ async fn with_redis_down_clicks_pass_unflagged_into_the_spool() {
         .map_or(0, |(_, n)| *n);
     assert!(valid >= 4, "{by_reason:?}");
 }
+
+#[tokio::test]
+async fn pixels_and_click_redirects_from_a_bot_are_flagged_like_posts() {
+    use crate::vast::{serve, AD};
+    let app = spawn_app_with(flagging).await;
+    let client = |user_agent: &str| {
+        reqwest::Client::builder()
+            .user_agent(user_agent)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let impression = |served: &crate::vast::Served| {
+        served
+            .pixels
+            .iter()
+            .find(|(event, _)| event == "impression")
+            .map(|(_, url)| url.clone())
+            .unwrap()
+    };
+    let (crawled, _) = serve(&app, AD).await;
+    let bot = client(BOT);
+    let res = bot.get(impression(&crawled)).send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "a flagged pixel is still answered"
+    );
+    let res = bot.get(&crawled.click).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    let (watched, _) = serve(&app, AD).await;
+    let browser = client(BROWSER);
+    let res = browser.get(impression(&watched)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    app.wait_drained().await;
+
+    assert_eq!(
+        stored_by_reason(&app).await,
+        vec![(None, 1), (Some("bot-user-agent".into()), 2)]
+    );
+    let a = app.analytics(AD, "all").await;
+    assert_eq!(a["impressions"], 1, "{a}");
+    assert_eq!(a["totalClicks"], 0, "{a}");
+    assert_eq!(a["invalidImpressions"], 1, "{a}");
+    assert_eq!(a["invalidClicks"], 1, "{a}");
+}

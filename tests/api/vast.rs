@@ -102,7 +102,7 @@ async fn video_kinds_are_accepted_stored_listed_and_filtered() {
 }
 
 /// A catalogue ad of the demo seed.
-const AD: &str = "11111111-1111-1111-1111-111111111111";
+pub(crate) const AD: &str = "11111111-1111-1111-1111-111111111111";
 /// Its catalogue targetUrl.
 const TARGET: &str = "https://example.com/aurora";
 /// The pixels that store an event, and their kinds.
@@ -119,11 +119,11 @@ const STORED: [&str; 8] = [
 
 /// One served document: its view id and the URLs it lists.
 #[derive(Clone, Debug)]
-struct Served {
-    view: Uuid,
+pub(crate) struct Served {
+    pub(crate) view: Uuid,
     /// (event, URL) for the impression, every tracking event and the error.
-    pixels: Vec<(String, String)>,
-    click: String,
+    pub(crate) pixels: Vec<(String, String)>,
+    pub(crate) click: String,
 }
 
 fn unescape(s: &str) -> String {
@@ -181,7 +181,7 @@ fn parse_document(xml: &str) -> Served {
     }
 }
 
-async fn serve(app: &TestApp, ad: &str) -> (Served, String) {
+pub(crate) async fn serve(app: &TestApp, ad: &str) -> (Served, String) {
     let res = app
         .client
         .get(app.url(&format!("/vast/{ad}")))
