@@ -30,6 +30,19 @@ pub enum Timeframe {
 }
 
 impl Timeframe {
+    /// The first instant of the window at `now` (`None` for `all`): the
+    /// windows are aligned to buckets as the module comment says.
+    pub fn start(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let ts = now.timestamp();
+        let first = match self {
+            Self::Hour => (ts.div_euclid(MINUTE) - 59) * MINUTE,
+            Self::Day => (ts.div_euclid(HOUR) - 23) * HOUR,
+            Self::Week => (ts.div_euclid(HOUR) - 167) * HOUR,
+            Self::All => return None,
+        };
+        DateTime::from_timestamp(first, 0)
+    }
+
     pub fn parse(value: &str) -> Option<Self> {
         Some(match value {
             "1h" => Self::Hour,
@@ -52,6 +65,20 @@ pub struct AdAnalytics {
     pub ctr: f64,
     pub plays: u64,
     pub conversions: u64,
+    /// Video funnel (VAST events): ads started, played to a quarter, a half,
+    /// three quarters and to the end, skipped, and failed.
+    pub starts: u64,
+    pub first_quartiles: u64,
+    pub midpoints: u64,
+    pub third_quartiles: u64,
+    pub completes: u64,
+    pub skips: u64,
+    pub errors: u64,
+    /// Errors by VAST error code (`"unknown"` for errors without one), read
+    /// from the Postgres error rollup; empty when `errors` is 0.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// completes ÷ impressions (0 without impressions, like `ctr`).
+    pub completion_rate: f64,
     /// Clicks per hour (RFC 3339 hour start → clicks). For bounded windows
     /// every hour of the window is present, zeros included.
     pub hourly_clicks: BTreeMap<String, u64>,
@@ -66,7 +93,7 @@ fn hour_label(hour: i64) -> String {
 
 #[derive(Default)]
 struct Totals {
-    by_kind: [u64; 4],
+    by_kind: [u64; Kind::ALL.len()],
 }
 
 impl Totals {
@@ -244,6 +271,14 @@ pub async fn ad_analytics(
 
     let impressions = totals.get(Kind::Impression);
     let clicks = totals.get(Kind::Click);
+    let completes = totals.get(Kind::Complete);
+    let rate = |n: u64| {
+        if impressions == 0 {
+            0.0
+        } else {
+            n as f64 / impressions as f64
+        }
+    };
     Ok(AdAnalytics {
         ad_id: ad.to_owned(),
         timeframe,
@@ -251,13 +286,18 @@ pub async fn ad_analytics(
         total_clicks: clicks,
         // An estimate can exceed the exact total; never report more.
         unique_clicks: unique.min(clicks),
-        ctr: if impressions == 0 {
-            0.0
-        } else {
-            clicks as f64 / impressions as f64
-        },
+        ctr: rate(clicks),
         plays: totals.get(Kind::Play),
         conversions: totals.get(Kind::Conversion),
+        starts: totals.get(Kind::Start),
+        first_quartiles: totals.get(Kind::FirstQuartile),
+        midpoints: totals.get(Kind::Midpoint),
+        third_quartiles: totals.get(Kind::ThirdQuartile),
+        completes,
+        skips: totals.get(Kind::Skip),
+        errors: totals.get(Kind::Error),
+        errors_by_code: BTreeMap::new(),
+        completion_rate: rate(completes),
         hourly_clicks: hourly
             .into_iter()
             .map(|(h, n)| (hour_label(h), n))

@@ -81,5 +81,12 @@ pub(crate) fn code(kind: Kind) -> &'static str {
         Kind::Click => "c",
         Kind::Play => "p",
         Kind::Conversion => "v",
+        Kind::Start => "s",
+        Kind::FirstQuartile => "1",
+        Kind::Midpoint => "2",
+        Kind::ThirdQuartile => "3",
+        Kind::Complete => "f",
+        Kind::Skip => "k",
+        Kind::Error => "e",
     }
 }

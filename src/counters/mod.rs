@@ -2,7 +2,8 @@
 //!
 //! Layout (root `R` = `{P}:c:`; `<h>` = hours since the Unix epoch, `<d>`
 //! days, `<m>` minutes; kind codes `i` impression, `c` click, `p` play,
-//! `v` conversion). Every key that an id sent by a client names expires, so
+//! `v` conversion, `s` start, `1`/`2`/`3` first quartile, midpoint, third
+//! quartile, `f` complete, `k` skip, `e` error: see `code`). Every key that an id sent by a client names expires, so
 //! invented ids leave nothing behind for good (invariant 8):
 //!
 //! | key | type | holds | lives |

@@ -55,7 +55,7 @@ pub const SETTLE_PER_CALL: usize = 1000;
 /// An ad's all-time figures.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AllTime {
-    pub counts: [u64; 4],
+    pub counts: [u64; Kind::ALL.len()],
     pub hourly_clicks: BTreeMap<i64, u64>,
     pub uniques: u64,
 }

@@ -13,16 +13,48 @@ use uuid::Uuid;
 use super::Ident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "camelCase")]
 pub enum Kind {
     Impression,
     Click,
     Play,
     Conversion,
+    /// The video ad started (VAST `start`).
+    Start,
+    /// A quarter, a half, three quarters of the ad played (VAST quartiles).
+    FirstQuartile,
+    Midpoint,
+    ThirdQuartile,
+    /// The ad played to its end.
+    Complete,
+    /// The viewer skipped the ad.
+    Skip,
+    /// The player could not show the ad; the event may carry its VAST
+    /// error code (`errorCode`).
+    Error,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Impression, Kind::Click, Kind::Play, Kind::Conversion];
+    /// Every kind, in the order of their discriminants (counters index
+    /// arrays by `kind as usize`).
+    pub const ALL: [Kind; 11] = [
+        Kind::Impression,
+        Kind::Click,
+        Kind::Play,
+        Kind::Conversion,
+        Kind::Start,
+        Kind::FirstQuartile,
+        Kind::Midpoint,
+        Kind::ThirdQuartile,
+        Kind::Complete,
+        Kind::Skip,
+        Kind::Error,
+    ];
+
+    /// The names a request may use, for error messages and the OpenAPI
+    /// patterns.
+    pub const NAMES: &'static str = "impression, click, play, conversion, start, firstQuartile, \
+         midpoint, thirdQuartile, complete, skip, error";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,6 +62,13 @@ impl Kind {
             Kind::Click => "click",
             Kind::Play => "play",
             Kind::Conversion => "conversion",
+            Kind::Start => "start",
+            Kind::FirstQuartile => "firstQuartile",
+            Kind::Midpoint => "midpoint",
+            Kind::ThirdQuartile => "thirdQuartile",
+            Kind::Complete => "complete",
+            Kind::Skip => "skip",
+            Kind::Error => "error",
         }
     }
 
@@ -70,6 +109,9 @@ pub struct Event {
     pub video_playback_time: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<i64>,
+    /// The VAST error code of an `error` event (100–999), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,8 @@ use super::{Event, EventError, Ident, Kind};
 pub const MAX_DEPTH: usize = 32;
 /// Largest serialized `properties` object.
 pub const MAX_PROPERTIES_BYTES: usize = 4096;
+/// The error codes VAST defines (100–999); `errorCode` takes only these.
+pub const VAST_ERROR_CODES: std::ops::RangeInclusive<u16> = 100..=999;
 /// Furthest into the future a client timestamp may be.
 pub const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -204,6 +206,7 @@ enum Field {
     ExperimentId,
     Properties,
     SimulateFailure,
+    ErrorCode,
 }
 
 impl Field {
@@ -223,6 +226,7 @@ impl Field {
             "experimentId" | "experiment_id" => Self::ExperimentId,
             "properties" => Self::Properties,
             "simulateFailure" | "simulate_failure" => Self::SimulateFailure,
+            "errorCode" | "error_code" => Self::ErrorCode,
             _ => return None,
         })
     }
@@ -243,6 +247,7 @@ impl Field {
             Self::ExperimentId => "experimentId",
             Self::Properties => "properties",
             Self::SimulateFailure => "simulateFailure",
+            Self::ErrorCode => "errorCode",
         }
     }
 }
@@ -270,6 +275,7 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
     let mut experiment_id = None;
     let mut properties = None;
     let mut simulate_failure = false;
+    let mut error_code = None;
 
     for (key, value) in fields {
         // Unknown members are ignored so older and newer clients keep working.
@@ -297,7 +303,7 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
             Field::Type => {
                 let s = string(&value, name)?;
                 kind = Some(Kind::parse(s).ok_or_else(|| {
-                    EventError::field(name, "must be one of impression, click, play, conversion")
+                    EventError::field(name, format_args!("must be one of {}", Kind::NAMES))
                 })?);
             }
             Field::AdId => ad_id = Some(ident(&value, name)?),
@@ -352,6 +358,19 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
                 }
                 properties = Some(map);
             }
+            Field::ErrorCode => {
+                let n = value
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| VAST_ERROR_CODES.contains(n))
+                    .ok_or_else(|| {
+                        EventError::field(
+                            name,
+                            "must be a VAST error code, an integer from 100 to 999",
+                        )
+                    })?;
+                error_code = Some(n);
+            }
             Field::SimulateFailure => {
                 simulate_failure = value
                     .as_bool()
@@ -377,6 +396,12 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
         (None, Some(given)) => given,
         (None, None) => ctx.default_kind,
     };
+    if error_code.is_some() && kind != Kind::Error {
+        return Err(EventError::field(
+            "errorCode",
+            format_args!("is only for error events, not {kind}"),
+        ));
+    }
     if kind == Kind::Play {
         if campaign_id.is_none() {
             return Err(EventError::field("campaignId", "is required for plays"));
@@ -402,6 +427,7 @@ fn build(fields: Vec<(String, Value)>, ctx: &ParseContext) -> Result<Event, Even
         received_at: ctx.now,
         video_playback_time: playback,
         amount,
+        error_code,
         variant,
         experiment_id,
         properties,

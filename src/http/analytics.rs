@@ -90,7 +90,16 @@ pub(super) async fn read_ad(
         pool: &state.pool,
         tenant,
     };
-    counters::ad_analytics(&mut conn, source, &layout, ad, timeframe, Utc::now()).await
+    let now = Utc::now();
+    let mut figures =
+        counters::ad_analytics(&mut conn, source, &layout, ad, timeframe, now).await?;
+    // Only an ad with errors costs a Postgres read (on the reports' pool).
+    if figures.errors > 0 {
+        figures.errors_by_code =
+            store::reports::errors_by_code(&state.report_pool, tenant, ad, timeframe.start(now))
+                .await?;
+    }
+    Ok(figures)
 }
 
 /// The ad catalogue.

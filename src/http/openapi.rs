@@ -36,8 +36,14 @@ pub struct EventBody {
     /// Fixed by the path on `/ads/click` and `/ads/impression`; `play` by
     /// default on `/events`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>, pattern = "^(impression|click|play|conversion)$")]
+    #[schema(
+        value_type = Option<String>,
+        pattern = "^(impression|click|play|conversion|start|firstQuartile|midpoint|thirdQuartile|complete|skip|error)$"
+    )]
     kind: Option<String>,
+    /// The VAST error code of an `error` event (refused on other types).
+    #[schema(minimum = 100, maximum = 999)]
+    error_code: Option<u16>,
     /// Required except for plays.
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", max_length = 64)]
     ad_id: Option<String>,

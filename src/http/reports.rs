@@ -88,9 +88,7 @@ impl Dimensions {
                 Kind::parse(v)
                     .map(|k| k.as_str().to_owned())
                     .ok_or_else(|| {
-                        ApiError::invalid_field(
-                            "type must be one of impression, click, play, conversion",
-                        )
+                        ApiError::invalid_field(format!("type must be one of {}", Kind::NAMES))
                     })
             })
             .transpose()
@@ -173,7 +171,7 @@ fn in_range(t: DateTime<Utc>, name: &str) -> Result<DateTime<Utc>, ApiError> {
     params(
         ("campaignId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
         ("adId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
-        ("type" = Option<String>, Query, description = "impression, click, play or conversion", pattern = "^(impression|click|play|conversion)?$"),
+        ("type" = Option<String>, Query, description = "impression, click, play, conversion, start, firstQuartile, midpoint, thirdQuartile, complete, skip or error", pattern = "^(impression|click|play|conversion|start|firstQuartile|midpoint|thirdQuartile|complete|skip|error)?$"),
         ("from" = Option<String>, Query, description = "RFC 3339; default 24 hours before `to` (empty = absent)", pattern = "^(\\d{4}-\\d{2}-\\d{2}[Tt ]\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?([Zz]|[+-]\\d{2}:\\d{2}))?$"),
         ("to" = Option<String>, Query, description = "RFC 3339; default now (empty = absent)", pattern = "^(\\d{4}-\\d{2}-\\d{2}[Tt ]\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?([Zz]|[+-]\\d{2}:\\d{2}))?$"),
         ("groupBy" = Option<String>, Query, description = "minute, hour (default) or day; at most 10,080 buckets", pattern = "^(minute|hour|day)?$"),
@@ -254,7 +252,7 @@ fn limit(value: &Option<String>) -> Result<i64, ApiError> {
     path = "/events",
     tag = "reports",
     params(
-        ("type" = Option<String>, Query, description = "impression, click, play or conversion", pattern = "^(impression|click|play|conversion)?$"),
+        ("type" = Option<String>, Query, description = "impression, click, play, conversion, start, firstQuartile, midpoint, thirdQuartile, complete, skip or error", pattern = "^(impression|click|play|conversion|start|firstQuartile|midpoint|thirdQuartile|complete|skip|error)?$"),
         ("adId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
         ("campaignId" = Option<String>, Query, description = "1 to 64 characters of A-Z a-z 0-9 _ . : -", pattern = "^([A-Za-z0-9_.:-]{1,64})?$"),
         ("before" = Option<String>, Query, description = "A `nextCursor`, or (stored events) an RFC 3339 time"),

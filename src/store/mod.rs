@@ -107,7 +107,9 @@ pub async fn insert_batch(
     let mut experiments = Vec::with_capacity(n);
     let mut properties = Vec::with_capacity(n);
     let mut tenants = Vec::with_capacity(n);
+    let mut error_codes = Vec::with_capacity(n);
     for e in events {
+        error_codes.push(e.error_code.and_then(|c| i16::try_from(c).ok()));
         tenants.push(e.tenant_id.as_str());
         ids.push(e.event_id);
         kinds.push(e.kind.as_str());
@@ -133,7 +135,7 @@ pub async fn insert_batch(
     // Every time has a partition: its day's, or the default one (see
     // `partitions`), so no insert ever creates a table.
     //
-    // The binds follow the placeholders $1..$16. sqlx's check knows text[]
+    // The binds follow the placeholders $1..$17. sqlx's check knows text[]
     // only as `&[String]`, so the arrays of borrowed or optional values name
     // their Rust type with `as`; the statement, its arity and the columns it
     // returns are still checked against the schema.
@@ -143,9 +145,10 @@ pub async fn insert_batch(
             SELECT * FROM UNNEST(
                 $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
-                $12::text[], $13::text[], $14::text[], $15::text[]
+                $12::text[], $13::text[], $14::text[], $15::text[], $17::int2[]
             ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
-                   received_at, playback_time, amount, variant, experiment_id, properties, tenant_id)
+                   received_at, playback_time, amount, variant, experiment_id, properties, tenant_id,
+                   error_code)
         ),
         claimed AS (
             INSERT INTO event_keys (tenant_id, event_id, event_time)
@@ -156,12 +159,13 @@ pub async fn insert_batch(
         ins AS (
             INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
                                 event_time, received_at, playback_time, amount, variant,
-                                experiment_id, properties)
+                                experiment_id, properties, error_code)
             SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
-                   received_at, playback_time, amount, variant, experiment_id, properties::jsonb
+                   received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
+                   error_code
             FROM input JOIN claimed USING (tenant_id, event_id)
             RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount,
-                      experiment_id, variant, coalesce(user_id, host(ip)) AS user_key
+                      experiment_id, variant, coalesce(user_id, host(ip)) AS user_key, error_code
         ),
         outbox AS (
             INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
@@ -195,6 +199,18 @@ pub async fn insert_batch(
             ORDER BY 1, 2, 3, 4, 5
             ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
             DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+        ),
+        -- Error events by VAST code (migration 0010; 0 when none was given).
+        rolled_error AS (
+            INSERT INTO rollup_error_minute AS r (tenant_id, ad_id, bucket, error_code, events)
+            SELECT tenant_id, ad_id, date_trunc('minute', event_time), coalesce(error_code, 0),
+                   count(*)
+            FROM ins
+            WHERE kind = 'error' AND ad_id IS NOT NULL
+            GROUP BY 1, 2, 3, 4
+            ORDER BY 1, 2, 3, 4
+            ON CONFLICT (tenant_id, ad_id, bucket, error_code)
+            DO UPDATE SET events = r.events + EXCLUDED.events
         ),
         -- Experiment rollups (migration 0009). A user row is inserted (a new user)
         -- or turned converted at most once, whatever races it; RETURNING yields
@@ -251,6 +267,7 @@ pub async fn insert_batch(
         &properties as &[Option<String>],
         &tenants as &[&str],
         batch_id,
+        &error_codes as &[Option<i16>],
     )
     .fetch_all(pool)
     .await

@@ -23,7 +23,20 @@ struct Sent {
     screen: Option<String>,
     ip: String,
     at: DateTime<Utc>,
+    /// The VAST error code of an error event.
+    code: Option<u16>,
 }
+
+/// The video kinds (VAST events) and the analytics figure of each.
+const VIDEO: [(&str, &str); 7] = [
+    ("start", "starts"),
+    ("firstQuartile", "firstQuartiles"),
+    ("midpoint", "midpoints"),
+    ("thirdQuartile", "thirdQuartiles"),
+    ("complete", "completes"),
+    ("skip", "skips"),
+    ("error", "errors"),
+];
 
 /// Event times well inside one window and outside the smaller ones, so the
 /// test does not depend on when in the hour it runs.
@@ -60,7 +73,7 @@ fn random_events(n: usize, seed: u64) -> Vec<Sent> {
                 rng.random_range(0..8),
                 rng.random_range(0..20)
             );
-            match rng.random_range(0..10) {
+            match rng.random_range(0..12) {
                 0..=4 => Sent {
                     kind: "impression",
                     ad: Some(*ADS.choose(&mut rng).unwrap()),
@@ -68,6 +81,7 @@ fn random_events(n: usize, seed: u64) -> Vec<Sent> {
                     screen: None,
                     ip,
                     at,
+                    code: None,
                 },
                 5..=7 => Sent {
                     kind: "click",
@@ -76,7 +90,22 @@ fn random_events(n: usize, seed: u64) -> Vec<Sent> {
                     screen: None,
                     ip,
                     at,
+                    code: None,
                 },
+                8..=9 => {
+                    let kind = VIDEO.choose(&mut rng).unwrap().0;
+                    Sent {
+                        kind,
+                        ad: Some(*ADS.choose(&mut rng).unwrap()),
+                        campaign: None,
+                        screen: None,
+                        ip,
+                        at,
+                        code: (kind == "error")
+                            .then(|| *[303u16, 400, 405].choose(&mut rng).unwrap())
+                            .filter(|_| rng.random_bool(0.7)),
+                    }
+                }
                 _ => Sent {
                     kind: "play",
                     ad: if rng.random_bool(0.3) {
@@ -88,6 +117,7 @@ fn random_events(n: usize, seed: u64) -> Vec<Sent> {
                     screen: Some(format!("screen-{}", rng.random_range(0..6))),
                     ip,
                     at,
+                    code: None,
                 },
             }
         })
@@ -104,6 +134,9 @@ fn to_json(e: &Sent) -> Value {
     }
     if let Some(s) = &e.screen {
         v["screenId"] = json!(s);
+    }
+    if let Some(code) = e.code {
+        v["errorCode"] = json!(code);
     }
     v
 }
@@ -185,6 +218,27 @@ async fn figures_after_drain_equal_an_independent_count_and_postgres() {
                 (a["ctr"].as_f64().unwrap() - ctr).abs() < 1e-9,
                 "{ad} {tf}: {a}"
             );
+            // The video funnel, its completion rate and errors by code.
+            for (kind, figure) in VIDEO {
+                assert_eq!(a[figure], count(kind), "{ad} {tf} {figure}: {a}");
+            }
+            let rate = if count("impression") == 0 {
+                0.0
+            } else {
+                count("complete") as f64 / count("impression") as f64
+            };
+            assert!(
+                (a["completionRate"].as_f64().unwrap() - rate).abs() < 1e-9,
+                "{ad} {tf}: {a}"
+            );
+            let mut by_code: BTreeMap<String, usize> = BTreeMap::new();
+            for e in mine.iter().filter(|e| e.kind == "error") {
+                let code = e.code.map_or("unknown".to_owned(), |c| c.to_string());
+                *by_code.entry(code).or_default() += 1;
+            }
+            let got: BTreeMap<String, usize> =
+                serde_json::from_value(a["errorsByCode"].clone()).unwrap();
+            assert_eq!(got, by_code, "{ad} {tf}: {a}");
             let hourly_total: u64 = a["hourlyClicks"]
                 .as_object()
                 .unwrap()

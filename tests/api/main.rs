@@ -25,3 +25,4 @@ mod shards;
 mod spool;
 mod storage;
 mod tenants;
+mod vast;

@@ -45,6 +45,9 @@ pub struct StoredEvent {
     pub video_playback_time: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount: Option<i64>,
+    /// The VAST error code of an `error` event, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -21,12 +21,14 @@
 //! [`EXPERIMENT_SUMMARY_SQL`].
 
 mod aggregates;
+mod errors;
 mod experiments;
 mod listings;
 mod pool;
 mod stats;
 
 pub use aggregates::{aggregates, AggregateFilter, Aggregates, Bucket, Grouping};
+pub use errors::errors_by_code;
 pub use experiments::{
     experiment_summary, ExperimentSummary, VariantSummary, EXPERIMENT_SUMMARY_SQL,
 };
