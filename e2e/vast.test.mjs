@@ -1,0 +1,270 @@
+// adtrack's VAST documents read by a real player library in a real browser:
+// @dailymotion/vast-client (the build the web UI vendors, checked equal to
+// the npm release pinned in package.json) parses each catalogue ad's
+// GET /vast/{adId} in Chromium, and its VASTTracker fires the document's own
+// pixels. Afterwards the funnel in /ads/analytics is exact, and firing every
+// pixel and the click redirect a second time changes nothing.
+//
+//   ADTRACK_URL=http://127.0.0.1:8080 ADMIN_TOKEN=… node e2e/vast.test.mjs
+//
+// Needs ADMIN_TOKEN (it reads /admin/queue to know when the pipeline drained).
+// Prints one line per check and a closing "N passed, M failed".
+
+import { readFile } from 'node:fs/promises';
+import { chromium } from 'playwright-core';
+import { FUNNEL, TRACKING_EVENTS, PixelLog, analytics, differences, drained, plus } from './funnel.mjs';
+
+const BASE = (process.env.ADTRACK_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ADMIN_TOKEN = process.env.ADMIN_TOKEN || '';
+const VENDORED = new URL('../web/vendor/vast-client/vast-client.min.js', import.meta.url);
+const FROM_NPM = new URL('./node_modules/@dailymotion/vast-client/dist/vast-client.min.js', import.meta.url);
+
+// ------------------------------------------------------------ tiny runner
+
+const results = [];
+
+async function check(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    console.log(`  ok    ${name} (${Date.now() - started} ms)`);
+    return true;
+  } catch (err) {
+    results.push({ name, ok: false });
+    const detail = String((err && err.message) || err).split('\n').slice(0, 8).join('\n        ');
+    console.log(`  FAIL  ${name}\n        ${detail}`);
+    return false;
+  }
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+// ------------------------------------------------------ in the browser
+
+/**
+ * Runs in the page: loads the vendored client, fetches one VAST document per
+ * entry of `plans` and plays each plan through a VASTTracker. Returns what
+ * the client parsed, for the checks. The parsed ads stay in window.views so
+ * a later call can fire the same documents' pixels again.
+ */
+async function playViews({ adId, plans, again }) {
+  const { VASTClient, VASTTracker } = await import('/vendor/vast-client/vast-client.min.js');
+  window.views = window.views || {};
+  const out = [];
+  for (const [i, plan] of plans.entries()) {
+    const key = `${adId}:${i}`;
+    let parsed = window.views[key];
+    if (!again) {
+      const response = await new VASTClient().get(new URL(`/vast/${encodeURIComponent(adId)}`, location.href).href);
+      const ad = response.ads[0];
+      const creative = ad && ad.creatives.find((c) => c.type === 'linear');
+      parsed = { response, ad, creative };
+      window.views[key] = parsed;
+    }
+    const { response, ad, creative } = parsed;
+    const tracker = new VASTTracker(null, ad, creative);
+    let clickThrough = null;
+    tracker.on('clickthrough', (url) => { clickThrough = url; });
+    const d = creative.duration;
+    if (plan.includes('impression')) tracker.trackImpression();
+    if (plan.includes('start')) tracker.setProgress(0.2);
+    if (plan.includes('quartiles')) for (const f of [0.26, 0.51, 0.76, 1]) tracker.setProgress(d * f);
+    if (plan.includes('complete')) tracker.complete();
+    if (plan.includes('skip')) tracker.skip();
+    if (plan.includes('error')) tracker.error({ ERRORCODE: '405' });
+    if (plan.includes('click')) tracker.click();
+    out.push({
+      version: response.version,
+      ads: response.ads.length,
+      adId: ad && ad.id,
+      adServingId: ad && ad.adServingId,
+      system: ad && ad.system && ad.system.value,
+      title: ad && ad.title,
+      impressions: ad ? ad.impressionURLTemplates.map((t) => t.url) : [],
+      errors: ad ? ad.errorURLTemplates : [],
+      creatives: ad ? ad.creatives.length : 0,
+      linear: !!creative,
+      universalAdIds: creative ? creative.universalAdIds.map((u) => `${u.idRegistry}:${u.value}`) : [],
+      duration: creative && creative.duration,
+      media: creative ? creative.mediaFiles.map((m) => ({ url: m.fileURL, type: m.mimeType, delivery: m.deliveryType, width: m.width, height: m.height })) : [],
+      tracking: creative ? Object.fromEntries(Object.entries(creative.trackingEvents).map(([k, v]) => [k, v.map((t) => t.url || t)])) : {},
+      clickThroughTemplate: creative && creative.videoClickThroughURLTemplate && creative.videoClickThroughURLTemplate.url,
+      clickThrough,
+    });
+  }
+  return out;
+}
+
+// Each ad gets three views: watched to the end and clicked, skipped after
+// its start, and failed before it showed (VAST error 405).
+const PLANS = [
+  ['impression', 'start', 'quartiles', 'complete', 'click'],
+  ['impression', 'start', 'skip'],
+  ['error'],
+];
+const EXPECTED = {
+  impressions: 2, starts: 2, firstQuartiles: 1, midpoints: 1, thirdQuartiles: 1, completes: 1, skips: 1, errors: 1, totalClicks: 1,
+};
+
+// ------------------------------------------------------------------- test
+
+async function main() {
+  console.log(`adtrack VAST test against ${BASE}`);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync'],
+  });
+  const context = await browser.newContext({ baseURL: BASE });
+  const log = new PixelLog(context, BASE);
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (err) => pageErrors.push(err.message));
+  page.on('console', (msg) => { if (msg.type() === 'error') pageErrors.push(msg.text()); });
+
+  let ads = [];
+  const baseline = new Map();
+  const parsed = new Map();
+
+  await check('the vendored client is @dailymotion/vast-client from npm, unchanged', async () => {
+    const [vendored, npm] = await Promise.all([readFile(VENDORED), readFile(FROM_NPM)]);
+    assert(vendored.equals(npm), `${VENDORED.pathname} differs from the npm package's dist/vast-client.min.js`);
+    const pinned = JSON.parse(await readFile(new URL('./package.json', import.meta.url), 'utf8')).dependencies['@dailymotion/vast-client'];
+    const version = (await readFile(new URL('../web/vendor/vast-client/VERSION', import.meta.url), 'utf8')).split(/\s+/)[1];
+    assert(pinned === version, `package.json pins ${pinned}, web/vendor/vast-client/VERSION says ${version}`);
+    console.log(`        @dailymotion/vast-client ${version}`);
+  });
+
+  await check('the catalogue and every ad\'s figures before the views', async () => {
+    ads = await (await fetch(`${BASE}/ads`)).json();
+    assert(Array.isArray(ads) && ads.length > 0, 'the catalogue is empty');
+    await drained(BASE, ADMIN_TOKEN);
+    for (const ad of ads) baseline.set(ad.id, await analytics(BASE, ad.id));
+  });
+
+  // A document of adtrack's own origin, under its real Content-Security-Policy.
+  await page.goto('/vendor/vast-client/VERSION');
+
+  await check('the client parses each ad\'s VAST 4 document and its tracker fires every pixel', async () => {
+    for (const ad of ads) {
+      const views = await page.evaluate(playViews, { adId: ad.id, plans: PLANS, again: false });
+      parsed.set(ad.id, views);
+      for (const v of views) {
+        assert(/^4\./.test(v.version || ''), `${ad.id}: VAST version ${v.version}`);
+        assert(v.ads === 1 && v.creatives >= 1 && v.linear, `${ad.id}: ${v.ads} ads, ${v.creatives} creatives, linear ${v.linear}`);
+        assert(v.system && v.title, `${ad.id}: AdSystem "${v.system}", AdTitle "${v.title}"`);
+        assert(v.adServingId, `${ad.id}: no AdServingId`);
+        assert(v.universalAdIds.length >= 1, `${ad.id}: no UniversalAdId`);
+        assert(v.duration > 0, `${ad.id}: Duration ${v.duration}`);
+        const media = v.media.find((m) => new URL(m.url).pathname === ad.videoUrl);
+        assert(media && media.type && media.delivery && media.width > 0 && media.height > 0,
+          `${ad.id}: no MediaFile for ${ad.videoUrl} with type, delivery, width and height: ${JSON.stringify(v.media)}`);
+        assert(v.impressions.length >= 1, `${ad.id}: no Impression`);
+        for (const event of TRACKING_EVENTS) assert(v.tracking[event] && v.tracking[event].length, `${ad.id}: no Tracking for ${event}`);
+        assert(v.errors.some((t) => t.includes('[ERRORCODE]')), `${ad.id}: no Error URL with [ERRORCODE]: ${JSON.stringify(v.errors)}`);
+        assert(v.clickThroughTemplate, `${ad.id}: no ClickThrough`);
+      }
+      // One document, one view: the three documents share no URL.
+      const urls = views.map((v) => new Set([...v.impressions, ...Object.values(v.tracking).flat(), v.clickThroughTemplate]));
+      for (let i = 0; i < urls.length; i += 1) {
+        for (let j = i + 1; j < urls.length; j += 1) {
+          const shared = [...urls[i]].filter((u) => urls[j].has(u));
+          assert(shared.length === 0, `${ad.id}: documents ${i} and ${j} share ${shared[0]}`);
+        }
+      }
+      // The tracker fired each planned pixel of its own document once.
+      const [done, skipped, failed] = views;
+      const fired = (template) => log.matching(template).length;
+      for (const t of done.impressions) assert(fired(t) === 1, `${ad.id}: impression ${t} fired ${fired(t)} times`);
+      for (const event of ['start', 'firstQuartile', 'midpoint', 'thirdQuartile', 'complete']) {
+        for (const t of done.tracking[event]) assert(fired(t) === 1, `${ad.id}: ${event} fired ${fired(t)} times`);
+      }
+      for (const t of skipped.tracking.skip) assert(fired(t) === 1, `${ad.id}: skip fired ${fired(t)} times`);
+      for (const t of failed.errors) {
+        const hits = log.matching(t);
+        assert(hits.length === 1, `${ad.id}: error fired ${hits.length} times`);
+        assert(!hits[0].url.includes('[ERRORCODE]') && hits[0].url.includes('405'), `${ad.id}: error pixel ${hits[0].url} lacks its code`);
+      }
+      for (const t of failed.impressions) assert(fired(t) === 0, `${ad.id}: the failed view fired its impression`);
+      assert(done.clickThrough, `${ad.id}: the tracker emitted no click-through URL`);
+    }
+    await log.settled();
+    console.log(`        ${ads.length} ads × ${PLANS.length} views, ${log.entries.length} pixels answered`);
+  });
+
+  await check('the click-through is adtrack\'s redirect to the catalogue targetUrl', async () => {
+    for (const ad of ads) {
+      const { clickThrough } = parsed.get(ad.id)[0];
+      const answer = await page.request.get(clickThrough, { maxRedirects: 0 });
+      assert(answer.status() === 302, `${clickThrough} answered ${answer.status()}`);
+      assert(answer.headers().location === ad.targetUrl, `${clickThrough} redirects to ${answer.headers().location}, not ${ad.targetUrl}`);
+    }
+  });
+
+  const want = new Map(ads.map((ad) => [ad.id, plus(baseline.get(ad.id), EXPECTED)]));
+
+  const expectExact = async (label) => {
+    await drained(BASE, ADMIN_TOKEN);
+    const wrong = [];
+    for (const ad of ads) {
+      const now = await analytics(BASE, ad.id);
+      const diff = differences(now, want.get(ad.id));
+      const impressions = want.get(ad.id).impressions;
+      const rate = impressions ? want.get(ad.id).completes / impressions : 0;
+      if (Math.abs((now.completionRate ?? NaN) - rate) > 1e-9) diff.push(`completionRate ${now.completionRate}≠${rate}`);
+      const ctr = impressions ? want.get(ad.id).totalClicks / impressions : 0;
+      if (Math.abs(now.ctr - ctr) > 1e-9) diff.push(`ctr ${now.ctr}≠${ctr}`);
+      const base405 = (baseline.get(ad.id).errorsByCode || {})['405'] || 0;
+      if (((now.errorsByCode || {})['405'] || 0) !== base405 + 1) diff.push(`errorsByCode.405 ${JSON.stringify(now.errorsByCode)}`);
+      if (diff.length) wrong.push(`${ad.id}: ${diff.join(', ')}`);
+    }
+    assert(wrong.length === 0, `${label}:\n${wrong.join('\n')}`);
+  };
+
+  await check('afterwards the funnel of every ad is exact', async () => {
+    await expectExact('after one run');
+    const first = await analytics(BASE, ads[0].id);
+    console.log(`        ${ads[0].id}: ${FUNNEL.map((k) => `${k} ${first[k]}`).join(', ')}, completionRate ${first.completionRate}, ctr ${first.ctr}`);
+  });
+
+  await check('firing every pixel and click a second time changes nothing', async () => {
+    const before = log.entries.length;
+    // The same documents through new trackers (new [CACHEBUSTING] and
+    // [TIMESTAMP] values), as a player that restarts the ad would fire them.
+    for (const ad of ads) await page.evaluate(playViews, { adId: ad.id, plans: PLANS, again: true });
+    // And the exact URLs fired the first time, as a retrying player would.
+    const first = log.entries.slice(0, before).map((e) => e.url);
+    for (const url of first) {
+      const answer = await page.request.get(url, { maxRedirects: 0 });
+      assert([200, 204, 302].includes(answer.status()), `${url} answered ${answer.status()} the second time`);
+    }
+    for (const ad of ads) await page.request.get(parsed.get(ad.id)[0].clickThrough, { maxRedirects: 0 });
+    await log.settled();
+    assert(log.entries.length - before >= before, `only ${log.entries.length - before} pixels fired again, of ${before}`);
+    await expectExact('after every pixel fired twice');
+  });
+
+  await check('no page errors', async () => {
+    assert(pageErrors.length === 0, pageErrors.join('\n'));
+  });
+
+  await context.close();
+  await browser.close();
+}
+
+let crashed = false;
+try {
+  await main();
+} catch (err) {
+  crashed = true;
+  console.log(`  FAIL  test run aborted: ${(err && err.stack) || err}`);
+}
+
+const passed = results.filter((r) => r.ok).length;
+const failed = results.length - passed + (crashed ? 1 : 0);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
