@@ -146,8 +146,10 @@ async function main() {
     for (const ad of ads) baseline.set(ad.id, await analytics(BASE, ad.id));
   });
 
-  // A document of adtrack's own origin, under its real Content-Security-Policy.
-  await page.goto('/vendor/vast-client/VERSION');
+  // A document of adtrack's own origin (its /health answer), under its real
+  // Content-Security-Policy.
+  const home = await page.goto('/health');
+  assert(home && home.ok() && home.headers()['content-security-policy'], 'GET /health answered without its Content-Security-Policy');
 
   await check('the client parses each ad\'s VAST 4 document and its tracker fires every pixel', async () => {
     for (const ad of ads) {
