@@ -186,6 +186,13 @@ impl Application {
             redis.clone(),
             metrics.clone(),
         );
+        if settings.vast_signing_key.is_none() && role.runs_api() {
+            tracing::warn!(
+                "VAST_SIGNING_KEY is not set: VAST view tokens are signed with a key of this \
+                 process only, so pixels of documents served before a restart, or by another \
+                 process, are refused"
+            );
+        }
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             keys,
@@ -205,6 +212,7 @@ impl Application {
             shutdown: shutdown.clone(),
             live_streams: Arc::default(),
             settle_gate: Arc::default(),
+            views: crate::vast::ViewSigner::new(settings.vast_signing_key.as_deref()),
         });
         let surface = if role.runs_api() {
             Surface::Full

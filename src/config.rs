@@ -73,6 +73,14 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Seed the demo ad catalogue when the `ads` table is empty.
     pub seed_catalogue: bool,
+    /// `PUBLIC_URL`: where players reach adtrack (`https://track.example`),
+    /// the base of every URL in a VAST document; `None` takes the request's
+    /// own scheme and `Host`.
+    pub public_url: Option<String>,
+    /// `VAST_SIGNING_KEY`: the HMAC key of view tokens (at least 32
+    /// characters), shared by every process of a deployment; `None` uses a
+    /// random key of this process.
+    pub vast_signing_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -107,6 +115,8 @@ impl Default for Settings {
             report_timeout: Duration::from_secs(5),
             log_format: LogFormat::Text,
             seed_catalogue: true,
+            public_url: None,
+            vast_signing_key: None,
         }
     }
 }
@@ -239,6 +249,10 @@ impl Settings {
         if let Some(v) = get("SEED_CATALOGUE") {
             s.seed_catalogue = parse_bool(&v, "SEED_CATALOGUE")?;
         }
+        if let Some(v) = get("PUBLIC_URL") {
+            s.public_url = Some(parse_public_url(&v)?);
+        }
+        s.vast_signing_key = get("VAST_SIGNING_KEY");
         s.validate()?;
         Ok(s)
     }
@@ -298,6 +312,9 @@ impl Settings {
                 bail!("ADMIN_TOKEN: must be at least 16 characters");
             }
         }
+        if self.vast_signing_key.as_ref().is_some_and(|k| k.len() < 32) {
+            bail!("VAST_SIGNING_KEY: must be at least 32 characters");
+        }
         Ok(())
     }
 }
@@ -334,6 +351,8 @@ pub const VARIABLES: &[&str] = &[
     "REPORT_TIMEOUT",
     "LIVE_MAX_STREAMS",
     "SEED_CATALOGUE",
+    "PUBLIC_URL",
+    "VAST_SIGNING_KEY",
     "RUST_LOG",
     "LOG_FORMAT",
 ];
@@ -372,6 +391,27 @@ fn parse_origins(value: &str) -> anyhow::Result<Option<Vec<String>>> {
         bail!("CORS_ORIGINS: name at least one origin, or * for any");
     }
     Ok(Some(origins))
+}
+
+/// `http(s)://host[:port][/path]`, without a query, fragment or trailing
+/// slash (one is dropped): the base of VAST URLs.
+fn parse_public_url(value: &str) -> anyhow::Result<String> {
+    let v = value.trim().trim_end_matches('/');
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        let host = r.split('/').next().unwrap_or_default();
+        !host.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:/[]~".contains(&b))
+    });
+    if !ok {
+        bail!(
+            "PUBLIC_URL: {value:?} must be an http(s) URL such as https://track.example (no query)"
+        );
+    }
+    Ok(v.to_owned())
 }
 
 /// A Postgres URL with its scheme and a database name: without the scheme,

@@ -45,5 +45,7 @@ pub mod store;
 pub mod telemetry;
 /// Tenants and their API keys (`TENANTS=on`).
 pub mod tenants;
+/// Video-ad tracking: VAST documents, signed views, pixel macros.
+pub mod vast;
 /// The workers and their maintenance duties.
 pub mod worker;

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_fail_open: IntCounter,
     pub redis_resets: IntCounter,
+    pub vast_documents: IntCounter,
+    pub vast_pixels: IntCounterVec,
+    pub vast_player_events: IntCounterVec,
+    pub vast_views_refused: IntCounterVec,
+    pub vast_clicks_unrecorded: IntCounter,
 }
 
 impl Metrics {
@@ -209,6 +214,35 @@ impl Metrics {
                 "redis_resets_total",
                 "Times this process found Redis without its epoch (restarted empty, or first used) and took on rebuilding the counters",
             )?,
+            vast_documents: IntCounter::new(
+                "vast_documents_total",
+                "VAST documents served (each one a new view)",
+            )?,
+            vast_pixels: IntCounterVec::new(
+                Opts::new(
+                    "vast_pixels_total",
+                    "Tracking pixels and clicks answered after their event was queued, by event",
+                ),
+                &["event"],
+            )?,
+            vast_player_events: IntCounterVec::new(
+                Opts::new(
+                    "vast_player_events_total",
+                    "Player pixels counted here only, not stored (pause, resume, mute, unmute, closeLinear)",
+                ),
+                &["event"],
+            )?,
+            vast_views_refused: IntCounterVec::new(
+                Opts::new(
+                    "vast_views_refused_total",
+                    "Pixels and clicks whose view token was malformed, forged or expired (404)",
+                ),
+                &["reason"],
+            )?,
+            vast_clicks_unrecorded: IntCounter::new(
+                "vast_clicks_unrecorded_total",
+                "Click redirects answered without their click being queued (rate-limited, or queue and spool unavailable)",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -256,6 +290,14 @@ impl Metrics {
         m.registry
             .register(Box::new(m.rate_limit_fail_open.clone()))?;
         m.registry.register(Box::new(m.redis_resets.clone()))?;
+        m.registry.register(Box::new(m.vast_documents.clone()))?;
+        m.registry.register(Box::new(m.vast_pixels.clone()))?;
+        m.registry
+            .register(Box::new(m.vast_player_events.clone()))?;
+        m.registry
+            .register(Box::new(m.vast_views_refused.clone()))?;
+        m.registry
+            .register(Box::new(m.vast_clicks_unrecorded.clone()))?;
         Ok(m)
     }
 

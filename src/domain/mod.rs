@@ -8,4 +8,7 @@ mod time;
 
 pub use event::{Event, EventError, Kind};
 pub use ident::Ident;
-pub use parse::{parse_event, parse_value, ParseContext, MAX_CLOCK_SKEW, MAX_PROPERTIES_BYTES};
+pub use parse::{
+    earliest, parse_event, parse_value, ParseContext, MAX_CLOCK_SKEW, MAX_PROPERTIES_BYTES,
+    VAST_ERROR_CODES,
+};

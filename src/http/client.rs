@@ -39,7 +39,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> 
     Some(client)
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+pub(super) fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

@@ -47,6 +47,12 @@ pub fn middleware(listed: Option<Vec<String>>) -> Cors {
         .block_on_origin_mismatch(false)
 }
 
+/// Whether `path` is a VAST document, pixel or click: players on any page
+/// load them (the document with `fetch`), and they carry no credentials.
+pub fn is_vast_path(path: &str) -> bool {
+    ["/vast/", "/t/", "/c/"].iter().any(|p| path.starts_with(p))
+}
+
 fn allows(listed: Option<&[String]>, origin: &HeaderValue, head: &RequestHead) -> bool {
     if head.method == Method::GET && SDK_PATHS.contains(&head.uri.path()) {
         return true;
@@ -64,5 +70,7 @@ fn allows(listed: Option<&[String]>, origin: &HeaderValue, head: &RequestHead) -
     } else {
         Some(head.method.clone())
     };
-    method == Some(Method::POST) && INGEST_PATHS.contains(&head.uri.path())
+    let path = head.uri.path();
+    (method == Some(Method::POST) && INGEST_PATHS.contains(&path))
+        || (method == Some(Method::GET) && is_vast_path(path))
 }

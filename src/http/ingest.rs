@@ -228,7 +228,11 @@ pub async fn batch(
 
 /// Queues events through [`crate::ingest`]: answers once Redis or the
 /// spool holds them all.
-async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Result<(), ApiError> {
+pub(super) async fn enqueue(
+    req: &HttpRequest,
+    state: &AppState,
+    events: &[Event],
+) -> Result<(), ApiError> {
     let pusher = req
         .app_data::<LocalPusher>()
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no pusher on this HTTP worker")))?;
@@ -259,7 +263,7 @@ async fn enqueue(req: &HttpRequest, state: &AppState, events: &[Event]) -> Resul
 
 /// Applies the rate limits (when configured) to a request from
 /// `ctx.peer_ip` carrying `events` events, `ads` (adId, events) of them.
-async fn limit(
+pub(super) async fn limit(
     state: &AppState,
     ctx: &ParseContext,
     events: u32,
@@ -303,7 +307,7 @@ fn shutting_down() -> ApiError {
     }
 }
 
-fn rejected(state: &AppState, e: EventError) -> ApiError {
+pub(super) fn rejected(state: &AppState, e: EventError) -> ApiError {
     rejected_item(state, e).into()
 }
 
@@ -316,7 +320,7 @@ fn rejected_item(state: &AppState, e: EventError) -> EventError {
     e
 }
 
-fn parse_context(
+pub(super) fn parse_context(
     req: &HttpRequest,
     state: &AppState,
     fixed_kind: Option<Kind>,

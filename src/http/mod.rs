@@ -13,6 +13,7 @@ pub mod openapi;
 mod query;
 mod reports;
 mod ui;
+mod vast;
 
 pub use error::ApiError;
 pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
@@ -59,6 +60,8 @@ pub struct AppState {
     pub live_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// One ranking of pending campaigns at a time in this process.
     pub settle_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Signs and verifies the view tokens of VAST documents.
+    pub views: crate::vast::ViewSigner,
 }
 
 /// The tenant of a request: `""` with tenants off; with `TENANTS=on` the
@@ -204,6 +207,12 @@ fn table(surface: Surface) -> Table {
                 vec![(Method::GET, web::to(reports::experiment_summary))],
             ),
             ("/live", vec![(Method::GET, web::to(live::live))]),
+            ("/vast/{adId}", vec![(Method::GET, web::to(vast::document))]),
+            (
+                "/t/{view}/{event}",
+                vec![(Method::GET, web::to(vast::pixel))],
+            ),
+            ("/c/{view}", vec![(Method::GET, web::to(vast::click))]),
             ("/admin/queue", vec![(Method::GET, web::to(admin::queue))]),
             (
                 "/admin/dlq",

@@ -294,6 +294,9 @@ impl Modify for AdminAuth {
         reports::events,
         reports::experiment_summary,
         live::live,
+        super::vast::document,
+        super::vast::pixel,
+        super::vast::click,
         admin::queue,
         admin::dlq,
         admin::dlq_replay,
@@ -316,6 +319,7 @@ impl Modify for AdminAuth {
         (name = "ingest", description = "Events in: 202 once queued"),
         (name = "analytics", description = "Real-time figures from the Redis counters"),
         (name = "reports", description = "Reports from PostgreSQL"),
+        (name = "vast", description = "Video ads: VAST documents, their tracking pixels and click redirect"),
         (name = "admin", description = "Queue and dead letters; bearer ADMIN_TOKEN"),
         (name = "operations", description = "Health, readiness, metrics, this document, the UI"),
     )

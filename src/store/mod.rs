@@ -334,6 +334,32 @@ pub struct Ad {
     pub campaign_id: String,
 }
 
+/// A catalogue ad with what its VAST document says about the video.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VideoAd {
+    pub id: String,
+    pub title: String,
+    pub video_url: String,
+    pub target_url: String,
+    pub duration_ms: i32,
+    pub width: i32,
+    pub height: i32,
+    pub mime_type: String,
+}
+
+/// The catalogue ad `id`, with its video, or `None`.
+pub async fn video_ad(pool: &PgPool, id: &str) -> anyhow::Result<Option<VideoAd>> {
+    sqlx::query_as!(
+        VideoAd,
+        "SELECT id, title, video_url, target_url, duration_ms, width, height, mime_type
+         FROM ads WHERE id = $1",
+        id,
+    )
+    .fetch_optional(pool)
+    .await
+    .context("reading a catalogue ad")
+}
+
 pub async fn catalogue(pool: &PgPool) -> anyhow::Result<Vec<Ad>> {
     sqlx::query_as!(
         Ad,

@@ -1,0 +1,269 @@
+//! VAST: `GET /vast/{adId}` (the document of one view), `GET
+//! /t/{view}/{event}` (its tracking pixels) and `GET /c/{view}` (its click
+//! redirect). Pixels and clicks become events through the same steps as
+//! `POST /events`: the event is parsed by `domain::parse_value`, charged
+//! to the rate limits, and queued by `crate::ingest` (Redis, or the synced
+//! spool), and only then answered. Their eventId comes from (view, event),
+//! so every repetition of a pixel is the same event.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::ingest::{enqueue, limit, parse_context, rejected, UNCOMPRESSED};
+use super::{ApiError, AppState};
+use crate::domain::{parse_value, Ident, Kind};
+use crate::store;
+use crate::vast::{self, PixelEvent, PixelFields, PixelQuery, View};
+
+/// The errors of the VAST routes.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum VastErrors {
+    /// Unknown ad; or a view token adtrack did not sign, or that expired
+    /// (24 h after its document); or an event name the document never uses.
+    #[response(status = 404)]
+    NotFound(super::openapi::ErrorBody),
+    /// `TENANTS=on` and no valid `X-API-Key` (the document only).
+    #[response(status = 401)]
+    Unauthorized(super::openapi::ErrorBody),
+    /// Over a rate limit.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    RateLimited(super::openapi::ErrorBody),
+    /// Cannot queue now, or Postgres is unavailable (document and click).
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(super::openapi::ErrorBody),
+}
+
+/// A VAST 4 InLine document for a catalogue ad: one new view, whose id is
+/// `AdServingId` and whose signed token is in every tracking, error and
+/// click URL.
+#[utoipa::path(
+    get,
+    path = "/vast/{adId}",
+    tag = "vast",
+    params(("adId" = String, Path, description = "A catalogue ad's id")),
+    responses(
+        (status = 200, description = "The VAST document (`Cache-Control: no-store`: each one is a new view)", content_type = "application/xml", body = String),
+        VastErrors
+    )
+)]
+#[tracing::instrument(skip_all, fields(ad = %path.as_str()))]
+pub async fn document(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = super::tenant_of(&req, &state).await?;
+    let ad = Ident::parse(&path).map_err(|_| unknown_ad())?;
+    let mut ctx = parse_context(&req, &state, None, None)?;
+    ctx.tenant = tenant;
+    // A document mints a view: it costs its client and its ad one event,
+    // like a POSTed impression, so views are bounded as events are.
+    limit(&state, &ctx, 1, &[(ad.as_str(), 1)]).await?;
+    let video = store::video_ad(&state.pool, ad.as_str())
+        .await
+        .map_err(ApiError::dependency)?
+        .ok_or_else(unknown_ad)?;
+    let (view, token) = state.views.mint(&ad, &ctx.tenant, ctx.now);
+    let base = public_base(&req, &state);
+    let xml = vast::render(
+        &video,
+        &vast::Document {
+            base: &base,
+            token: &token,
+            view_id: view.id,
+        },
+    );
+    state.metrics.vast_documents.inc();
+    Ok(HttpResponse::Ok()
+        .content_type("application/xml; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(xml))
+}
+
+/// A tracking pixel of a served document: `impression`, `start`,
+/// `firstQuartile`, `midpoint`, `thirdQuartile`, `complete`, `skip` and
+/// `error` are stored once per view; `pause`, `resume`, `mute`, `unmute`
+/// and `closeLinear` are counted in a metric only. Query parameters are the
+/// document's macros (`ts`, `ph`, `code` …); unknown or unsubstituted
+/// values are ignored, never refused.
+#[utoipa::path(
+    get,
+    path = "/t/{view}/{event}",
+    tag = "vast",
+    params(
+        ("view" = String, Path, description = "The view token of the document"),
+        ("event" = String, Path, description = "impression, start, firstQuartile, midpoint, thirdQuartile, complete, skip, error, pause, resume, mute, unmute or closeLinear"),
+    ),
+    responses(
+        (status = 200, description = "A 1×1 GIF, once the event is queued (Redis or the synced spool); `Cache-Control: no-store`", content_type = "image/gif", body = Vec<u8>),
+        VastErrors
+    )
+)]
+pub async fn pixel(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (token, name) = path.into_inner();
+    let now = Utc::now();
+    let view = verify(&state, &token, now)?;
+    let event = PixelEvent::parse(&name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "{name} is not a tracking event of adtrack's VAST documents"
+        ))
+    })?;
+    let kind = match event {
+        PixelEvent::Stored(kind) => kind,
+        PixelEvent::Counted(name) => {
+            state
+                .metrics
+                .vast_player_events
+                .with_label_values(&[name])
+                .inc();
+            return Ok(gif());
+        }
+    };
+    record(&req, &state, &view, kind).await?;
+    Ok(gif())
+}
+
+/// The click-through of a served document: records the view's click (once,
+/// however often it is followed) and redirects to the ad's catalogue
+/// `targetUrl`. The destination never comes from the request.
+#[utoipa::path(
+    get,
+    path = "/c/{view}",
+    tag = "vast",
+    params(("view" = String, Path, description = "The view token of the document")),
+    responses(
+        (status = 302, description = "To the ad's catalogue targetUrl", headers(("Location" = String, description = "The ad's targetUrl"))),
+        VastErrors
+    )
+)]
+pub async fn click(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let view = verify(&state, &path, Utc::now())?;
+    let ad = store::video_ad(&state.pool, view.ad.as_str())
+        .await
+        .map_err(ApiError::dependency)?
+        .ok_or_else(unknown_ad)?;
+    // The viewer goes to the advertiser even when the click cannot be
+    // queued (over a limit, Redis and the spool both refusing): that case
+    // is counted, and logged, rather than shown to the viewer.
+    if let Err(e) = record(&req, &state, &view, Kind::Click).await {
+        state.metrics.vast_clicks_unrecorded.inc();
+        tracing::warn!(error = %e, ad = view.ad.as_str(), "a click redirect was not recorded");
+    }
+    Ok(HttpResponse::Found()
+        .insert_header((header::LOCATION, ad.target_url))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(UNCOMPRESSED)
+        .finish())
+}
+
+/// Queues the `kind` event of `view`, with what the request's macros say.
+async fn record(
+    req: &HttpRequest,
+    state: &AppState,
+    view: &View,
+    kind: Kind,
+) -> Result<(), ApiError> {
+    let mut ctx = parse_context(req, state, None, None)?;
+    ctx.tenant = view.tenant.clone();
+    let fields = PixelFields::read(&PixelQuery::parse(req.query_string()), ctx.now, ctx.oldest);
+    let mut properties = fields.properties;
+    properties.insert("viewId".into(), Value::from(view.id.to_string()));
+    let mut body = json!({
+        "eventId": vast::event_id(view.id, kind),
+        "type": kind.as_str(),
+        "adId": view.ad.as_str(),
+        "properties": properties,
+    });
+    if let Some(t) = fields.timestamp {
+        body["timestamp"] = Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    if let Some(p) = fields.playhead {
+        body["videoPlaybackTime"] = Value::from(p);
+    }
+    if kind == Kind::Error {
+        if let Some(code) = fields.error_code {
+            body["errorCode"] = Value::from(code);
+        }
+    }
+    // Every field was checked above, so this refuses nothing a player sent.
+    let event = parse_value(body, &ctx).map_err(|e| rejected(state, e))?;
+    limit(state, &ctx, 1, &[(view.ad.as_str(), 1)]).await?;
+    enqueue(req, state, std::slice::from_ref(&event)).await?;
+    state
+        .metrics
+        .vast_pixels
+        .with_label_values(&[kind.as_str()])
+        .inc();
+    Ok(())
+}
+
+fn verify(state: &AppState, token: &str, now: chrono::DateTime<Utc>) -> Result<View, ApiError> {
+    state.views.verify(token, now).map_err(|e| {
+        state
+            .metrics
+            .vast_views_refused
+            .with_label_values(&[e.as_str()])
+            .inc();
+        ApiError::NotFound(format!("no such view: {e}"))
+    })
+}
+
+fn unknown_ad() -> ApiError {
+    ApiError::NotFound("no catalogue ad has this id".into())
+}
+
+fn gif() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/gif")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(UNCOMPRESSED)
+        .body(vast::GIF)
+}
+
+/// The base of a document's URLs: `PUBLIC_URL`, else the request's scheme
+/// and `Host` (with `X-Forwarded-Proto`/`-Host` only from `TRUSTED_PROXIES`).
+fn public_base(req: &HttpRequest, state: &AppState) -> String {
+    if let Some(url) = &state.settings.public_url {
+        return url.clone();
+    }
+    let trusted = req
+        .peer_addr()
+        .is_some_and(|p| super::client::is_trusted(p.ip(), &state.settings.trusted_proxies));
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
+    };
+    let forwarded = |name: &str| if trusted { header(name) } else { None };
+    let scheme = forwarded("x-forwarded-proto")
+        .filter(|s| s == "http" || s == "https")
+        .unwrap_or_else(|| {
+            if req.app_config().secure() {
+                "https"
+            } else {
+                "http"
+            }
+            .to_owned()
+        });
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| header("host"))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or_else(|| req.app_config().host().to_owned());
+    format!("{scheme}://{host}")
+}
