@@ -12,7 +12,7 @@
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { FUNNEL, PixelLog, analytics, differences, drained, plus } from './funnel.mjs';
+import { FUNNEL, PixelLog, analytics, differences, drained, plus, templatePattern } from './funnel.mjs';
 
 const BASE = (process.env.ADTRACK_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -249,12 +249,18 @@ async function main() {
 
   await check('clicking twice goes through the click redirect to the advertiser, with no other click sent', async () => {
     for (let i = 0; i < 2; i += 1) {
+      // The new tab asks for the ClickThrough and follows its redirect to
+      // the advertiser (the request the redirect leads to names both).
+      const landed = context.waitForEvent('request', {
+        predicate: (r) => r.url() === ad.targetUrl && r.redirectedFrom() !== null,
+        timeout: 10_000,
+      });
       const [popup] = await Promise.all([
         context.waitForEvent('page', { timeout: 10_000 }),
         page.locator(tid('visit-advertiser')).click(),
       ]);
-      await popup.waitForLoadState('domcontentloaded');
-      assert(popup.url() === ad.targetUrl, `new tab opened ${popup.url()}, not ${ad.targetUrl}`);
+      const hop = (await landed).redirectedFrom();
+      assert(templatePattern(doc.clickThrough).test(hop.url()), `the tab reached ${ad.targetUrl} from ${hop.url()}, not the ClickThrough`);
       await popup.close();
     }
     const through = log.matching(doc.clickThrough);
