@@ -422,9 +422,12 @@ async function main() {
     await eventually(async () => {
       await page.locator(tid('experiment-id')).fill(exp);
       await page.locator(tid('experiment-apply')).click();
-      await page.waitForTimeout(300);
-      return (await page.locator(`${tid('experiment-body')} tr[data-variant]`).count()) === 2;
-    }, { message: 'the experiment summary did not list both variants' });
+      await page.locator(`${tid('experiment-body')} tr[data-variant]`).first().waitFor({ timeout: 2000 }).catch(() => {});
+      if ((await page.locator(`${tid('experiment-body')} tr[data-variant]`).count()) !== 2) return false;
+      // Every event stored: 1 conversion of control, 3 of b (else the p-value is of a part).
+      const conversions = async (variant) => (await page.locator(`tr[data-variant="${variant}"] td:nth-child(3)`).textContent()).trim();
+      return (await conversions('control')) === '1' && (await conversions('b')) === '3';
+    }, { message: 'the experiment summary did not list both variants with all their conversions' });
     const p = await page.locator(`tr[data-variant="b"] ${tid('experiment-p')}`).textContent();
     assert(/^0\.\d{4}$/.test(p.trim()), `p-value cell shows ${p}`);
     await page.locator('.reports-card').screenshot({ path: `${SHOTS}reports.png` });

@@ -249,8 +249,10 @@ async function main() {
 
   await check('afterwards the funnel of every ad is exact', async () => {
     await expectExact('after one run');
-    const first = await analytics(BASE, ads[0].id);
-    console.log(`        ${ads[0].id}: ${FUNNEL.map((k) => `${k} ${first[k]}`).join(', ')}, completionRate ${first.completionRate}, ctr ${first.ctr}`);
+    for (const ad of ads) {
+      const [before, after] = [baseline.get(ad.id), await analytics(BASE, ad.id)];
+      console.log(`        ${ad.id}: ${FUNNEL.map((k) => `${k} ${before[k]}→${after[k]}`).join(', ')}; completionRate ${after.completionRate}, ctr ${after.ctr}`);
+    }
   });
 
   await check('firing every pixel and click a second time changes nothing', async () => {
