@@ -274,7 +274,7 @@ async function main() {
     assert((await confirmation.getAttribute('role')) === 'status', 'confirmation lacks role="status"');
     const text = await confirmation.textContent();
     assert(text.includes('Click sent'), `confirmation reads "${text}"`);
-    const shown = await page.locator(tid('click-url')).textContent();
+    const shown = await page.locator(tid('click-url')).getAttribute('data-path');
     assert(shown === new URL(doc.clickThrough).pathname, `confirmation shows ${shown}, not the redirect's path`);
     await page.locator('.player-card').screenshot({ path: `${SHOTS}player.png` });
   });

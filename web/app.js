@@ -466,7 +466,8 @@ const player = {
     showNote(this.confirmation, [
       h('strong', {}, 'Click sent'),
       ` for ${ad.title || ad.id} through adtrack’s click redirect `,
-      h('code', { 'data-testid': 'click-url' }, path),
+      // The view's signed token is long: the start of it tells views apart.
+      h('code', { 'data-testid': 'click-url', 'data-path': path, title: path }, path.length > 16 ? `${path.slice(0, 14)}…` : path),
       ' · one view counts one click',
     ], { adId: ad.id });
   },
