@@ -296,6 +296,7 @@ window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () 
 // VAST error codes the player reports through the document's Error URL.
 const VAST_NO_SUPPORTED_MEDIA = '403';
 const VAST_MEDIA_NOT_PLAYED = '405';
+const VAST_TIMEOUT_MS = 8000; // the client's own default is two minutes
 
 /**
  * One view of one ad: the VAST document adtrack served for it (a fresh view
@@ -374,7 +375,8 @@ const player = {
     let response;
     try {
       // A client per document: VASTClient keeps parsing state between calls.
-      response = await new VASTClient().get(new URL(`vast/${encodeURIComponent(ad.id)}`, document.baseURI).href);
+      response = await new VASTClient().get(new URL(`vast/${encodeURIComponent(ad.id)}`, document.baseURI).href,
+        { timeout: VAST_TIMEOUT_MS });
     } catch (err) {
       if (generation !== this.generation) return;
       this.setState('error');
