@@ -396,6 +396,9 @@ async function main() {
     await old.goto('/', { waitUntil: 'domcontentloaded' });
     const loadedTo = toOf(await first);
     assert(loadedTo < realNow - 2 * 3600_000, `the page's first range ends at ${new Date(loadedTo).toISOString()}`);
+    // The player's VAST request is answered first: jumping the clock would
+    // fire the client's request timeout while it is pending.
+    await old.locator(`${tid('ad-player')}[data-view]`).waitFor({ timeout: 10_000 });
     await old.clock.setSystemTime(Date.now());
     // Without a touch: the periodic refresh moves the range.
     let next = aggregatesRequest();
