@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser end-to-end tests: the web UI (ui.test.mjs) and the browser SDK
-# used from pages on other origins (sdk.test.mjs).
+# Browser end-to-end tests: the web UI (ui.test.mjs), adtrack's VAST
+# documents read by @dailymotion/vast-client (vast.test.mjs) and the browser
+# SDK used from pages on other origins (sdk.test.mjs).
 #
 # With ADTRACK_URL set, tests the server found there. Otherwise starts a fresh
 # adtrack (target/debug/adtrack, or ADTRACK_BIN) on a free port with its own
@@ -29,11 +30,13 @@ CHROMIUM_PATH=${CHROMIUM_PATH:-/usr/bin/chromium}
 export CHROMIUM_PATH
 [ -x "$CHROMIUM_PATH" ] || apt_install chromium
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
-[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+[ -d node_modules/playwright-core ] && [ -d node_modules/@dailymotion/vast-client ] ||
+  npm ci --no-audit --no-fund --loglevel=error
 
 if [ -n "${ADTRACK_URL:-}" ]; then
   status=0
   node "$E2E_DIR/ui.test.mjs" || status=1
+  node "$E2E_DIR/vast.test.mjs" || status=1
   node "$E2E_DIR/sdk.test.mjs" || status=1
   exit "$status"
 fi
@@ -128,7 +131,7 @@ fi
 
 OUT=$(mktemp -t adtrack-e2e-out.XXXXXX)
 status=0
-for test in ui sdk; do
+for test in ui vast sdk; do
   set +e
   ADTRACK_URL="http://127.0.0.1:$PORT" ADTRACK_STRICT_URL="http://127.0.0.1:$STRICT_PORT" \
     SDK_PAGE_PORT="$SDK_PAGE_PORT" node "$E2E_DIR/$test.test.mjs" | tee "$OUT"

@@ -577,10 +577,20 @@ mod tests {
             ("REPORT_TIMEOUT", "1ms"),
             ("REPORT_TIMEOUT", "1h"),
             ("REPORT_TIMEOUT", "soon"),
+            ("PUBLIC_URL", "track.example"),
+            ("PUBLIC_URL", "ftp://track.example"),
+            ("PUBLIC_URL", "https://track.example/?a=1"),
+            ("VAST_SIGNING_KEY", "too short"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn the_public_url_loses_its_trailing_slash() {
+        let s = settings(&[("PUBLIC_URL", "https://track.example/ads/")]).unwrap();
+        assert_eq!(s.public_url.as_deref(), Some("https://track.example/ads"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 // adtrack web UI: ad player, analytics, DOOH campaigns and pipeline health.
 // Plain ES module, no build step. Every request uses a URL relative to the
-// page, so the UI also works behind a reverse proxy under a sub-path.
+// page, so the UI also works behind a reverse proxy under a sub-path. The
+// player reads VAST through the vendored @dailymotion/vast-client.
+
+import { VASTClient, VASTTracker } from './vendor/vast-client/vast-client.min.js';
 
 const MAX_CAMPAIGN_ROWS = 200;   // /campaigns pages hold 100; live changes may add some
 const POLL_MS = 2000;          // refresh period when /live is not available
@@ -290,6 +293,34 @@ window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () 
 
 // ------------------------------------------------------------------ player
 
+// VAST error codes the player reports through the document's Error URL.
+const VAST_NO_SUPPORTED_MEDIA = '403';
+const VAST_MEDIA_NOT_PLAYED = '405';
+const VAST_TIMEOUT_MS = 8000; // the client's own default is two minutes
+
+/**
+ * One view of one ad: the VAST document adtrack served for it (a fresh view
+ * id in every URL) and the VASTTracker that fires that document's pixels.
+ * Replaying an ad loads a new document, so each play-through is one view.
+ */
+class View {
+  constructor(ad, vastAd, creative, tracker) {
+    this.ad = ad;
+    this.vastAd = vastAd;
+    this.creative = creative;
+    this.tracker = tracker;
+    this.impressed = false;
+    this.finished = false; // completed, skipped or failed: no more progress pixels
+    this.pausedByViewer = false;
+  }
+}
+
+/** The media file the video element can play, progressive first. */
+function pickMediaFile(video, mediaFiles) {
+  const playable = (mediaFiles || []).filter((m) => m.fileURL && (!m.mimeType || video.canPlayType(m.mimeType) !== ''));
+  return playable.find((m) => m.deliveryType !== 'streaming') || playable[0] || null;
+}
+
 const player = {
   root: el('ad-player'),
   video: el('ad-video'),
@@ -303,9 +334,8 @@ const player = {
   error: el('player-error'),
   mute: el('mute-toggle'),
   visit: el('visit-advertiser'),
-  impressionFor: null, // the play-through that already counted an impression
-  playThrough: 0,
-  clickInFlight: false,
+  view: null,      // the View on screen, null while its document loads
+  generation: 0,   // bumps on every load, so a late document is dropped
 
   current() {
     return state.ads[state.adIndex] || null;
@@ -315,7 +345,8 @@ const player = {
     this.root.dataset.state = value;
   },
 
-  load(index) {
+  /** Shows ad `index` of the catalogue and plays it through a fresh VAST document. */
+  async load(index) {
     if (!state.ads.length) return;
     state.adIndex = ((index % state.ads.length) + state.ads.length) % state.ads.length;
     const ad = this.current();
@@ -324,16 +355,54 @@ const player = {
     this.campaign.replaceChildren(h('span', { class: 'tag' }, ad.campaignId || 'no campaign'));
     this.target.textContent = ad.targetUrl ? ` ${ad.targetUrl.replace(/^https?:\/\//, '')}` : '';
     this.position.textContent = `Ad ${state.adIndex + 1} of ${state.ads.length}`;
-    this.endedOverlay.hidden = true;
-    hideNote(this.error);
-    this.progress.style.width = '0';
-    this.setState('loading');
-    this.playThrough += 1;
-    this.video.src = ad.videoUrl;
-    this.play();
     if (state.analyticsFollowsPlayer && state.analyticsAd !== ad.id) {
       analytics.choose(ad.id, { follow: true });
     }
+    await this.start(ad);
+  },
+
+  async start(ad) {
+    const generation = ++this.generation;
+    this.view = null;
+    delete this.root.dataset.view;
+    this.endedOverlay.hidden = true;
+    hideNote(this.error);
+    hideNote(this.confirmation);
+    this.progress.style.width = '0';
+    this.setState('loading');
+    this.video.removeAttribute('src');
+    this.video.load();
+    let response;
+    try {
+      // A client per document: VASTClient keeps parsing state between calls.
+      response = await new VASTClient().get(new URL(`vast/${encodeURIComponent(ad.id)}`, document.baseURI).href,
+        { timeout: VAST_TIMEOUT_MS });
+    } catch (err) {
+      if (generation !== this.generation) return;
+      this.setState('error');
+      showNote(this.error, `This ad’s VAST document could not be loaded: ${(err && err.message) || err}`);
+      return;
+    }
+    if (generation !== this.generation) return;
+    const vastAd = response && response.ads && response.ads[0];
+    const creative = vastAd && vastAd.creatives.find((c) => c.type === 'linear');
+    if (!creative) {
+      this.setState('error');
+      showNote(this.error, 'This ad’s VAST document has no linear creative to play.');
+      return;
+    }
+    const tracker = new VASTTracker(null, vastAd, creative, null, this.video.muted);
+    const view = new View(ad, vastAd, creative, tracker);
+    tracker.on('clickthrough', (url) => openTarget(url));
+    this.view = view;
+    this.root.dataset.view = vastAd.adServingId || vastAd.id || String(generation);
+    const media = pickMediaFile(this.video, creative.mediaFiles);
+    if (!media) {
+      this.fail(view, VAST_NO_SUPPORTED_MEDIA, 'This browser cannot play any of the ad’s media files.');
+      return;
+    }
+    this.video.src = media.fileURL;
+    this.play();
   },
 
   play() {
@@ -349,81 +418,124 @@ const player = {
     }
   },
 
+  /** Watch again: a new document, so a new view with its own impression. */
   replay() {
-    this.playThrough += 1;
-    this.endedOverlay.hidden = true;
-    this.video.currentTime = 0;
-    this.play();
+    const ad = this.current();
+    if (!ad) return;
+    if (this.view && !this.view.impressed && this.video.getAttribute('src')) {
+      // Autoplay was refused: start this view instead of loading another.
+      this.endedOverlay.hidden = true;
+      this.play();
+      return;
+    }
+    this.start(ad);
   },
 
-  async recordImpression() {
-    const ad = this.current();
-    if (!ad || this.impressionFor === this.playThrough) return;
-    this.impressionFor = this.playThrough;
-    try {
-      await api('ads/impression', { method: 'POST', body: { adId: ad.id } });
-      this.root.dataset.impressions = String(Number(this.root.dataset.impressions || 0) + 1);
-    } catch (err) {
-      showNote(this.error, `Impression not recorded: ${errorText(err)}`);
+  /** Skip: the viewer leaves an ad that is playing. */
+  skip() {
+    const view = this.view;
+    if (view && view.impressed && !view.finished) {
+      view.finished = true;
+      view.tracker.skip();
     }
+    this.load(state.adIndex + 1);
   },
 
-  async click() {
-    const ad = this.current();
-    if (!ad || this.clickInFlight) return;
-    this.clickInFlight = true;
-    this.visit.disabled = true;
-    const body = {
-      adId: ad.id,
-      videoPlaybackTime: Math.round((this.video.currentTime || 0) * 1000) / 1000,
-      timestamp: new Date().toISOString(),
-    };
-    try {
-      // Short timeout: the click-through must follow the viewer's gesture.
-      const answer = await api('ads/click', { method: 'POST', body, timeout: 3000 });
-      const eventId = (answer && answer.eventId) || '';
-      hideNote(this.error);
-      showNote(this.confirmation, [
-        h('strong', {}, 'Click logged'),
-        ` for ${ad.title || ad.id} · event `,
-        h('code', { 'data-testid': 'click-event-id' }, eventId),
-      ], { eventId, adId: ad.id });
-    } catch (err) {
-      hideNote(this.confirmation);
-      showNote(this.error, `Click not logged: ${errorText(err)}`);
-    } finally {
-      this.clickInFlight = false;
-      this.visit.disabled = false;
-      openTarget(ad.targetUrl);
-    }
+  fail(view, code, message) {
+    if (view !== this.view) return;
+    this.setState('error');
+    showNote(this.error, `${message} Skip to the next ad.`);
+    if (view.finished) return;
+    view.finished = true;
+    view.tracker.error({ ERRORCODE: code });
+  },
+
+  /**
+   * A click goes through the document's ClickThrough: adtrack's click
+   * redirect records the view's click (once, however often it is opened)
+   * and answers 302 to the advertiser. Nothing else is sent.
+   */
+  click() {
+    const view = this.view;
+    if (!view) return;
+    const ad = view.ad;
+    view.tracker.click();
+    hideNote(this.error);
+    const through = view.creative.videoClickThroughURLTemplate;
+    const url = through && (through.url || through);
+    let path = '';
+    try { path = new URL(url, document.baseURI).pathname; } catch { path = ''; }
+    showNote(this.confirmation, [
+      h('strong', {}, 'Click sent'),
+      ` for ${ad.title || ad.id} through adtrack’s click redirect `,
+      // The view's signed token is long: the start of it tells views apart.
+      h('code', { 'data-testid': 'click-url', 'data-path': path, title: path }, path.length > 16 ? `${path.slice(0, 14)}…` : path),
+      ' · one view counts one click',
+    ], { adId: ad.id });
   },
 
   init() {
     const video = this.video;
     video.muted = true;
+    const live = () => (this.view && !this.view.finished ? this.view : null);
     video.addEventListener('playing', () => {
       this.setState('playing');
-      this.recordImpression();
+      const view = live();
+      if (!view) return;
+      if (!view.impressed) {
+        view.impressed = true;
+        view.tracker.trackImpression();
+        this.root.dataset.impressions = String(Number(this.root.dataset.impressions || 0) + 1);
+      }
+      if (view.pausedByViewer) {
+        view.pausedByViewer = false;
+        view.tracker.setPaused(false);
+      }
+    });
+    video.addEventListener('loadedmetadata', () => {
+      // Quartiles follow the media as played, whatever Duration the document states.
+      const view = live();
+      if (view && Number.isFinite(video.duration) && video.duration > 0) view.tracker.setDuration(video.duration);
     });
     video.addEventListener('waiting', () => { if (!video.paused) this.setState('buffering'); });
-    video.addEventListener('pause', () => { if (!video.ended && this.root.dataset.state === 'playing') this.setState('paused'); });
+    video.addEventListener('pause', () => {
+      if (video.ended) return;
+      if (this.root.dataset.state === 'playing') this.setState('paused');
+      const view = live();
+      if (view && view.impressed && !view.pausedByViewer) {
+        view.pausedByViewer = true;
+        view.tracker.setPaused(true);
+      }
+    });
     video.addEventListener('timeupdate', () => {
       if (video.duration) this.progress.style.width = `${Math.min(100, (video.currentTime / video.duration) * 100)}%`;
+      const view = live();
+      if (view && view.impressed && video.currentTime > 0) view.tracker.setProgress(video.currentTime);
+    });
+    video.addEventListener('volumechange', () => {
+      const view = live();
+      if (view && view.impressed) view.tracker.setMuted(video.muted);
+      else if (view) view.tracker.muted = video.muted;
     });
     video.addEventListener('ended', () => {
       this.setState('ended');
       this.progress.style.width = '100%';
       this.endedOverlay.querySelector('[data-action="replay"]').textContent = 'Watch again';
       this.endedOverlay.hidden = false;
+      const view = live();
+      if (view && view.impressed) {
+        view.tracker.setProgress(video.duration || video.currentTime);
+        view.tracker.complete();
+        view.finished = true;
+      }
     });
     video.addEventListener('error', () => {
-      if (!video.getAttribute('src')) return;
-      this.setState('error');
-      showNote(this.error, 'This ad’s video could not be played. Skip to the next ad.');
+      if (!video.getAttribute('src') || !this.view) return;
+      this.fail(this.view, VAST_MEDIA_NOT_PLAYED, 'This ad’s video could not be played.');
     });
     video.addEventListener('click', () => this.click());
     this.visit.addEventListener('click', (event) => { event.stopPropagation(); this.click(); });
-    el('skip-ad').addEventListener('click', () => this.load(state.adIndex + 1));
+    el('skip-ad').addEventListener('click', () => this.skip());
     el('next-ad').addEventListener('click', () => this.load(state.adIndex + 1));
     el('replay-ad').addEventListener('click', () => this.replay());
     this.mute.addEventListener('click', () => {
@@ -434,6 +546,7 @@ const player = {
   },
 };
 
+/** Opens an http(s) URL in a new tab, without giving it this page. */
 function openTarget(url) {
   let target;
   try { target = new URL(url, document.baseURI); } catch { return; }
@@ -456,7 +569,13 @@ const analytics = {
     ctr: el('stat-ctr'),
     plays: el('stat-plays'),
     conversions: el('stat-conversions'),
+    completionRate: el('stat-completion-rate'),
+    completes: el('stat-completes'),
   },
+  funnel: el('funnel'),
+  skips: el('funnel-skips'),
+  errors: el('funnel-errors'),
+  errorCodes: el('funnel-error-codes'),
   request: 0,
 
   fillOptions() {
@@ -505,10 +624,37 @@ const analytics = {
     setValue(f.conversions, fmt(data.conversions ?? 0));
     f.totalClicks.dataset.value = String(data.totalClicks ?? 0);
     f.impressions.dataset.value = String(data.impressions ?? 0);
+    setValue(f.completionRate, fmtPercent(data.completionRate ?? 0));
+    f.completionRate.dataset.value = String(data.completionRate ?? 0);
+    setValue(f.completes, fmt(data.completes ?? 0));
+    this.renderFunnel(data);
     this.stats.dataset.loaded = 'true';
     this.stats.dataset.adId = data.adId;
     this.updated.textContent = `Updated ${fmtTime(new Date())}`;
     this.renderChart(data.hourlyClicks || {});
+  },
+
+  /** Impressions → starts → quartiles → completes, each as a share of impressions. */
+  renderFunnel(data) {
+    const impressions = data.impressions ?? 0;
+    for (const row of this.funnel.querySelectorAll('li[data-step]')) {
+      const value = data[row.dataset.step] ?? 0;
+      const share = impressions > 0 ? value / impressions : 0;
+      const count = row.querySelector('b');
+      setValue(count, fmt(value));
+      count.dataset.value = String(value);
+      row.querySelector('.funnel-bar span').style.width = `${Math.min(100, share * 100)}%`;
+      row.querySelector('.funnel-share').textContent = impressions > 0 ? fmtPercent(share) : '';
+    }
+    setValue(this.skips, fmt(data.skips ?? 0));
+    this.skips.dataset.value = String(data.skips ?? 0);
+    setValue(this.errors, fmt(data.errors ?? 0));
+    this.errors.dataset.value = String(data.errors ?? 0);
+    const byCode = data.errorsByCode && typeof data.errorsByCode === 'object' ? Object.entries(data.errorsByCode) : [];
+    this.errorCodes.textContent = byCode.length
+      ? ` (${byCode.sort(([a], [b]) => a.localeCompare(b)).map(([code, n]) => `${code}: ${fmt(Number(n))}`).join(', ')})`
+      : '';
+    this.funnel.dataset.adId = data.adId;
   },
 
   renderChart(hourly) {
@@ -1084,13 +1230,18 @@ function toLocalInput(date) {
   return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
 }
 
+const BUCKET_SECONDS = { minute: 60, hour: 3600, day: 86400 };
+const AGG_REFRESH_MS = 30000;  // the aggregates panel, while its range ends now
+
 const aggregatesChart = new Chart(el('aggregates-chart'), (width, height) => ({
   width,
   height,
   legend: { show: false },
   cursor: { points: { show: false }, drag: { x: false, y: false } },
   scales: {
-    x: { time: true },
+    // A bar starts at its bucket and covers it (align 1), so the scale runs
+    // one bucket past the newest start: else the newest bar lies outside.
+    x: { time: true, range: (u, min, max) => [min, max + reports.bucketSeconds] },
     y: { range: (u, min, max) => [0, Math.max(4, Math.ceil(max * 1.15))] },
   },
   axes: [axisStyle(), axisStyle({ size: 52 })],
@@ -1114,7 +1265,11 @@ const reports = {
   group: el('agg-group'),
   ad: el('agg-ad'),
   type: el('agg-type'),
+  followNow: el('agg-now'),
   stats: el('agg-stats'),
+  bucketSeconds: 3600, // of the buckets on the chart
+  timer: null,
+  request: 0,
   error: el('aggregates-error'),
   expForm: el('experiment-form'),
   expId: el('experiment-id'),
@@ -1123,11 +1278,38 @@ const reports = {
   expError: el('experiment-error'),
 
   init() {
-    const now = new Date();
-    this.to.value = toLocalInput(new Date(now.getTime() + 60000));
-    this.from.value = toLocalInput(new Date(now.getTime() - 24 * 3600 * 1000));
+    this.span = 24 * 3600 * 1000;
+    this.slide();
+    // Picking an end by hand stops the range from following the clock;
+    // ticking "Up to now" again makes it end now with the length it has.
+    this.to.addEventListener('input', () => { this.followNow.checked = false; });
+    this.from.addEventListener('input', () => {
+      const span = this.inputSpan();
+      if (span) this.span = span;
+    });
+    this.followNow.addEventListener('change', () => {
+      const span = this.inputSpan();
+      if (span) this.span = span;
+      if (this.followNow.checked) this.refresh();
+    });
     this.form.addEventListener('submit', (e) => { e.preventDefault(); this.refresh(); });
     this.expForm.addEventListener('submit', (e) => { e.preventDefault(); this.summarise(); });
+    this.timer = setInterval(() => {
+      if (!document.hidden && this.followNow.checked) this.refresh();
+    }, AGG_REFRESH_MS);
+  },
+
+  /** The picked range's length in ms, or 0 when it is not a range. */
+  inputSpan() {
+    const span = new Date(this.to.value).getTime() - new Date(this.from.value).getTime();
+    return Number.isFinite(span) && span > 0 ? span : 0;
+  },
+
+  /** Moves the range to end now (the current minute included), keeping its length. */
+  slide() {
+    const to = new Date(Math.floor(Date.now() / 60000) * 60000 + 60000);
+    this.to.value = toLocalInput(to);
+    this.from.value = toLocalInput(new Date(to.getTime() - this.span));
   },
 
   fillAds() {
@@ -1136,6 +1318,9 @@ const reports = {
   },
 
   async refresh() {
+    // The range set at page load would freeze: while "Up to now" is ticked,
+    // every refresh ends it at the current minute.
+    if (this.followNow.checked) this.slide();
     const from = new Date(this.from.value);
     const to = new Date(this.to.value);
     if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime())) {
@@ -1145,9 +1330,13 @@ const reports = {
     const params = new URLSearchParams({ from: from.toISOString(), to: to.toISOString(), groupBy: this.group.value });
     if (this.ad.value) params.set('adId', this.ad.value);
     if (this.type.value) params.set('type', this.type.value);
+    const ticket = ++this.request;
+    const group = this.group.value;
     try {
       const result = await api(`aggregates?${params}`);
+      if (ticket !== this.request) return;
       hideNote(this.error);
+      this.bucketSeconds = BUCKET_SECONDS[result.groupBy || group] || 3600;
       setValue(el('agg-count'), fmt(result.count));
       setValue(el('agg-amount'), fmt(result.totalAmount));
       setValue(el('agg-buckets'), fmt(result.buckets.length));
@@ -1156,8 +1345,9 @@ const reports = {
       aggregatesChart.set([xs, ys], result.count === 0);
       this.stats.dataset.loaded = 'true';
       this.stats.dataset.count = String(result.count);
+      this.stats.dataset.to = result.to || to.toISOString();
     } catch (err) {
-      showNote(this.error, `Aggregates unavailable: ${errorText(err)}`);
+      if (ticket === this.request) showNote(this.error, `Aggregates unavailable: ${errorText(err)}`);
     }
   },
 

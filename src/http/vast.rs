@@ -196,8 +196,22 @@ async fn record(
             body["errorCode"] = Value::from(code);
         }
     }
-    // Every field was checked above, so this refuses nothing a player sent.
-    let mut event = parse_value(body, &ctx).map_err(|e| rejected(state, e))?;
+    // Every field was checked above; should one still be refused, the
+    // event is kept without what the macros said rather than refused, since
+    // a player cannot correct a pixel.
+    let mut event = match parse_value(body.clone(), &ctx) {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::warn!(error = %e, kind = kind.as_str(), "a pixel's macros were refused; storing the event without them");
+            if let Some(fields) = body.as_object_mut() {
+                for name in ["timestamp", "videoPlaybackTime", "errorCode"] {
+                    fields.remove(name);
+                }
+            }
+            body["properties"] = json!({ "viewId": view.id.to_string() });
+            parse_value(body, &ctx).map_err(|e| rejected(state, e))?
+        }
+    };
     limit(state, &ctx, 1, &[(view.ad.as_str(), 1)]).await?;
     enqueue(req, state, std::slice::from_mut(&mut event)).await?;
     state

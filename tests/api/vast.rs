@@ -229,7 +229,7 @@ async fn stored_events(
     ad: &str,
 ) -> Vec<(Uuid, String, Option<i16>, Option<f64>, DateTime<Utc>, Value)> {
     sqlx::query_as(
-        "SELECT event_id, kind, error_code, playback_time, event_time, properties FROM events WHERE ad_id = $1",
+        "SELECT event_id, kind, error_code, playback_time, event_time, coalesce(properties, '{}') FROM events WHERE ad_id = $1",
     )
     .bind(ad)
     .fetch_all(&app.pool)
@@ -751,5 +751,36 @@ async fn pixels_survive_a_postgres_cut_and_count_once() {
     app.wait_drained().await;
     assert_eq!(answered.len(), 200 * STORED.len());
     assert_pixels_counted_once(&app, &answered).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pixels_and_posts_share_the_rate_limits() {
+    // Three events at once per client: two POSTs and one pixel take them,
+    // the next pixel is refused with Retry-After and stores nothing.
+    let app = spawn_app_with(|s| {
+        s.rate_limit_per_ip = 1;
+        s.rate_limit_burst = Some(4);
+    })
+    .await;
+    let client = no_redirects();
+    // The document itself costs one event.
+    let (served, _) = serve(&app, AD).await;
+    for _ in 0..2 {
+        let (status, body) = app
+            .post("/events", &json!({"type": "start", "adId": AD}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    assert_eq!(fire(&client, &served.pixels[0].1).await, StatusCode::OK);
+    let res = client.get(&served.pixels[1].1).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("retry-after").is_some());
+    app.wait_drained().await;
+    let stored = stored_events(&app, AD).await;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(!stored
+        .iter()
+        .any(|e| e.0 == adtrack::vast::event_id(served.view, Kind::Start)));
     app.stop().await;
 }
