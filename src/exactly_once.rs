@@ -70,9 +70,9 @@
 
 use std::time::Duration;
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -111,7 +111,7 @@ pub async fn commit(
 /// acknowledgement runs in step 3 (or alone, when the row is gone).
 pub async fn apply_committed(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     counters: &Counters,
     batch: &Uuid,
     counted: &[Counted<'_>],
@@ -145,7 +145,7 @@ pub async fn apply_committed(
 /// marker and the pause flag) and, with `processing`, acknowledges that
 /// list in the same script.
 pub async fn apply_batch(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     counters: &Counters,
     batch: &Uuid,
     ops: &Ops,
@@ -176,6 +176,7 @@ pub async fn apply_batch(
         mode,
         &batch.to_string(),
         &chunk,
+        counters.replication(),
     )
     .await?;
     Ok(match outcome.as_str() {
@@ -187,7 +188,7 @@ pub async fn apply_batch(
 
 /// Acknowledges a processing list whose items need no counter update
 /// (nothing new was committed, or the batch was already accounted for).
-pub async fn acknowledge(conn: &mut ConnectionManager, processing: &str) -> anyhow::Result<()> {
+pub async fn acknowledge(conn: &mut RedisConn, processing: &str) -> anyhow::Result<()> {
     redis::cmd("DEL")
         .arg(processing)
         .query_async::<()>(conn)
@@ -199,7 +200,7 @@ pub async fn acknowledge(conn: &mut ConnectionManager, processing: &str) -> anyh
 /// Returns the number of batches applied.
 pub async fn recover(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     counters: &Counters,
     grace: Duration,
 ) -> anyhow::Result<usize> {
@@ -248,7 +249,7 @@ pub async fn outbox_pending(pool: &PgPool) -> anyhow::Result<bool> {
 /// P1: pauses counter updates for reconcile `run` until [`resume`] or
 /// `ttl`.
 pub async fn pause(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     run: &str,
     ttl: Duration,
@@ -264,7 +265,7 @@ pub async fn pause(
 }
 
 /// P3: lets workers apply counter updates again.
-pub async fn resume(conn: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<()> {
+pub async fn resume(conn: &mut RedisConn, keys: &Keys) -> anyhow::Result<()> {
     redis::cmd("DEL")
         .arg(keys.counters_paused())
         .query_async::<()>(conn)
@@ -302,7 +303,7 @@ pub fn marker_keys(keys: &Keys, batches: &[Uuid]) -> Vec<String> {
 /// Step 5 and P4: drops applied-batch markers once their outbox rows are
 /// gone.
 pub async fn forget_markers(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     batches: &[Uuid],
 ) -> anyhow::Result<()> {
@@ -317,7 +318,7 @@ pub async fn forget_markers(
 }
 
 /// [`forget_markers`], where a failure only means the TTL removes them.
-async fn forget_markers_later(conn: &mut ConnectionManager, keys: &Keys, batches: &[Uuid]) {
+async fn forget_markers_later(conn: &mut RedisConn, keys: &Keys, batches: &[Uuid]) {
     if let Err(e) = forget_markers(conn, keys, batches).await {
         tracing::debug!(
             error = format!("{e:#}"),

@@ -76,6 +76,8 @@ pub enum Cause {
     Failover,
     /// A script missing from the script cache (a restarted or promoted node).
     NoScript,
+    /// Fewer replicas than `REDIS_MIN_REPLICAS` confirmed a write in time.
+    Replication,
     /// An I/O error reported by the server or the local filesystem.
     Io,
     /// Not recognised. Still an outage for the pipeline; a read that fails
@@ -99,6 +101,7 @@ impl Cause {
             Self::Loading => "loading",
             Self::Failover => "failover",
             Self::NoScript => "noscript",
+            Self::Replication => "replication",
             Self::Io => "io",
             Self::Unknown => "unknown",
         }
@@ -146,6 +149,9 @@ impl Fault {
         for cause in err.chain() {
             if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
                 return postgres(e);
+            }
+            if cause.is::<crate::redis_client::Unreplicated>() {
+                return Self::Outage(Outage::new(Dependency::Redis, Cause::Replication));
             }
             if let Some(e) = cause.downcast_ref::<redis::RedisError>() {
                 return Self::Outage(Outage::new(Dependency::Redis, redis_cause(e)));

@@ -17,10 +17,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -50,7 +50,7 @@ pub struct ReconcileReport {
 
 pub async fn reconcile(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     now: DateTime<Utc>,
 ) -> anyhow::Result<ReconcileReport> {
@@ -73,7 +73,7 @@ pub async fn reconcile(
 
 async fn rebuild(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     live_root: &str,
     staging_root: &str,
@@ -150,13 +150,16 @@ async fn rebuild(
         let pattern = format!("{live_root}*");
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            // SCAN names no key: in a cluster it must run on the primary
+            // that owns the counters' slot.
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
+                .arg(1000);
+            let (next, batch): (u64, Vec<String>) = conn
+                .on_owner_of(live_root, &scan)
                 .await
                 .context("listing live counter keys")?;
             for key in batch {
@@ -198,7 +201,7 @@ async fn rebuild(
 }
 
 async fn flush(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     ops: &mut Ops,
     written: &mut BTreeSet<String>,
     staging: &Layout,
@@ -216,7 +219,7 @@ async fn flush(
 /// `anchor` is a key of the prefix, so a call with nothing else to move is
 /// still routed to its Cluster slot; every key moved is declared too.
 async fn swap(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     anchor: &str,
     stale: &[String],
     renames: &[(String, String)],

@@ -1,0 +1,488 @@
+//! adtrack on a real Redis Cluster (`REDIS_CLUSTER=on`): six nodes, three
+//! primaries with a replica each, made by `redis-cli --cluster create`.
+//! Ingest and drain over six queue shards, reconcile, `NOSCRIPT` after a
+//! script flush, a slot moved under load, and the `kill -9` of a primary
+//! under load with and without `REDIS_MIN_REPLICAS`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use adtrack::queue::{Keys, Queues};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app_with, stored, wait_until, TestApp, TestCluster};
+
+const SHARDS: usize = 6;
+
+/// What a load generator saw: the eventIds answered 202, and how many
+/// answers of each status (0: no answer at all).
+#[derive(Default)]
+struct Load {
+    accepted: Mutex<HashSet<Uuid>>,
+    sent: Mutex<Vec<(Instant, Uuid)>>,
+    statuses: Mutex<HashMap<u16, usize>>,
+    stop: AtomicBool,
+    answered: AtomicUsize,
+}
+
+impl Load {
+    /// Sends clicks on `ad` from `concurrency` tasks until `stop` (or
+    /// `limit` events in all).
+    fn start(
+        self: &Arc<Self>,
+        base: &str,
+        ad: &str,
+        concurrency: usize,
+        limit: usize,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        (0..concurrency)
+            .map(|t| {
+                let (load, client) = (self.clone(), client.clone());
+                let url = format!("{base}/ads/click");
+                let ad = ad.to_owned();
+                tokio::spawn(async move {
+                    let mut i = 0usize;
+                    while !load.stop.load(Ordering::Relaxed)
+                        && load.answered.load(Ordering::Relaxed) < limit
+                    {
+                        i += 1;
+                        let id = Uuid::now_v7();
+                        load.sent.lock().unwrap().push((Instant::now(), id));
+                        let body = json!({"adId": ad, "eventId": id,
+                            "ipAddress": format!("10.{}.{}.{}", t % 250, i / 250 % 250, i % 250)});
+                        let status = match client.post(&url).json(&body).send().await {
+                            Ok(r) => r.status().as_u16(),
+                            Err(_) => 0,
+                        };
+                        if status == StatusCode::ACCEPTED.as_u16() {
+                            load.accepted.lock().unwrap().insert(id);
+                        }
+                        *load.statuses.lock().unwrap().entry(status).or_default() += 1;
+                        load.answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn accepted(&self) -> HashSet<Uuid> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    fn statuses(&self) -> HashMap<u16, usize> {
+        self.statuses.lock().unwrap().clone()
+    }
+
+    fn sent_between(&self, from: Instant, to: Instant) -> usize {
+        let sent = self.sent.lock().unwrap();
+        sent.iter().filter(|(t, _)| *t >= from && *t <= to).count()
+    }
+}
+
+async fn cluster_app(cluster: &TestCluster, min_replicas: u32) -> TestApp {
+    let prefix = cluster.spread_prefix(SHARDS).await;
+    let url = cluster.url();
+    spawn_app_with(move |s| {
+        s.redis_cluster = true;
+        s.redis_url = url;
+        s.redis_prefix = prefix;
+        s.queue_shards = SHARDS;
+        s.worker_count = SHARDS;
+        s.redis_min_replicas = min_replicas;
+        s.admin_token = Some("cluster-admin-token-0123".into());
+    })
+    .await
+}
+
+/// Every queue shard, processing list, retry set, the spool and the outbox
+/// are empty, three times in a row.
+async fn wait_drained(app: &TestApp, timeout: Duration) {
+    let queues = Queues::new(&app.settings.redis_prefix, SHARDS);
+    let mut calm = 0;
+    let deadline = Instant::now() + timeout;
+    while calm < 3 {
+        assert!(Instant::now() < deadline, "not drained within {timeout:?}");
+        let mut conn = app.redis.clone();
+        let idle = match queues.overview(&mut conn).await {
+            Ok(o) => o.queued + o.processing + o.retrying == 0,
+            Err(_) => false,
+        };
+        let spooled = std::fs::read_dir(&app.settings.spool_dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if idle && spooled == 0 && crate::helpers::outbox_len(&app.pool).await == 0 {
+            calm += 1;
+        } else {
+            calm = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn stored_ids(app: &TestApp) -> HashSet<Uuid> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    ids.into_iter().collect()
+}
+
+async fn clicks_counted(app: &TestApp, ad: &str) -> i64 {
+    app.analytics(ad, "all").await["totalClicks"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+async fn dead_letters(app: &TestApp) -> u64 {
+    let queues = Queues::new(&app.settings.redis_prefix, SHARDS);
+    let mut conn = app.redis.clone();
+    queues.overview(&mut conn).await.unwrap().dead_lettered
+}
+
+/// Ingest and drain over six queue shards spread over the three primaries:
+/// exact counts, adtrack's keys on every primary, a `SCRIPT FLUSH` of every
+/// node mid-way (the next calls answer `NOSCRIPT` and are sent again), and
+/// `reconcile` on the cluster.
+#[tokio::test]
+async fn ingest_and_drain_over_six_shards_on_a_three_primary_cluster() {
+    let cluster = TestCluster::start().await;
+    let app = cluster_app(&cluster, 1).await;
+    let ad = "ad-cluster-drain";
+    let load = Arc::new(Load::default());
+    for t in load.start(&app.address, ad, 8, 600) {
+        t.await.unwrap();
+    }
+    for node in cluster.alive() {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut cluster.node(node.port).await)
+            .await
+            .unwrap();
+    }
+    for t in load.start(&app.address, ad, 8, 1200) {
+        t.await.unwrap();
+    }
+    let accepted = load.accepted();
+    let n = accepted.len() as i64;
+    assert!(n >= 1200);
+    assert_eq!(
+        accepted.len(),
+        load.answered.load(Ordering::Relaxed),
+        "statuses: {:?}",
+        load.statuses()
+    );
+    wait_drained(&app, Duration::from_secs(90)).await;
+    assert_eq!(stored_ids(&app).await, accepted);
+    assert_eq!(clicks_counted(&app, ad).await, n);
+    assert_eq!(dead_letters(&app).await, 0);
+
+    let prefix = &app.settings.redis_prefix;
+    for primary in cluster.primaries().await {
+        let keys = cluster.keys_on(primary, prefix).await;
+        assert!(
+            keys.iter().any(|k| k.contains(":workers")),
+            "no queue shard of {prefix} on the primary {primary}: {keys:?}"
+        );
+    }
+
+    // Reconcile rebuilds the counters from Postgres on the cluster.
+    let mut conn = app.redis.clone();
+    let stale = app.keys.counters_root() + "ad:ad-cluster-stale";
+    let _: () = redis::cmd("HSET")
+        .arg(&stale)
+        .arg("c")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HINCRBY")
+        .arg(app.keys.counters_root() + "ad:" + ad)
+        .arg("c")
+        .arg(7)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(clicks_counted(&app, ad).await, n + 7);
+    adtrack::counters::reconcile(&app.pool, &mut conn, &app.keys, chrono::Utc::now())
+        .await
+        .expect("reconcile runs on the cluster");
+    assert_eq!(clicks_counted(&app, ad).await, n);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&stale)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !exists,
+        "reconcile removes the counters Postgres does not have"
+    );
+    app.stop().await;
+}
+
+/// What one failover run measured.
+struct Failover {
+    in_flight: usize,
+    acknowledged: usize,
+    lost: usize,
+    counted_twice: i64,
+    counted_missing: i64,
+    dead_lettered: u64,
+    recovered: Duration,
+    statuses: HashMap<u16, usize>,
+}
+
+/// `kill -9` of the primary that owns queue shard 0 (and the counters),
+/// mid-load, after its replica link was cut again and again for three
+/// seconds (`CLIENT KILL TYPE replica`): on loopback the replica would
+/// otherwise hold every write within a millisecond.
+async fn failover_under_load(min_replicas: u32) -> Failover {
+    let mut cluster = TestCluster::start().await;
+    let app = cluster_app(&cluster, min_replicas).await;
+    let ad = "ad-failover";
+    let primary = cluster.owner_of(&app.keys.queue()).await;
+    let replica = cluster.replica_of(primary).await;
+
+    let load = Arc::new(Load::default());
+    let tasks = load.start(&app.address, ad, 8, usize::MAX);
+    wait_until("the load is under way", Duration::from_secs(30), || {
+        let n = load.accepted.lock().unwrap().len();
+        async move { n >= 300 }
+    })
+    .await;
+
+    let cut = Instant::now();
+    let mut node = cluster.node(primary).await;
+    while cut.elapsed() < Duration::from_secs(3) {
+        let _: Result<i64, _> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query_async(&mut node)
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _: Result<i64, _> = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut node)
+        .await;
+    cluster.kill(primary);
+    let killed = Instant::now();
+
+    let client = reqwest::Client::new();
+    let ready = app.url("/ready");
+    wait_until("adtrack is ready again", Duration::from_secs(60), || {
+        let (client, ready) = (client.clone(), ready.clone());
+        async move {
+            client
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    let recovered = killed.elapsed();
+    assert_eq!(
+        cluster.owner_of(&app.keys.queue()).await,
+        replica,
+        "the replica took over queue shard 0"
+    );
+    // Some more load on the promoted node, then stop.
+    let more = load.answered.load(Ordering::Relaxed) + 500;
+    wait_until(
+        "load ran on after the failover",
+        Duration::from_secs(60),
+        || {
+            let n = load.answered.load(Ordering::Relaxed);
+            async move { n >= more }
+        },
+    )
+    .await;
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let in_flight = load.sent_between(cut, killed + recovered);
+
+    wait_drained(&app, Duration::from_secs(120)).await;
+    let accepted = load.accepted();
+    let stored_now = stored_ids(&app).await;
+    let rows = stored_now.len() as i64;
+    let counted = clicks_counted(&app, ad).await;
+    let figures = Failover {
+        in_flight,
+        acknowledged: accepted.len(),
+        lost: accepted.difference(&stored_now).count(),
+        counted_twice: (counted - rows).max(0),
+        counted_missing: (rows - counted).max(0),
+        dead_lettered: dead_letters(&app).await
+            + app.metric("adtrack_dead_lettered_total").await as u64,
+        recovered,
+        statuses: load.statuses(),
+    };
+    assert_eq!(stored(&app.pool).await, rows);
+    println!(
+        "FAILOVER REDIS_MIN_REPLICAS={min_replicas} in_flight={} acknowledged={} lost={} \
+         counted_twice={} counter_short={} dead_lettered={} recovered_ms={} statuses={:?}",
+        figures.in_flight,
+        figures.acknowledged,
+        figures.lost,
+        figures.counted_twice,
+        figures.counted_missing,
+        figures.dead_lettered,
+        figures.recovered.as_millis(),
+        figures.statuses
+    );
+    app.stop().await;
+    figures
+}
+
+fn assert_only_503_refusals(statuses: &HashMap<u16, usize>) {
+    for (status, n) in statuses {
+        assert!(
+            *status == 202 || *status == 503,
+            "{n} answer(s) with status {status} (0 = no answer): {statuses:?}"
+        );
+    }
+}
+
+/// With `REDIS_MIN_REPLICAS=1`, a 202 means a replica has the event (or the
+/// synced spool does): the failover loses nothing acknowledged, counts
+/// nothing twice and dead-letters nothing.
+#[tokio::test]
+async fn a_primary_killed_mid_load_with_one_replica_confirming_loses_nothing() {
+    let f = failover_under_load(1).await;
+    assert_only_503_refusals(&f.statuses);
+    assert_eq!(f.lost, 0, "acknowledged events lost");
+    assert_eq!(f.counted_twice, 0, "events counted twice");
+    assert_eq!(
+        f.counted_missing, 0,
+        "committed events missing from the counters"
+    );
+    assert_eq!(f.dead_lettered, 0);
+    assert!(f.acknowledged > 0 && f.in_flight > 0);
+}
+
+/// With `REDIS_MIN_REPLICAS=0` a 202 means only "the primary has it": the
+/// same failover may lose acknowledged events (the README states how many
+/// this run lost), but it still counts nothing twice, dead-letters nothing
+/// and answers no 5xx but 503.
+#[tokio::test]
+async fn a_primary_killed_mid_load_without_replica_confirmation_reports_its_loss() {
+    let f = failover_under_load(0).await;
+    assert_only_503_refusals(&f.statuses);
+    assert_eq!(f.counted_twice, 0, "events counted twice");
+    assert_eq!(f.dead_lettered, 0);
+    assert!(f.lost <= f.acknowledged);
+}
+
+/// The slot of a queue shard moves to another primary under load
+/// (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `SETSLOT … NODE`):
+/// pushes and blocking reads follow it through ASK and MOVED, and the
+/// counts stay exact.
+#[tokio::test]
+async fn a_queue_shard_slot_moved_under_load_keeps_counts_exact() {
+    let cluster = TestCluster::start().await;
+    let app = cluster_app(&cluster, 0).await;
+    let ad = "ad-reshard";
+    let shard = Keys::shard(&app.settings.redis_prefix, 1);
+    let slot = adtrack::redis_client::key_slot(shard.queue().as_bytes());
+    let source = cluster.owner_of(&shard.queue()).await;
+    let target = *cluster
+        .primaries()
+        .await
+        .iter()
+        .find(|p| **p != source)
+        .unwrap();
+
+    let load = Arc::new(Load::default());
+    let tasks = load.start(&app.address, ad, 8, 2000);
+    wait_until("the load is under way", Duration::from_secs(30), || {
+        let n = load.accepted.lock().unwrap().len();
+        async move { n >= 300 }
+    })
+    .await;
+
+    let mut src = cluster.node(source).await;
+    let mut dst = cluster.node(target).await;
+    let id_of = |c: redis::aio::MultiplexedConnection| async move {
+        let mut c = c;
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async::<String>(&mut c)
+            .await
+            .unwrap()
+    };
+    let (src_id, dst_id) = (id_of(src.clone()).await, id_of(dst.clone()).await);
+    let setslot = |state: &str, id: &str| {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        c
+    };
+    let _: () = setslot("IMPORTING", &src_id)
+        .query_async(&mut dst)
+        .await
+        .unwrap();
+    let _: () = setslot("MIGRATING", &dst_id)
+        .query_async(&mut src)
+        .await
+        .unwrap();
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(target)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+    }
+    for port in cluster.primaries().await {
+        let _: () = setslot("NODE", &dst_id)
+            .query_async(&mut cluster.node(port).await)
+            .await
+            .unwrap();
+    }
+    assert_eq!(cluster.owner_of(&shard.queue()).await, target);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_only_503_refusals(&load.statuses());
+    let accepted = load.accepted();
+    wait_drained(&app, Duration::from_secs(90)).await;
+    let stored = stored_ids(&app).await;
+    assert!(accepted.is_subset(&stored), "acknowledged events lost");
+    assert_eq!(clicks_counted(&app, ad).await, stored.len() as i64);
+    let moved = cluster.keys_on(target, &app.settings.redis_prefix).await;
+    assert!(
+        moved
+            .iter()
+            .any(|k| k.starts_with(&format!("{{{}.1}}", app.settings.redis_prefix))),
+        "shard 1's keys are on the new owner: {moved:?}"
+    );
+    assert_eq!(dead_letters(&app).await, 0);
+    app.stop().await;
+}
