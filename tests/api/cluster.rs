@@ -108,17 +108,27 @@ async fn wait_drained(app: &TestApp, timeout: Duration) {
     let queues = Queues::new(&app.settings.redis_prefix, SHARDS);
     let mut calm = 0;
     let deadline = Instant::now() + timeout;
+    let mut last = String::new();
     while calm < 3 {
-        assert!(Instant::now() < deadline, "not drained within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not drained within {timeout:?}: {last}"
+        );
         let mut conn = app.redis.clone();
-        let idle = match queues.overview(&mut conn).await {
+        let overview = queues.overview(&mut conn).await;
+        let idle = match &overview {
             Ok(o) => o.queued + o.processing + o.retrying == 0,
             Err(_) => false,
         };
         let spooled = std::fs::read_dir(&app.settings.spool_dir)
             .map(|d| d.count())
             .unwrap_or(0);
-        if idle && spooled == 0 && crate::helpers::outbox_len(&app.pool).await == 0 {
+        let outbox = crate::helpers::outbox_len(&app.pool).await;
+        last = format!(
+            "queue {:?}, spool files {spooled}, outbox {outbox}",
+            overview.map(|o| (o.queued, o.processing, o.retrying))
+        );
+        if idle && spooled == 0 && outbox == 0 {
             calm += 1;
         } else {
             calm = 0;
@@ -240,9 +250,12 @@ struct Failover {
 }
 
 /// `kill -9` of the primary that owns queue shard 0 (and the counters),
-/// mid-load, after its replica link was cut again and again for three
-/// seconds (`CLIENT KILL TYPE replica`): on loopback the replica would
-/// otherwise hold every write within a millisecond.
+/// mid-load, after its replica link has been cut for three seconds
+/// (`CLIENT KILL TYPE replica`, with the replica's `masteruser` pointing at
+/// a user that does not exist so that it cannot reconnect): on loopback the
+/// replica would otherwise hold every write within a millisecond. Commits are held back
+/// meanwhile, so the queue is full when the primary dies. The killed node
+/// then comes back as the new primary's replica.
 async fn failover_under_load(min_replicas: u32) -> Failover {
     let mut cluster = TestCluster::start().await;
     let app = cluster_app(&cluster, min_replicas).await;
@@ -258,25 +271,53 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     })
     .await;
 
+    // Commits wait while the link is cut, so the queue on the primary
+    // holds what ingest takes meanwhile (otherwise the workers would move
+    // it to Postgres within milliseconds and a kill would find it empty).
+    let stalled = crate::helpers::block_commits(&app.pool).await;
+    // The replica is told to log in with a user that does not exist, so
+    // once its link is killed it cannot come back until the primary is gone.
+    let mut standby = cluster.node(replica).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masteruser")
+        .arg("adtrack-cut-link")
+        .arg("masterauth")
+        .arg("no-such-password")
+        .query_async(&mut standby)
+        .await
+        .unwrap();
     let cut = Instant::now();
     let mut node = cluster.node(primary).await;
-    while cut.elapsed() < Duration::from_secs(3) {
-        let _: Result<i64, _> = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("replica")
-            .query_async(&mut node)
-            .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _: Result<i64, _> = redis::cmd("CLIENT")
+    let killed_links: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
         .arg("replica")
         .query_async(&mut node)
-        .await;
+        .await
+        .unwrap();
+    assert_eq!(killed_links, 1, "the primary had one replica link");
+    let accepted_at_cut = load.accepted.lock().unwrap().len();
+    wait_until("the link has been cut for 3 s", Duration::from_secs(30), || {
+        let (load, elapsed) = (load.clone(), cut.elapsed());
+        async move {
+            elapsed >= Duration::from_secs(3)
+                && load.accepted.lock().unwrap().len() > accepted_at_cut + 300
+        }
+    })
+    .await;
+    let links: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    assert!(
+        links.contains("connected_slaves:0"),
+        "the replica link is still cut: {links}"
+    );
     cluster.kill(primary);
     let killed = Instant::now();
+    stalled.rollback().await.unwrap();
 
     let client = reqwest::Client::new();
     let ready = app.url("/ready");
@@ -297,6 +338,20 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
         replica,
         "the replica took over queue shard 0"
     );
+    // The killed node comes back as the new primary's replica, so writes
+    // there can be confirmed again (with REDIS_MIN_REPLICAS=1, until then
+    // they wait in the spool and the outbox).
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masteruser")
+        .arg("")
+        .arg("masterauth")
+        .arg("")
+        .query_async(&mut standby)
+        .await
+        .unwrap();
+    cluster.restart(primary).await;
+    cluster.wait_healthy(3, true).await;
     // Some more load on the promoted node, then stop.
     let more = load.answered.load(Ordering::Relaxed) + 500;
     wait_until(

@@ -1123,28 +1123,7 @@ impl TestCluster {
             ports.push(port);
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("create a cluster node's directory");
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                ])
-                .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                // A replica whose link was cut may still take over: the
-                // failover tests cut it on purpose.
-                .args(["--cluster-replica-validity-factor", "0"])
-                .arg("--cluster-config-file")
-                .arg(node_dir.join("nodes.conf"))
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start redis-server");
+            let child = spawn_cluster_node(port, &node_dir);
             nodes.push(ClusterNode {
                 port,
                 child: Some(child),
@@ -1168,7 +1147,7 @@ impl TestCluster {
             String::from_utf8_lossy(&created.stdout)
         );
         let cluster = TestCluster { nodes, dir };
-        cluster.wait_healthy(3).await;
+        cluster.wait_healthy(3, true).await;
         cluster
     }
 
@@ -1195,8 +1174,9 @@ impl TestCluster {
     }
 
     /// Waits until every live node says `cluster_state:ok`, all 16384 slots
-    /// are served and `primaries` primaries hold them.
-    pub async fn wait_healthy(&self, primaries: usize) {
+    /// are served, `primaries` primaries hold them and, with `replicated`,
+    /// each primary has a replica in sync.
+    pub async fn wait_healthy(&self, primaries: usize, replicated: bool) {
         let ports: Vec<u16> = self.alive().map(|n| n.port).collect();
         wait_until("the cluster is healthy", Duration::from_secs(60), || {
             let ports = ports.clone();
@@ -1223,7 +1203,9 @@ impl TestCluster {
                         return false;
                     };
                     let owners: HashSet<u16> = slots.iter().map(|s| s.2).collect();
-                    if owners.len() != primaries {
+                    if owners.len() != primaries
+                        || (replicated && slots.iter().any(|s| s.3.is_empty()))
+                    {
                         return false;
                     }
                 }
@@ -1284,6 +1266,20 @@ impl TestCluster {
         }
     }
 
+    /// Starts the killed node on `port` again (same directory, so its AOF
+    /// and `nodes.conf`): it rejoins as a replica of whoever took over.
+    pub async fn restart(&mut self, port: u16) {
+        let dir = self.dir.join(port.to_string());
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        assert!(node.child.is_none(), "the node on {port} still runs");
+        node.child = Some(spawn_cluster_node(port, &dir));
+        wait_for_port(port).await;
+    }
+
     /// A prefix whose queue shards `0..shards` have their slots on every
     /// primary: how an operator spreads the shards (see the README).
     pub async fn spread_prefix(&self, shards: usize) -> String {
@@ -1323,6 +1319,24 @@ impl TestCluster {
         }
         found
     }
+}
+
+fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        // A replica whose link was cut may still take over: the failover
+        // tests cut it on purpose.
+        .args(["--cluster-replica-validity-factor", "0"])
+        .arg("--cluster-config-file")
+        .arg(dir.join("nodes.conf"))
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server")
 }
 
 impl Drop for TestCluster {
