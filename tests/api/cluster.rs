@@ -145,10 +145,24 @@ async fn stored_ids(app: &TestApp) -> HashSet<Uuid> {
     ids.into_iter().collect()
 }
 
+/// The ad's clicks as the Redis counters have them: the 24-hour window
+/// (hour hashes, incremented by every batch's counter update). The
+/// all-time figure must agree with it; a read rebuilds that one from
+/// Postgres when Redis has none, so it alone would not show a lost update.
 async fn clicks_counted(app: &TestApp, ad: &str) -> i64 {
-    app.analytics(ad, "all").await["totalClicks"]
+    let (day, all) = clicks_windowed_and_all_time(app, ad).await;
+    assert_eq!(day, all, "the 24h and all-time counters of {ad} differ");
+    day
+}
+
+async fn clicks_windowed_and_all_time(app: &TestApp, ad: &str) -> (i64, i64) {
+    let day = app.analytics(ad, "24h").await["totalClicks"]
         .as_i64()
-        .unwrap_or(-1)
+        .unwrap_or(-1);
+    let all = app.analytics(ad, "all").await["totalClicks"]
+        .as_i64()
+        .unwrap_or(-2);
+    (day, all)
 }
 
 async fn dead_letters(app: &TestApp) -> u64 {
@@ -271,9 +285,10 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     })
     .await;
 
-    // Commits wait while the link is cut, so the queue on the primary
-    // holds what ingest takes meanwhile (otherwise the workers would move
-    // it to Postgres within milliseconds and a kill would find it empty).
+    // Commits wait for the first two seconds of the cut, so the queue on
+    // the primary holds what ingest takes meanwhile (otherwise the workers
+    // would move it to Postgres within milliseconds and a kill would find
+    // it empty); in the last second they commit and count on the primary.
     let stalled = crate::helpers::block_commits(&app.pool).await;
     // The replica is told to log in with a user that does not exist, so
     // once its link is killed it cannot come back until the primary is gone.
@@ -298,11 +313,23 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
         .unwrap();
     assert_eq!(killed_links, 1, "the primary had one replica link");
     let accepted_at_cut = load.accepted.lock().unwrap().len();
-    wait_until("the link has been cut for 3 s", Duration::from_secs(30), || {
+    wait_until("the link has been cut for 2 s", Duration::from_secs(30), || {
         let (load, elapsed) = (load.clone(), cut.elapsed());
         async move {
-            elapsed >= Duration::from_secs(3)
+            elapsed >= Duration::from_secs(2)
                 && load.accepted.lock().unwrap().len() > accepted_at_cut + 300
+        }
+    })
+    .await;
+    // Commits go on for the last second: batches are committed and their
+    // counter updates applied on the primary alone.
+    stalled.rollback().await.unwrap();
+    let released = Instant::now();
+    let committed_before = stored(&app.pool).await;
+    wait_until("batches were committed with the link cut", Duration::from_secs(30), || {
+        let (pool, elapsed) = (app.pool.clone(), released.elapsed());
+        async move {
+            elapsed >= Duration::from_secs(1) && stored(&pool).await > committed_before + 300
         }
     })
     .await;
@@ -317,7 +344,6 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     );
     cluster.kill(primary);
     let killed = Instant::now();
-    stalled.rollback().await.unwrap();
 
     let client = reqwest::Client::new();
     let ready = app.url("/ready");
@@ -373,7 +399,8 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     let accepted = load.accepted();
     let stored_now = stored_ids(&app).await;
     let rows = stored_now.len() as i64;
-    let counted = clicks_counted(&app, ad).await;
+    let (counted, all_time) = clicks_windowed_and_all_time(&app, ad).await;
+    assert_eq!(all_time, rows, "the all-time figure differs from Postgres");
     let figures = Failover {
         in_flight,
         acknowledged: accepted.len(),
