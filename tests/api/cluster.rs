@@ -313,25 +313,33 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
         .unwrap();
     assert_eq!(killed_links, 1, "the primary had one replica link");
     let accepted_at_cut = load.accepted.lock().unwrap().len();
-    wait_until("the link has been cut for 2 s", Duration::from_secs(30), || {
-        let (load, elapsed) = (load.clone(), cut.elapsed());
-        async move {
-            elapsed >= Duration::from_secs(2)
-                && load.accepted.lock().unwrap().len() > accepted_at_cut + 300
-        }
-    })
+    wait_until(
+        "the link has been cut for 2 s",
+        Duration::from_secs(30),
+        || {
+            let (load, elapsed) = (load.clone(), cut.elapsed());
+            async move {
+                elapsed >= Duration::from_secs(2)
+                    && load.accepted.lock().unwrap().len() > accepted_at_cut + 300
+            }
+        },
+    )
     .await;
     // Commits go on for the last second: batches are committed and their
     // counter updates applied on the primary alone.
     stalled.rollback().await.unwrap();
     let released = Instant::now();
     let committed_before = stored(&app.pool).await;
-    wait_until("batches were committed with the link cut", Duration::from_secs(30), || {
-        let (pool, elapsed) = (app.pool.clone(), released.elapsed());
-        async move {
-            elapsed >= Duration::from_secs(1) && stored(&pool).await > committed_before + 300
-        }
-    })
+    wait_until(
+        "batches were committed with the link cut",
+        Duration::from_secs(30),
+        || {
+            let (pool, elapsed) = (app.pool.clone(), released.elapsed());
+            async move {
+                elapsed >= Duration::from_secs(1) && stored(&pool).await > committed_before + 300
+            }
+        },
+    )
     .await;
     let links: String = redis::cmd("INFO")
         .arg("replication")

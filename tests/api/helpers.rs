@@ -1323,7 +1323,14 @@ impl TestCluster {
 
 fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> std::process::Child {
     std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
         .args(["--appendonly", "yes", "--appendfsync", "everysec"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
         // A replica whose link was cut may still take over: the failover
