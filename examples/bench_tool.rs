@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
             let count: usize = count.parse().context("count")?;
             // Optional: the number of queue shards to spread over, and
             // `cluster` for a Redis Cluster (`url` then lists seed nodes).
-            let shards: usize = rest.first().map_or(Ok(1), |s| s.parse()).context("shards")?;
+            let shards: usize = rest
+                .first()
+                .map_or(Ok(1), |s| s.parse())
+                .context("shards")?;
             let cluster = rest.get(1) == Some(&"cluster");
             let mut conn = adtrack::redis_client::RedisTarget::new(url, cluster)?
                 .connect(std::time::Duration::from_secs(30))

@@ -115,7 +115,7 @@ impl Application {
         )?;
         let target = settings.redis_target()?;
         let redis = target.connect(Duration::from_secs(5)).await?;
-        let keys = Keys::new(&settings.redis_prefix);
+        let keys = settings.keys();
         let queues = Queues::new(&settings.redis_prefix, settings.queue_shards);
         queues.check_shard_count(&mut redis.clone()).await?;
         let counters = Counters::new(keys.clone()).confirmed_by(settings.replication());

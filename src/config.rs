@@ -130,6 +130,18 @@ impl Settings {
         crate::redis_client::RedisTarget::new(&self.redis_url, self.redis_cluster)
     }
 
+    /// The prefix's keys: in cluster mode an ad's counters are spread over
+    /// [`crate::keys::CLUSTER_COUNTER_SLOTS`] counter slots; on one node
+    /// every key keeps the SPEC's `{P}` layout.
+    pub fn keys(&self) -> crate::queue::Keys {
+        let slots = if self.redis_cluster {
+            crate::keys::CLUSTER_COUNTER_SLOTS
+        } else {
+            0
+        };
+        crate::queue::Keys::new(&self.redis_prefix).with_counter_slots(slots)
+    }
+
     /// What a push or a counter application waits for (`WAIT`), if
     /// anything.
     pub fn replication(&self) -> crate::redis_client::Replication {

@@ -144,6 +144,15 @@ pub async fn apply_committed(
 /// Step 3: applies a committed batch's updates once (guarded by its
 /// marker and the pause flag) and, with `processing`, acknowledges that
 /// list in the same script.
+///
+/// With counter slots (cluster mode) the updates are applied slot by slot,
+/// each with the marker and pause flag of its own slot
+/// (`{P.c<s>}:applied:<batch>`); the acknowledgement goes with the `{P}`
+/// call, which always runs (last). A crash between two slots leaves some
+/// markers set and the claim rolled back: recovery applies the batch again,
+/// the slots already applied answer `seen`, the others apply. The answer is
+/// `Paused` if any slot was paused (the claim must roll back), else
+/// `Applied` if any slot applied, else `AlreadyApplied`.
 pub async fn apply_batch(
     conn: &mut RedisConn,
     counters: &Counters,
@@ -152,30 +161,57 @@ pub async fn apply_batch(
     processing: Option<&str>,
 ) -> anyhow::Result<Applied> {
     let keys = counters.keys();
-    let paused = keys.counters_paused();
-    let marker = keys.applied(batch);
-    // The marker makes the whole update one unit, so it must be one
+    let home = keys.counter_tags().into_iter().next().unwrap_or_default();
+    // The marker makes each slot's update one unit, so it must be one
     // script call: a batch is at most a few thousand events.
+    let mut chunks = ops.to_tagged_chunks(usize::MAX);
+    // The `{P}` call runs even with nothing to count: the marker and the
+    // acknowledgement still do.
+    let home_chunk = chunks
+        .remove(&home)
+        .and_then(|c| c.into_iter().next())
+        .unwrap_or_default();
+    let mut outcomes = Vec::with_capacity(chunks.len() + 1);
+    for (tag, tag_chunks) in &chunks {
+        for chunk in tag_chunks {
+            outcomes.push(apply_in(conn, counters, tag, batch, chunk, None).await?);
+        }
+    }
+    outcomes.push(apply_in(conn, counters, &home, batch, &home_chunk, processing).await?);
+    Ok(if outcomes.contains(&Applied::Paused) {
+        Applied::Paused
+    } else if outcomes.contains(&Applied::Applied) {
+        Applied::Applied
+    } else {
+        Applied::AlreadyApplied
+    })
+}
+
+/// One slot's APPLY of a batch: its marker, its pause flag, its ops.
+async fn apply_in(
+    conn: &mut RedisConn,
+    counters: &Counters,
+    tag: &str,
+    batch: &Uuid,
+    chunk: &crate::counters::Chunk,
+    processing: Option<&str>,
+) -> anyhow::Result<Applied> {
+    let keys = counters.keys();
+    let paused = keys.paused_in(tag);
+    let marker = keys.applied_in(tag, batch);
     let mode = if processing.is_some() { "am" } else { "m" };
     let apply_keys = ApplyKeys {
         processing: processing.unwrap_or(&paused),
         marker: &marker,
         paused: &paused,
     };
-    // One chunk, or none when there is nothing to count: the marker and
-    // the acknowledgement still run.
-    let chunk = ops
-        .to_arg_chunks(usize::MAX)
-        .into_iter()
-        .next()
-        .unwrap_or_default();
     let outcome = apply::run(
         conn,
         apply_keys,
         MARKER_TTL_SECS,
         mode,
         &batch.to_string(),
-        &chunk,
+        chunk,
         counters.replication(),
     )
     .await?;
@@ -247,30 +283,36 @@ pub async fn outbox_pending(pool: &PgPool) -> anyhow::Result<bool> {
 }
 
 /// P1: pauses counter updates for reconcile `run` until [`resume`] or
-/// `ttl`.
+/// `ttl`, in every counter slot (the `{P}` flag first).
 pub async fn pause(
     conn: &mut RedisConn,
     keys: &Keys,
     run: &str,
     ttl: Duration,
 ) -> anyhow::Result<()> {
-    redis::cmd("SET")
-        .arg(keys.counters_paused())
-        .arg(run)
-        .arg("EX")
-        .arg(ttl.as_secs())
-        .query_async::<()>(conn)
-        .await
-        .context("pausing counter updates")
+    for tag in keys.counter_tags() {
+        redis::cmd("SET")
+            .arg(keys.paused_in(&tag))
+            .arg(run)
+            .arg("EX")
+            .arg(ttl.as_secs())
+            .query_async::<()>(conn)
+            .await
+            .context("pausing counter updates")?;
+    }
+    Ok(())
 }
 
-/// P3: lets workers apply counter updates again.
+/// P3: lets workers apply counter updates again, in every counter slot.
 pub async fn resume(conn: &mut RedisConn, keys: &Keys) -> anyhow::Result<()> {
-    redis::cmd("DEL")
-        .arg(keys.counters_paused())
-        .query_async::<()>(conn)
-        .await
-        .context("resuming counter updates")
+    for tag in keys.counter_tags() {
+        redis::cmd("DEL")
+            .arg(keys.paused_in(&tag))
+            .query_async::<()>(conn)
+            .await
+            .context("resuming counter updates")?;
+    }
+    Ok(())
 }
 
 /// P2 and the rebuild: locks the outbox table in `tx`, so no batch is
@@ -295,13 +337,16 @@ pub async fn take_outbox(tx: &mut Transaction<'static, Postgres>) -> anyhow::Res
     store::outbox::take_all(&mut **tx).await
 }
 
-/// P3: the markers that say `batches` are counted.
+/// P3: the markers that say `batches` are counted, in every counter slot.
 pub fn marker_keys(keys: &Keys, batches: &[Uuid]) -> Vec<String> {
-    batches.iter().map(|b| keys.applied(b)).collect()
+    keys.counter_tags()
+        .iter()
+        .flat_map(|tag| batches.iter().map(move |b| keys.applied_in(tag, b)))
+        .collect()
 }
 
 /// Step 5 and P4: drops applied-batch markers once their outbox rows are
-/// gone.
+/// gone (one `DEL` per counter slot).
 pub async fn forget_markers(
     conn: &mut RedisConn,
     keys: &Keys,
@@ -310,11 +355,15 @@ pub async fn forget_markers(
     if batches.is_empty() {
         return Ok(());
     }
-    redis::cmd("DEL")
-        .arg(marker_keys(keys, batches))
-        .query_async::<()>(conn)
-        .await
-        .context("removing applied-batch markers")
+    for tag in keys.counter_tags() {
+        let markers: Vec<String> = batches.iter().map(|b| keys.applied_in(&tag, b)).collect();
+        redis::cmd("DEL")
+            .arg(markers)
+            .query_async::<()>(conn)
+            .await
+            .context("removing applied-batch markers")?;
+    }
+    Ok(())
 }
 
 /// [`forget_markers`], where a failure only means the TTL removes them.

@@ -59,7 +59,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .redis_target()?
                 .connect(Duration::from_secs(60))
                 .await?;
-            let keys = queue::Keys::new(&settings.redis_prefix);
+            let keys = settings.keys();
             let report = counters::reconcile(&pool, &mut redis, &keys, chrono::Utc::now())
                 .await
                 .context("reconcile failed")?;

@@ -53,7 +53,7 @@ impl Counters {
     }
 
     pub fn layout(&self) -> Layout {
-        Layout::new(self.keys.counters_root())
+        live_layout(&self.keys)
     }
 
     /// The updates for a committed batch: one unit per event.
@@ -70,6 +70,11 @@ impl Counters {
         }
         ops
     }
+}
+
+/// The live counters' layout of the prefix of `keys`.
+pub(crate) fn live_layout(keys: &Keys) -> Layout {
+    Layout::spread(keys.counters_root(), keys.prefix(), keys.counter_slots())
 }
 
 /// Runs APPLY once with the ops of `chunk` and returns its answer: `ok`,
@@ -152,23 +157,28 @@ fn is_noscript(e: &anyhow::Error) -> bool {
 }
 
 /// Writes `ops` (reconcile's staged copy) in chunks of about `max_args`,
-/// with neither marker nor acknowledgement.
+/// with neither marker nor acknowledgement: one call per chunk, each in
+/// one counter slot.
 pub(crate) async fn write_staged(
     conn: &mut RedisConn,
+    keys: &Keys,
     ops: &Ops,
-    anchor: &str,
     max_args: usize,
 ) -> anyhow::Result<()> {
-    for chunk in ops.to_arg_chunks(max_args) {
-        // No processing list and no marker: the keys only route the call.
-        let keys = ApplyKeys {
-            processing: anchor,
-            marker: anchor,
-            paused: anchor,
-        };
-        run(conn, keys, 0, "-", "", &chunk, Replication::default())
-            .await
-            .context("writing staged counters")?;
+    for (tag, chunks) in ops.to_tagged_chunks(max_args) {
+        // No processing list and no marker: the keys only route the call
+        // to the slot's node.
+        let anchor = keys.paused_in(&tag);
+        for chunk in chunks {
+            let apply_keys = ApplyKeys {
+                processing: &anchor,
+                marker: &anchor,
+                paused: &anchor,
+            };
+            run(conn, apply_keys, 0, "-", "", &chunk, Replication::default())
+                .await
+                .context("writing staged counters")?;
+        }
     }
     Ok(())
 }

@@ -57,7 +57,7 @@ pub(crate) use event::code;
 pub use event::{Counted, CountedEvent};
 pub use layout::{Layout, ALL_TIME_TTL};
 pub(crate) use layout::{DAY, HOUR, MINUTE};
-pub(crate) use ops::Mode;
 pub use ops::Ops;
+pub(crate) use ops::{Chunk, Mode};
 pub use rebuild::{settle_campaigns, SETTLE_PER_CALL};
 pub use reconcile::{reconcile, ReconcileReport};

@@ -30,12 +30,12 @@ struct Load {
 }
 
 impl Load {
-    /// Sends clicks on `ad` from `concurrency` tasks until `stop` (or
-    /// `limit` events in all).
+    /// Sends clicks on `ads` (in turn) from `concurrency` tasks until
+    /// `stop` (or `limit` events in all).
     fn start(
         self: &Arc<Self>,
         base: &str,
-        ad: &str,
+        ads: &[&str],
         concurrency: usize,
         limit: usize,
     ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -47,7 +47,7 @@ impl Load {
             .map(|t| {
                 let (load, client) = (self.clone(), client.clone());
                 let url = format!("{base}/ads/click");
-                let ad = ad.to_owned();
+                let ads: Vec<String> = ads.iter().map(|a| (*a).to_owned()).collect();
                 tokio::spawn(async move {
                     let mut i = 0usize;
                     while !load.stop.load(Ordering::Relaxed)
@@ -56,6 +56,7 @@ impl Load {
                         i += 1;
                         let id = Uuid::now_v7();
                         load.sent.lock().unwrap().push((Instant::now(), id));
+                        let ad = &ads[i % ads.len()];
                         let body = json!({"adId": ad, "eventId": id,
                             "ipAddress": format!("10.{}.{}.{}", t % 250, i / 250 % 250, i % 250)});
                         let status = match client.post(&url).json(&body).send().await {
@@ -179,9 +180,24 @@ async fn dead_letters(app: &TestApp) -> u64 {
 async fn ingest_and_drain_over_six_shards_on_a_three_primary_cluster() {
     let cluster = TestCluster::start().await;
     let app = cluster_app(&cluster, 1).await;
-    let ad = "ad-cluster-drain";
+    // Ads whose counter slots reach every primary.
+    let primaries = cluster.primaries().await;
+    let mut ads: Vec<String> = Vec::new();
+    let mut reached = HashSet::new();
+    for i in 0.. {
+        let ad = format!("ad-cluster-{i}");
+        let owner = cluster.owner_of(&app.keys.counter_tag(&ad)).await;
+        if reached.insert(owner) || ads.len() < 4 {
+            ads.push(ad);
+        }
+        if reached.len() == primaries.len() && ads.len() >= 4 {
+            break;
+        }
+    }
+    let ad_refs: Vec<&str> = ads.iter().map(String::as_str).collect();
+    let ad = ad_refs[0];
     let load = Arc::new(Load::default());
-    for t in load.start(&app.address, ad, 8, 600) {
+    for t in load.start(&app.address, &ad_refs, 8, 600) {
         t.await.unwrap();
     }
     for node in cluster.alive() {
@@ -191,7 +207,7 @@ async fn ingest_and_drain_over_six_shards_on_a_three_primary_cluster() {
             .await
             .unwrap();
     }
-    for t in load.start(&app.address, ad, 8, 1200) {
+    for t in load.start(&app.address, &ad_refs, 8, 1200) {
         t.await.unwrap();
     }
     let accepted = load.accepted();
@@ -205,21 +221,35 @@ async fn ingest_and_drain_over_six_shards_on_a_three_primary_cluster() {
     );
     wait_drained(&app, Duration::from_secs(90)).await;
     assert_eq!(stored_ids(&app).await, accepted);
-    assert_eq!(clicks_counted(&app, ad).await, n);
+    let mut counted = 0;
+    let mut per_ad = HashMap::new();
+    for a in &ad_refs {
+        let c = clicks_counted(&app, a).await;
+        per_ad.insert(*a, c);
+        counted += c;
+    }
+    assert_eq!(counted, n, "per ad: {per_ad:?}");
     assert_eq!(dead_letters(&app).await, 0);
 
     let prefix = &app.settings.redis_prefix;
-    for primary in cluster.primaries().await {
-        let keys = cluster.keys_on(primary, prefix).await;
+    for primary in &primaries {
+        let keys = cluster.keys_on(*primary, prefix).await;
         assert!(
             keys.iter().any(|k| k.contains(":workers")),
             "no queue shard of {prefix} on the primary {primary}: {keys:?}"
+        );
+        let counter_slot = format!("{{{prefix}.c");
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&counter_slot) && k.contains("}:c:ah:")),
+            "no counters of {prefix} on the primary {primary}: {keys:?}"
         );
     }
 
     // Reconcile rebuilds the counters from Postgres on the cluster.
     let mut conn = app.redis.clone();
-    let stale = app.keys.counters_root() + "ad:ad-cluster-stale";
+    let layout = adtrack::counters::Counters::new(app.keys.clone()).layout();
+    let stale = layout.ad("ad-cluster-stale");
     let _: () = redis::cmd("HSET")
         .arg(&stale)
         .arg("c")
@@ -228,17 +258,26 @@ async fn ingest_and_drain_over_six_shards_on_a_three_primary_cluster() {
         .await
         .unwrap();
     let _: () = redis::cmd("HINCRBY")
-        .arg(app.keys.counters_root() + "ad:" + ad)
+        .arg(layout.ad(ad))
         .arg("c")
         .arg(7)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(clicks_counted(&app, ad).await, n + 7);
+    assert_eq!(
+        clicks_windowed_and_all_time(&app, ad).await.1,
+        per_ad[ad] + 7
+    );
     adtrack::counters::reconcile(&app.pool, &mut conn, &app.keys, chrono::Utc::now())
         .await
         .expect("reconcile runs on the cluster");
-    assert_eq!(clicks_counted(&app, ad).await, n);
+    for a in &ad_refs {
+        assert_eq!(
+            clicks_counted(&app, a).await,
+            per_ad[a],
+            "{a} after reconcile"
+        );
+    }
     let exists: bool = redis::cmd("EXISTS")
         .arg(&stale)
         .query_async(&mut conn)
@@ -278,7 +317,7 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     let replica = cluster.replica_of(primary).await;
 
     let load = Arc::new(Load::default());
-    let tasks = load.start(&app.address, ad, 8, usize::MAX);
+    let tasks = load.start(&app.address, &[ad], 8, usize::MAX);
     wait_until("the load is under way", Duration::from_secs(30), || {
         let n = load.accepted.lock().unwrap().len();
         async move { n >= 300 }
@@ -496,7 +535,7 @@ async fn a_queue_shard_slot_moved_under_load_keeps_counts_exact() {
         .unwrap();
 
     let load = Arc::new(Load::default());
-    let tasks = load.start(&app.address, ad, 8, 2000);
+    let tasks = load.start(&app.address, &[ad], 8, 2000);
     wait_until("the load is under way", Duration::from_secs(30), || {
         let n = load.accepted.lock().unwrap().len();
         async move { n >= 300 }
@@ -574,5 +613,82 @@ async fn a_queue_shard_slot_moved_under_load_keeps_counts_exact() {
         "shard 1's keys are on the new owner: {moved:?}"
     );
     assert_eq!(dead_letters(&app).await, 0);
+    app.stop().await;
+}
+
+/// A batch touching two counter slots whose application stops after the
+/// first (the second slot is paused, as if the process died between the
+/// two calls): the claim rolls back, the outbox row stays, and recovery
+/// applies the batch again: the first slot answers `seen` through its own
+/// marker, the second applies. Each event is counted once, and a second
+/// recovery changes nothing.
+#[tokio::test]
+async fn a_crash_between_two_counter_slots_neither_loses_nor_doubles() {
+    let app = crate::helpers::start(crate::helpers::test_settings(), adtrack::app::Role::Api).await;
+    let keys = Keys::new(&app.settings.redis_prefix).with_counter_slots(16);
+    let counters = adtrack::counters::Counters::new(keys.clone());
+    let layout = counters.layout();
+    let first = "ad-slot-a";
+    let second = (0..)
+        .map(|i| format!("ad-slot-b{i}"))
+        .find(|b| keys.counter_tag(b) != keys.counter_tag(first))
+        .unwrap();
+    let now = chrono::Utc::now();
+    let events: Vec<adtrack::domain::Event> = [(first, 3), (second.as_str(), 5)]
+        .iter()
+        .flat_map(|(ad, n)| (0..*n).map(move |_| json!({ "type": "click", "adId": ad })))
+        .map(|body| {
+            adtrack::domain::parse_value(body, &adtrack::domain::ParseContext::new(now)).unwrap()
+        })
+        .collect();
+    let refs: Vec<&_> = events.iter().collect();
+    adtrack::exactly_once::commit(&app.pool, &refs, Uuid::now_v7())
+        .await
+        .unwrap();
+
+    let hour = now.timestamp().div_euclid(3600);
+    let day = now.timestamp().div_euclid(86_400);
+    let clicks = |ad: String| {
+        let (mut conn, key) = (app.redis.clone(), layout.ad_hours(day, &ad));
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg(format!("c:{hour}"))
+                .query_async::<Option<i64>>(&mut conn)
+                .await
+                .unwrap()
+                .unwrap_or(0)
+        }
+    };
+
+    let mut conn = app.redis.clone();
+    let paused = keys.paused_in(&keys.counter_tag(&second));
+    let _: () = redis::cmd("SET")
+        .arg(&paused)
+        .arg("crash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let applied = adtrack::exactly_once::recover(&app.pool, &mut conn, &counters, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(applied, 0, "a batch half applied is not done");
+    assert_eq!(crate::helpers::outbox_len(&app.pool).await, 1);
+    assert_eq!(clicks(first.to_owned()).await, 3, "the first slot applied");
+    assert_eq!(clicks(second.clone()).await, 0, "the second slot did not");
+
+    let _: () = redis::cmd("DEL")
+        .arg(&paused)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        adtrack::exactly_once::recover(&app.pool, &mut conn, &counters, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(crate::helpers::outbox_len(&app.pool).await, 0);
+        assert_eq!(clicks(first.to_owned()).await, 3, "counted once");
+        assert_eq!(clicks(second.clone()).await, 5, "counted once");
+    }
     app.stop().await;
 }

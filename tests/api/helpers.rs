@@ -80,7 +80,7 @@ pub async fn start(settings: Settings, role: Role) -> TestApp {
         .connect(Duration::from_secs(10))
         .await
         .expect("connect to redis");
-    let keys = Keys::new(&settings.redis_prefix);
+    let keys = settings.keys();
     if role.runs_workers() {
         // A new prefix is a Redis without adtrack's epoch: the app's first
         // check rebuilds the counters (or, on an empty database, only marks
@@ -798,7 +798,7 @@ impl Backends {
                 .connect(Duration::from_secs(10))
                 .await
                 .unwrap(),
-            keys: Keys::new(&settings.redis_prefix),
+            keys: settings.keys(),
         }
     }
 
