@@ -20,7 +20,14 @@
 //!    after step 1.
 //! 3. **Apply and acknowledge** (`lua/apply.lua` in `counters`): one script
 //!    sets the batch's marker `{P}:applied:<batch>`, applies every update
-//!    and deletes the processing list. If the marker was already set it
+//!    and deletes the processing list. (With counter slots, one script per
+//!    slot, each with its own marker `{P.c<s>}:applied:<batch>` and pause
+//!    flag; the `{P}` call, with the acknowledgement, runs last. A crash
+//!    between two slots is repaired as a crash after step 2: the claim
+//!    rolls back, and recovery finds the applied slots' markers.) With
+//!    `REDIS_MIN_REPLICAS`, each call is followed by `WAIT` in the same
+//!    pipeline, and an unconfirmed call fails the step: the claim rolls
+//!    back, so a failover that loses the update loses no outbox row. If the marker was already set it
 //!    changes nothing but the list (`seen`); while reconcile's pause flag
 //!    is set it changes nothing but the list (`paused`) and the claim is
 //!    rolled back, so the row waits for recovery.

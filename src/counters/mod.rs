@@ -21,6 +21,12 @@
 //! The numeric bucket always comes before the id, so no two (id, bucket)
 //! pairs share a key even though ids may contain `:`.
 //!
+//! In cluster mode (`Keys::with_counter_slots`) every key that names an
+//! adId moves from `{P}:c:` to `{P.c<s>}:c:` (`s` from the adId), so an
+//! ad's keys share one slot and many ads spread over the primaries; the
+//! campaign keys stay under `{P}`. A batch's ops are grouped by slot
+//! ([`Ops`]'s tagged chunks) and applied one slot at a time.
+//!
 //! All-time figures of an ad (`ad:`, `ua:`) are updated only while their
 //! keys exist: a worker never creates them, because a key made from the
 //! events of one batch would hold a part of the count. When they are missing
