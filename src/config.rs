@@ -572,10 +572,40 @@ mod tests {
             ("REPORT_TIMEOUT", "1ms"),
             ("REPORT_TIMEOUT", "1h"),
             ("REPORT_TIMEOUT", "soon"),
+            ("REDIS_CLUSTER", "maybe"),
+            ("REDIS_MIN_REPLICAS", "one"),
+            ("REDIS_MIN_REPLICAS", "17"),
+            ("REDIS_WAIT_TIMEOUT", "5s"),
+            ("REDIS_WAIT_TIMEOUT", "soon"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn cluster_mode_takes_a_list_of_seeds_and_spreads_the_counters() {
+        let s = settings(&[
+            ("REDIS_CLUSTER", "on"),
+            ("REDIS_URL", "redis://10.0.0.1:7000,redis://10.0.0.2:7000"),
+            ("REDIS_MIN_REPLICAS", "1"),
+        ])
+        .unwrap();
+        assert!(s.redis_target().unwrap().is_cluster());
+        assert_eq!(s.replication().replicas, 1);
+        assert_eq!(s.keys().counter_slots(), crate::keys::CLUSTER_COUNTER_SLOTS);
+        for url in ["redis://10.0.0.1:7000,10.0.0.2:7000", " , "] {
+            let err = settings(&[("REDIS_CLUSTER", "on"), ("REDIS_URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("REDIS_URL"), "{err}");
+        }
+        // One node: a list is refused, and the keys keep the SPEC layout.
+        let err = settings(&[("REDIS_URL", "redis://a:1,redis://b:2")]);
+        assert!(err.is_err());
+        let one = settings(&[]).unwrap();
+        assert_eq!(one.keys().counter_slots(), 0);
+        assert!(!one.replication().is_on());
     }
 
     #[test]

@@ -302,7 +302,7 @@ struct Failover {
     statuses: HashMap<u16, usize>,
 }
 
-/// `kill -9` of the primary that owns queue shard 0 (and the counters),
+/// `kill -9` of the primary that owns queue shard 0 (and the ad's counters),
 /// mid-load, after its replica link has been cut for three seconds
 /// (`CLIENT KILL TYPE replica`, with the replica's `masteruser` pointing at
 /// a user that does not exist so that it cannot reconnect): on loopback the
@@ -312,9 +312,18 @@ struct Failover {
 async fn failover_under_load(min_replicas: u32) -> Failover {
     let mut cluster = TestCluster::start().await;
     let app = cluster_app(&cluster, min_replicas).await;
-    let ad = "ad-failover";
     let primary = cluster.owner_of(&app.keys.queue()).await;
     let replica = cluster.replica_of(primary).await;
+    // An ad whose counter slot is on that primary too, so its counter
+    // updates are in harm's way.
+    let mut ad = String::new();
+    for i in 0.. {
+        ad = format!("ad-failover-{i}");
+        if cluster.owner_of(&app.keys.counter_tag(&ad)).await == primary {
+            break;
+        }
+    }
+    let ad = ad.as_str();
 
     let load = Arc::new(Load::default());
     let tasks = load.start(&app.address, &[ad], 8, usize::MAX);
