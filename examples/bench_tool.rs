@@ -1,8 +1,10 @@
 //! Helpers of `bench/run` that must produce exactly what adtrack produces:
 //!
-//! - `prefill <redis-url> <prefix> <count> <ad>`: pushes `count` click
-//!   envelopes (serialised by adtrack's own `Event`) onto `{prefix}:queue`
-//!   in pipelined `LPUSH`es, for the drain measurement;
+//! - `prefill <redis-url> <prefix> <count> <ad> [<shards> [cluster]]`:
+//!   pushes `count` click envelopes (serialised by adtrack's own `Event`)
+//!   onto `{prefix}:queue` (or round-robin onto the queues of `shards`
+//!   queue shards, on a Redis Cluster with `cluster`) in pipelined
+//!   `LPUSH`es, for the drain measurement;
 //! - `csv <count> <path>`: writes the same number of rows as CSV for the
 //!   raw `COPY` ceiling.
 
@@ -30,13 +32,28 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["prefill", url, prefix, count, ad] => {
+        ["prefill", url, prefix, count, ad, rest @ ..] => {
             let count: usize = count.parse().context("count")?;
-            let client = redis::Client::open(*url)?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            let queue = Keys::new(prefix).queue();
+            // Optional: the number of queue shards to spread over, and
+            // `cluster` for a Redis Cluster (`url` then lists seed nodes).
+            let shards: usize = rest
+                .first()
+                .map_or(Ok(1), |s| s.parse())
+                .context("shards")?;
+            let cluster = rest.get(1) == Some(&"cluster");
+            let mut conn = adtrack::redis_client::RedisTarget::new(url, cluster)?
+                .connect(std::time::Duration::from_secs(30))
+                .await?;
+            let queues: Vec<String> = (0..shards.max(1))
+                .map(|s| Keys::shard(prefix, s).queue())
+                .collect();
             let mut i = 0;
+            let mut round = 0;
             while i < count {
+                // One pipeline per shard queue: in a cluster each goes to
+                // the node that owns that shard.
+                let queue = &queues[round % queues.len()];
+                round += 1;
                 let mut pipe = redis::pipe();
                 for _ in 0..10 {
                     let n = 1000.min(count - i);
@@ -47,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
                     for j in i..i + n {
                         items.push(serde_json::to_string(&event(j, ad)?)?);
                     }
-                    pipe.cmd("LPUSH").arg(&queue).arg(items).ignore();
+                    pipe.cmd("LPUSH").arg(queue).arg(items).ignore();
                     i += n;
                 }
                 pipe.query_async::<()>(&mut conn).await?;

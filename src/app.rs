@@ -113,15 +113,21 @@ impl Application {
             settings.report_pool_size,
             settings.report_timeout,
         )?;
-        let redis = redis_connection(&settings.redis_url, Duration::from_secs(5)).await?;
-        let keys = Keys::new(&settings.redis_prefix);
+        let target = settings.redis_target()?;
+        let redis = target.connect(Duration::from_secs(5)).await?;
+        let keys = settings.keys();
         let queues = Queues::new(&settings.redis_prefix, settings.queue_shards);
         queues.check_shard_count(&mut redis.clone()).await?;
-        let counters = Counters::new(keys.clone());
+        let counters = Counters::new(keys.clone()).confirmed_by(settings.replication());
         let shutdown = CancellationToken::new();
 
         let shard_keys: Vec<Keys> = queues.all().iter().map(|q| q.keys().clone()).collect();
-        let pusher = Pusher::new(&settings.redis_url, &shard_keys, metrics.clone())?;
+        let pusher = Pusher::new(
+            target.clone(),
+            settings.replication(),
+            &shard_keys,
+            metrics.clone(),
+        )?;
         let redis_down = Arc::new(RedisDown::default());
 
         let mut workers = Vec::new();
@@ -162,7 +168,10 @@ impl Application {
             background.push(tokio::spawn(m.clone().run(shutdown.clone())));
             background.push(tokio::spawn(m.clone().watch_epoch(shutdown.clone())));
             for (index, id) in ids.into_iter().enumerate() {
-                let conn = redis_connection(&settings.redis_url, Duration::from_secs(10)).await?;
+                // Its own connection (its own cluster connection in cluster
+                // mode): a blocking read holds it, on whichever node owns
+                // the worker's shard now.
+                let conn = target.connect(Duration::from_secs(10)).await?;
                 let worker = Worker::new(id, index, conn, ctx.clone());
                 workers.push(tokio::spawn(worker.run(shutdown.clone())));
             }
@@ -173,6 +182,7 @@ impl Application {
                 spool: spool.clone(),
                 redis: redis.clone(),
                 keys: keys.clone(),
+                replication: settings.replication(),
                 metrics: metrics.clone(),
                 redis_down: redis_down.clone(),
             };

@@ -33,7 +33,17 @@ pub struct Settings {
     /// `CORS_ORIGINS`: `None` for `*` (any origin may send events; reads
     /// and admin stay same-origin), else the origins allowed everywhere.
     pub cors_origins: Option<Vec<String>>,
+    /// One `redis://` URL, or with `REDIS_CLUSTER=on` a comma-separated
+    /// list of a cluster's seed nodes.
     pub redis_url: String,
+    /// `REDIS_CLUSTER=on`: talk to a Redis Cluster through redis-rs's
+    /// cluster client (see `redis_client`).
+    pub redis_cluster: bool,
+    /// `REDIS_MIN_REPLICAS`: replicas that must confirm a push (and a
+    /// counter application) with `WAIT` before it counts as done.
+    pub redis_min_replicas: u32,
+    /// `REDIS_WAIT_TIMEOUT`: how long `WAIT` waits for them.
+    pub redis_wait_timeout: Duration,
     pub redis_prefix: String,
     pub worker_count: usize,
     pub batch_size: usize,
@@ -106,6 +116,9 @@ impl Default for Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/adtrack".into(),
             cors_origins: None,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
+            redis_min_replicas: 0,
+            redis_wait_timeout: Duration::from_millis(500),
             redis_prefix: "adtrack".into(),
             worker_count: 4,
             batch_size: 500,
@@ -139,6 +152,32 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Where Redis is, as `REDIS_URL` and `REDIS_CLUSTER` say.
+    pub fn redis_target(&self) -> anyhow::Result<crate::redis_client::RedisTarget> {
+        crate::redis_client::RedisTarget::new(&self.redis_url, self.redis_cluster)
+    }
+
+    /// The prefix's keys: in cluster mode an ad's counters are spread over
+    /// [`crate::keys::CLUSTER_COUNTER_SLOTS`] counter slots; on one node
+    /// every key keeps the SPEC's `{P}` layout.
+    pub fn keys(&self) -> crate::queue::Keys {
+        let slots = if self.redis_cluster {
+            crate::keys::CLUSTER_COUNTER_SLOTS
+        } else {
+            0
+        };
+        crate::queue::Keys::new(&self.redis_prefix).with_counter_slots(slots)
+    }
+
+    /// What a push or a counter application waits for (`WAIT`), if
+    /// anything.
+    pub fn replication(&self) -> crate::redis_client::Replication {
+        crate::redis_client::Replication {
+            replicas: self.redis_min_replicas,
+            timeout: self.redis_wait_timeout,
+        }
+    }
+
     /// The per-client limit, when on.
     pub fn client_limit(&self) -> Option<crate::ratelimit::Limit> {
         limit(self.rate_limit_per_ip, self.rate_limit_burst)
@@ -173,6 +212,17 @@ impl Settings {
         }
         if let Some(v) = get("REDIS_URL") {
             s.redis_url = v;
+        }
+        if let Some(v) = get("REDIS_CLUSTER") {
+            s.redis_cluster = parse_bool(&v, "REDIS_CLUSTER")?;
+        }
+        if let Some(v) = get("REDIS_MIN_REPLICAS") {
+            s.redis_min_replicas = parse(&v, "REDIS_MIN_REPLICAS")?;
+        }
+        if let Some(v) = get("REDIS_WAIT_TIMEOUT") {
+            s.redis_wait_timeout = humantime::parse_duration(&v).with_context(|| {
+                format!("REDIS_WAIT_TIMEOUT: {v:?} is not a duration such as 500ms")
+            })?;
         }
         if let Some(v) = get("REDIS_PREFIX") {
             s.redis_prefix = v;
@@ -292,7 +342,24 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         check_database_url(&self.database_url)?;
-        check_redis_url(&self.redis_url)?;
+        if self.redis_cluster {
+            let seeds = crate::redis_client::seed_urls(&self.redis_url);
+            if seeds.is_empty() {
+                bail!("REDIS_URL: with REDIS_CLUSTER=on, list at least one seed node");
+            }
+            for seed in &seeds {
+                check_redis_url(seed)?;
+            }
+        } else {
+            check_redis_url(&self.redis_url)?;
+        }
+        if self.redis_min_replicas > 16 {
+            bail!("REDIS_MIN_REPLICAS: must be between 0 and 16");
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(1)).contains(&self.redis_wait_timeout)
+        {
+            bail!("REDIS_WAIT_TIMEOUT: must be between 10ms and 1s");
+        }
         if self.redis_prefix.is_empty()
             || self.redis_prefix.len() > 64
             || self
@@ -360,6 +427,9 @@ pub const VARIABLES: &[&str] = &[
     "PORT",
     "DATABASE_URL",
     "REDIS_URL",
+    "REDIS_CLUSTER",
+    "REDIS_MIN_REPLICAS",
+    "REDIS_WAIT_TIMEOUT",
     "REDIS_PREFIX",
     "CORS_ORIGINS",
     "WORKER_COUNT",
@@ -581,6 +651,11 @@ mod tests {
             ("PUBLIC_URL", "ftp://track.example"),
             ("PUBLIC_URL", "https://track.example/?a=1"),
             ("VAST_SIGNING_KEY", "too short"),
+            ("REDIS_CLUSTER", "maybe"),
+            ("REDIS_MIN_REPLICAS", "one"),
+            ("REDIS_MIN_REPLICAS", "17"),
+            ("REDIS_WAIT_TIMEOUT", "5s"),
+            ("REDIS_WAIT_TIMEOUT", "soon"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
@@ -591,6 +666,31 @@ mod tests {
     fn the_public_url_loses_its_trailing_slash() {
         let s = settings(&[("PUBLIC_URL", "https://track.example/ads/")]).unwrap();
         assert_eq!(s.public_url.as_deref(), Some("https://track.example/ads"));
+    }
+
+    #[test]
+    fn cluster_mode_takes_a_list_of_seeds_and_spreads_the_counters() {
+        let s = settings(&[
+            ("REDIS_CLUSTER", "on"),
+            ("REDIS_URL", "redis://10.0.0.1:7000,redis://10.0.0.2:7000"),
+            ("REDIS_MIN_REPLICAS", "1"),
+        ])
+        .unwrap();
+        assert!(s.redis_target().unwrap().is_cluster());
+        assert_eq!(s.replication().replicas, 1);
+        assert_eq!(s.keys().counter_slots(), crate::keys::CLUSTER_COUNTER_SLOTS);
+        for url in ["redis://10.0.0.1:7000,10.0.0.2:7000", " , "] {
+            let err = settings(&[("REDIS_CLUSTER", "on"), ("REDIS_URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("REDIS_URL"), "{err}");
+        }
+        // One node: a list is refused, and the keys keep the SPEC layout.
+        let err = settings(&[("REDIS_URL", "redis://a:1,redis://b:2")]);
+        assert!(err.is_err());
+        let one = settings(&[]).unwrap();
+        assert_eq!(one.keys().counter_slots(), 0);
+        assert!(!one.replication().is_on());
     }
 
     #[test]

@@ -20,7 +20,14 @@
 //!    after step 1.
 //! 3. **Apply and acknowledge** (`lua/apply.lua` in `counters`): one script
 //!    sets the batch's marker `{P}:applied:<batch>`, applies every update
-//!    and deletes the processing list. If the marker was already set it
+//!    and deletes the processing list. (With counter slots, one script per
+//!    slot, each with its own marker `{P.c<s>}:applied:<batch>` and pause
+//!    flag; the `{P}` call, with the acknowledgement, runs last. A crash
+//!    between two slots is repaired as a crash after step 2: the claim
+//!    rolls back, and recovery finds the applied slots' markers.) With
+//!    `REDIS_MIN_REPLICAS`, each call is followed by `WAIT` in the same
+//!    pipeline, and an unconfirmed call fails the step: the claim rolls
+//!    back, so a failover that loses the update loses no outbox row. If the marker was already set it
 //!    changes nothing but the list (`seen`); while reconcile's pause flag
 //!    is set it changes nothing but the list (`paused`) and the claim is
 //!    rolled back, so the row waits for recovery.
@@ -70,9 +77,9 @@
 
 use std::time::Duration;
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -111,7 +118,7 @@ pub async fn commit(
 /// acknowledgement runs in step 3 (or alone, when the row is gone).
 pub async fn apply_committed(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     counters: &Counters,
     batch: &Uuid,
     counted: &[Counted<'_>],
@@ -144,38 +151,75 @@ pub async fn apply_committed(
 /// Step 3: applies a committed batch's updates once (guarded by its
 /// marker and the pause flag) and, with `processing`, acknowledges that
 /// list in the same script.
+///
+/// With counter slots (cluster mode) the updates are applied slot by slot,
+/// each with the marker and pause flag of its own slot
+/// (`{P.c<s>}:applied:<batch>`); the acknowledgement goes with the `{P}`
+/// call, which always runs (last). A crash between two slots leaves some
+/// markers set and the claim rolled back: recovery applies the batch again,
+/// the slots already applied answer `seen`, the others apply. The answer is
+/// `Paused` if any slot was paused (the claim must roll back), else
+/// `Applied` if any slot applied, else `AlreadyApplied`.
 pub async fn apply_batch(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     counters: &Counters,
     batch: &Uuid,
     ops: &Ops,
     processing: Option<&str>,
 ) -> anyhow::Result<Applied> {
     let keys = counters.keys();
-    let paused = keys.counters_paused();
-    let marker = keys.applied(batch);
-    // The marker makes the whole update one unit, so it must be one
+    let home = keys.counter_tags().into_iter().next().unwrap_or_default();
+    // The marker makes each slot's update one unit, so it must be one
     // script call: a batch is at most a few thousand events.
+    let mut chunks = ops.to_tagged_chunks(usize::MAX);
+    // The `{P}` call runs even with nothing to count: the marker and the
+    // acknowledgement still do.
+    let home_chunk = chunks
+        .remove(&home)
+        .and_then(|c| c.into_iter().next())
+        .unwrap_or_default();
+    let mut outcomes = Vec::with_capacity(chunks.len() + 1);
+    for (tag, tag_chunks) in &chunks {
+        for chunk in tag_chunks {
+            outcomes.push(apply_in(conn, counters, tag, batch, chunk, None).await?);
+        }
+    }
+    outcomes.push(apply_in(conn, counters, &home, batch, &home_chunk, processing).await?);
+    Ok(if outcomes.contains(&Applied::Paused) {
+        Applied::Paused
+    } else if outcomes.contains(&Applied::Applied) {
+        Applied::Applied
+    } else {
+        Applied::AlreadyApplied
+    })
+}
+
+/// One slot's APPLY of a batch: its marker, its pause flag, its ops.
+async fn apply_in(
+    conn: &mut RedisConn,
+    counters: &Counters,
+    tag: &str,
+    batch: &Uuid,
+    chunk: &crate::counters::Chunk,
+    processing: Option<&str>,
+) -> anyhow::Result<Applied> {
+    let keys = counters.keys();
+    let paused = keys.paused_in(tag);
+    let marker = keys.applied_in(tag, batch);
     let mode = if processing.is_some() { "am" } else { "m" };
     let apply_keys = ApplyKeys {
         processing: processing.unwrap_or(&paused),
         marker: &marker,
         paused: &paused,
     };
-    // One chunk, or none when there is nothing to count: the marker and
-    // the acknowledgement still run.
-    let chunk = ops
-        .to_arg_chunks(usize::MAX)
-        .into_iter()
-        .next()
-        .unwrap_or_default();
     let outcome = apply::run(
         conn,
         apply_keys,
         MARKER_TTL_SECS,
         mode,
         &batch.to_string(),
-        &chunk,
+        chunk,
+        counters.replication(),
     )
     .await?;
     Ok(match outcome.as_str() {
@@ -187,7 +231,7 @@ pub async fn apply_batch(
 
 /// Acknowledges a processing list whose items need no counter update
 /// (nothing new was committed, or the batch was already accounted for).
-pub async fn acknowledge(conn: &mut ConnectionManager, processing: &str) -> anyhow::Result<()> {
+pub async fn acknowledge(conn: &mut RedisConn, processing: &str) -> anyhow::Result<()> {
     redis::cmd("DEL")
         .arg(processing)
         .query_async::<()>(conn)
@@ -199,7 +243,7 @@ pub async fn acknowledge(conn: &mut ConnectionManager, processing: &str) -> anyh
 /// Returns the number of batches applied.
 pub async fn recover(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     counters: &Counters,
     grace: Duration,
 ) -> anyhow::Result<usize> {
@@ -246,30 +290,36 @@ pub async fn outbox_pending(pool: &PgPool) -> anyhow::Result<bool> {
 }
 
 /// P1: pauses counter updates for reconcile `run` until [`resume`] or
-/// `ttl`.
+/// `ttl`, in every counter slot (the `{P}` flag first).
 pub async fn pause(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     run: &str,
     ttl: Duration,
 ) -> anyhow::Result<()> {
-    redis::cmd("SET")
-        .arg(keys.counters_paused())
-        .arg(run)
-        .arg("EX")
-        .arg(ttl.as_secs())
-        .query_async::<()>(conn)
-        .await
-        .context("pausing counter updates")
+    for tag in keys.counter_tags() {
+        redis::cmd("SET")
+            .arg(keys.paused_in(&tag))
+            .arg(run)
+            .arg("EX")
+            .arg(ttl.as_secs())
+            .query_async::<()>(conn)
+            .await
+            .context("pausing counter updates")?;
+    }
+    Ok(())
 }
 
-/// P3: lets workers apply counter updates again.
-pub async fn resume(conn: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<()> {
-    redis::cmd("DEL")
-        .arg(keys.counters_paused())
-        .query_async::<()>(conn)
-        .await
-        .context("resuming counter updates")
+/// P3: lets workers apply counter updates again, in every counter slot.
+pub async fn resume(conn: &mut RedisConn, keys: &Keys) -> anyhow::Result<()> {
+    for tag in keys.counter_tags() {
+        redis::cmd("DEL")
+            .arg(keys.paused_in(&tag))
+            .query_async::<()>(conn)
+            .await
+            .context("resuming counter updates")?;
+    }
+    Ok(())
 }
 
 /// P2 and the rebuild: locks the outbox table in `tx`, so no batch is
@@ -294,30 +344,37 @@ pub async fn take_outbox(tx: &mut Transaction<'static, Postgres>) -> anyhow::Res
     store::outbox::take_all(&mut **tx).await
 }
 
-/// P3: the markers that say `batches` are counted.
+/// P3: the markers that say `batches` are counted, in every counter slot.
 pub fn marker_keys(keys: &Keys, batches: &[Uuid]) -> Vec<String> {
-    batches.iter().map(|b| keys.applied(b)).collect()
+    keys.counter_tags()
+        .iter()
+        .flat_map(|tag| batches.iter().map(move |b| keys.applied_in(tag, b)))
+        .collect()
 }
 
 /// Step 5 and P4: drops applied-batch markers once their outbox rows are
-/// gone.
+/// gone (one `DEL` per counter slot).
 pub async fn forget_markers(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     batches: &[Uuid],
 ) -> anyhow::Result<()> {
     if batches.is_empty() {
         return Ok(());
     }
-    redis::cmd("DEL")
-        .arg(marker_keys(keys, batches))
-        .query_async::<()>(conn)
-        .await
-        .context("removing applied-batch markers")
+    for tag in keys.counter_tags() {
+        let markers: Vec<String> = batches.iter().map(|b| keys.applied_in(&tag, b)).collect();
+        redis::cmd("DEL")
+            .arg(markers)
+            .query_async::<()>(conn)
+            .await
+            .context("removing applied-batch markers")?;
+    }
+    Ok(())
 }
 
 /// [`forget_markers`], where a failure only means the TTL removes them.
-async fn forget_markers_later(conn: &mut ConnectionManager, keys: &Keys, batches: &[Uuid]) {
+async fn forget_markers_later(conn: &mut RedisConn, keys: &Keys, batches: &[Uuid]) {
     if let Err(e) = forget_markers(conn, keys, batches).await {
         tracing::debug!(
             error = format!("{e:#}"),

@@ -72,10 +72,13 @@ pub enum Cause {
     /// Redis is loading its data set or busy with a script.
     Loading,
     /// A cluster is failing over or resharding: CLUSTERDOWN, MASTERDOWN,
-    /// TRYAGAIN, MOVED and ASK that were not followed.
+    /// TRYAGAIN, MOVED and ASK that were not followed, no connection to the
+    /// node that owns a slot.
     Failover,
     /// A script missing from the script cache (a restarted or promoted node).
     NoScript,
+    /// Fewer replicas than `REDIS_MIN_REPLICAS` confirmed a write in time.
+    Replication,
     /// An I/O error reported by the server or the local filesystem.
     Io,
     /// Not recognised. Still an outage for the pipeline; a read that fails
@@ -99,6 +102,7 @@ impl Cause {
             Self::Loading => "loading",
             Self::Failover => "failover",
             Self::NoScript => "noscript",
+            Self::Replication => "replication",
             Self::Io => "io",
             Self::Unknown => "unknown",
         }
@@ -146,6 +150,9 @@ impl Fault {
         for cause in err.chain() {
             if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
                 return postgres(e);
+            }
+            if cause.is::<crate::redis_client::Unreplicated>() {
+                return Self::Outage(Outage::new(Dependency::Redis, Cause::Replication));
             }
             if let Some(e) = cause.downcast_ref::<redis::RedisError>() {
                 return Self::Outage(Outage::new(Dependency::Redis, redis_cause(e)));
@@ -313,6 +320,9 @@ mod tests {
                 Cause::Failover,
             ),
             ("NOSCRIPT", "No matching script.", Cause::NoScript),
+            ("MOVED", "3999 127.0.0.1:6381", Cause::Failover),
+            ("ASK", "3999 127.0.0.1:6381", Cause::Failover),
+            ("CLUSTERDOWN", "Hash slot not served", Cause::Failover),
             (
                 "WRONGTYPE",
                 "Operation against a key holding the wrong kind of value",
@@ -326,11 +336,41 @@ mod tests {
                 "{code}"
             );
         }
-        let dropped =
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        // Lost connections, as a single node's and the cluster client's
+        // connections report them.
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::BrokenPipe,
+        ] {
+            let dropped = redis::RedisError::from(std::io::Error::from(kind));
+            assert_eq!(
+                Fault::of(&dropped.into()),
+                Fault::Outage(Outage::new(Dependency::Redis, Cause::Down)),
+                "{kind:?}"
+            );
+        }
+        let no_node = redis::RedisError::from((
+            redis::ErrorKind::ClusterConnectionNotFound,
+            "no connection to the slot's node",
+        ));
         assert_eq!(
-            Fault::of(&dropped.into()),
-            Fault::Outage(Outage::new(Dependency::Redis, Cause::Down))
+            Fault::of(&no_node.into()),
+            Fault::Outage(Outage::new(Dependency::Redis, Cause::Failover))
+        );
+        let late = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(
+            Fault::of(&late.into()),
+            Fault::Outage(Outage::new(Dependency::Redis, Cause::Timeout))
+        );
+        let unconfirmed = anyhow::Error::from(crate::redis_client::Unreplicated {
+            wanted: 1,
+            confirmed: 0,
+        })
+        .context("pushing a group");
+        assert_eq!(
+            Fault::of(&unconfirmed),
+            Fault::Outage(Outage::new(Dependency::Redis, Cause::Replication))
         );
     }
 

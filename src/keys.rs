@@ -17,6 +17,27 @@ pub struct Keys {
     tag: String,
     /// `{P}`: hash tag of the counters and everything shared.
     home: String,
+    /// `P`.
+    prefix: String,
+    /// Counter slots an ad's counters are spread over (`0`: none, every
+    /// counter under `{P}`, the single-node layout). See
+    /// [`Keys::with_counter_slots`].
+    counter_slots: u16,
+}
+
+/// Counter slots in cluster mode: ads hash to `{P.c0}` … `{P.c15}`.
+pub const CLUSTER_COUNTER_SLOTS: u16 = 16;
+
+/// The hash tag of `key` with its braces (`{P.c3}`), or `""` when it has
+/// none.
+pub fn hash_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            key[open..]
+                .find('}')
+                .map(|close| &key[open..open + close + 1])
+        })
+        .unwrap_or("")
 }
 
 impl Keys {
@@ -32,7 +53,56 @@ impl Keys {
         } else {
             format!("{{{prefix}.{index}}}")
         };
-        Self { tag, home }
+        Self {
+            tag,
+            home,
+            prefix: prefix.to_owned(),
+            counter_slots: 0,
+        }
+    }
+
+    /// These keys with an ad's counters (its windows, all-time figures and
+    /// their skip lists) under `{P.c<s>}`, `s` = CRC16 of the adId modulo
+    /// `slots`, so counter writes for many ads reach every primary of a
+    /// cluster while one ad's keys share a slot. The campaign ranking, the
+    /// totals, the epoch and the pause flag stay under `{P}`. `0` keeps
+    /// every counter under `{P}`.
+    pub fn with_counter_slots(mut self, slots: u16) -> Self {
+        self.counter_slots = slots;
+        self
+    }
+
+    /// `P`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn counter_slots(&self) -> u16 {
+        self.counter_slots
+    }
+
+    /// The hash tag of `ad`'s counters: `{P}`, or `{P.c<s>}` when spread.
+    pub fn counter_tag(&self, ad: &str) -> String {
+        counter_tag(&self.prefix, self.counter_slots, ad)
+    }
+
+    /// Every hash tag counters live under: `{P}` first.
+    pub fn counter_tags(&self) -> Vec<String> {
+        std::iter::once(self.home.clone())
+            .chain((0..self.counter_slots).map(|s| format!("{{{}.c{s}}}", self.prefix)))
+            .collect()
+    }
+
+    /// The applied-marker of `batch` in the counter slot of `tag`: the
+    /// batch's update of the keys under `tag` was applied.
+    pub fn applied_in(&self, tag: &str, batch: &uuid::Uuid) -> String {
+        format!("{tag}:applied:{batch}")
+    }
+
+    /// The pause flag of the counter slot of `tag` (reconcile sets one in
+    /// every slot; `{P}:counters-paused` for `{P}`).
+    pub fn paused_in(&self, tag: &str) -> String {
+        format!("{tag}:counters-paused")
     }
 
     /// Whether this shard's queue keys share the counters' slot, so one
@@ -137,6 +207,17 @@ impl Keys {
     }
 }
 
+/// The hash tag of `ad`'s counters under prefix `prefix` with `slots`
+/// counter slots.
+pub fn counter_tag(prefix: &str, slots: u16, ad: &str) -> String {
+    if slots == 0 {
+        format!("{{{prefix}}}")
+    } else {
+        let s = crate::redis_client::key_slot(ad.as_bytes()) % slots;
+        format!("{{{prefix}.c{s}}}")
+    }
+}
+
 /// Hash field names written or read in more than one place.
 pub mod fields {
     use super::Display;
@@ -192,6 +273,26 @@ mod tests {
         assert!(!s.queue_in_home_slot());
         assert!(Keys::shard("adtrack", 0).queue_in_home_slot());
         assert_eq!(Keys::shard("adtrack", 0).queue(), "{adtrack}:queue");
+    }
+
+    #[test]
+    fn spread_counters_move_only_ad_tags() {
+        let k = Keys::new("adtrack");
+        assert_eq!(k.counter_tag("ad-1"), "{adtrack}");
+        assert_eq!(k.counter_tags(), vec!["{adtrack}".to_string()]);
+        assert_eq!(
+            k.applied_in("{adtrack}", &uuid::Uuid::nil()),
+            k.applied(&uuid::Uuid::nil())
+        );
+        assert_eq!(k.paused_in("{adtrack}"), k.counters_paused());
+        let s = Keys::new("adtrack").with_counter_slots(16);
+        let tag = s.counter_tag("ad-1");
+        assert!(tag.starts_with("{adtrack.c") && tag.ends_with('}'), "{tag}");
+        assert_eq!(s.counter_tags().len(), 17);
+        assert!(s.counter_tags().contains(&tag));
+        assert_eq!(hash_tag("{adtrack.c3}:c:ad:x"), "{adtrack.c3}");
+        assert_eq!(hash_tag("plain"), "");
+        assert_eq!(s.queue(), "{adtrack}:queue");
     }
 
     #[test]

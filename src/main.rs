@@ -55,9 +55,11 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Reconcile => {
             let pool = store::connect(&settings.database_url, 2).await?;
-            let mut redis =
-                app::redis_connection(&settings.redis_url, Duration::from_secs(60)).await?;
-            let keys = queue::Keys::new(&settings.redis_prefix);
+            let mut redis = settings
+                .redis_target()?
+                .connect(Duration::from_secs(60))
+                .await?;
+            let keys = settings.keys();
             let report = counters::reconcile(&pool, &mut redis, &keys, chrono::Utc::now())
                 .await
                 .context("reconcile failed")?;
@@ -98,8 +100,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { action } => {
-            let mut redis =
-                app::redis_connection(&settings.redis_url, Duration::from_secs(30)).await?;
+            let mut redis = settings
+                .redis_target()?
+                .connect(Duration::from_secs(30))
+                .await?;
             let queue = queue::Queues::new(&settings.redis_prefix, settings.queue_shards);
             match action {
                 DlqAction::List { limit } => {

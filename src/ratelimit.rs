@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_client::RedisConn;
 use redis::Script;
 
 use crate::metrics::Metrics;
@@ -57,7 +57,7 @@ pub struct RateLimiter {
     per_client: Option<Limit>,
     per_ad: Option<Limit>,
     keys: Keys,
-    redis: ConnectionManager,
+    redis: RedisConn,
     metrics: Arc<Metrics>,
 }
 
@@ -67,7 +67,7 @@ impl RateLimiter {
         per_client: Option<Limit>,
         per_ad: Option<Limit>,
         keys: Keys,
-        redis: ConnectionManager,
+        redis: RedisConn,
         metrics: Arc<Metrics>,
     ) -> Option<Self> {
         (per_client.is_some() || per_ad.is_some()).then(|| Self {

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use sqlx::PgPool;
@@ -139,7 +139,7 @@ pub struct Source<'a> {
 
 /// An ad's figures over `timeframe`. `layout` is the tenant's layout.
 pub async fn ad_analytics(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     source: Source<'_>,
     layout: &Layout,
     ad: &str,
@@ -365,7 +365,7 @@ pub struct Slice {
 /// entry carries its distinct screens. Costs one ranked read and one
 /// `ZCARD` per entry of the page, however many campaigns exist.
 pub async fn campaigns(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     layout: &Layout,
     known: impl IntoIterator<Item = String>,
     slice: Slice,
@@ -451,7 +451,7 @@ pub async fn campaigns(
 /// Plays per screen of one campaign, most plays first (ties by id, last
 /// first).
 pub async fn campaign_screens(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     layout: &Layout,
     campaign: &str,
     slice: Slice,

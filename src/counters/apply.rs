@@ -3,12 +3,12 @@
 //! What its marker, pause flag and acknowledgement mean is the protocol's
 //! business; this file only builds the call.
 
+use crate::redis_client::{RedisConn, Replication};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 
 use super::ops::Chunk;
-use super::scripts::APPLY;
+use super::scripts::{APPLY, APPLY_SOURCE};
 use super::{Counted, Layout, Ops};
 use crate::keys::fields;
 use crate::queue::Keys;
@@ -17,6 +17,9 @@ use crate::queue::Keys;
 #[derive(Clone)]
 pub struct Counters {
     keys: Keys,
+    /// Replicas that must confirm a batch's application (see
+    /// `exactly_once`).
+    replication: Replication,
 }
 
 /// The three keys of an APPLY call (see `lua/apply.lua`).
@@ -28,7 +31,21 @@ pub(crate) struct ApplyKeys<'a> {
 
 impl Counters {
     pub fn new(keys: Keys) -> Self {
-        Self { keys }
+        Self {
+            keys,
+            replication: Replication::default(),
+        }
+    }
+
+    /// These counters, with every batch application confirmed by
+    /// `replication` before it counts as done.
+    pub fn confirmed_by(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    pub fn replication(&self) -> Replication {
+        self.replication
     }
 
     pub fn keys(&self) -> &Keys {
@@ -36,7 +53,7 @@ impl Counters {
     }
 
     pub fn layout(&self) -> Layout {
-        Layout::new(self.keys.counters_root())
+        live_layout(&self.keys)
     }
 
     /// The updates for a committed batch: one unit per event.
@@ -55,48 +72,113 @@ impl Counters {
     }
 }
 
+/// The live counters' layout of the prefix of `keys`.
+pub(crate) fn live_layout(keys: &Keys) -> Layout {
+    Layout::spread(keys.counters_root(), keys.prefix(), keys.counter_slots())
+}
+
 /// Runs APPLY once with the ops of `chunk` and returns its answer: `ok`,
-/// `seen` or `paused`.
+/// `seen` or `paused`. With `replication` on, `WAIT` follows the script in
+/// the same pipeline (it cannot run inside a script), on the node that ran
+/// it, and the answer is an error unless the replicas confirmed it.
 pub(crate) async fn run(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: ApplyKeys<'_>,
     marker_ttl_secs: u64,
     mode: &str,
     batch: &str,
     chunk: &Chunk,
+    replication: Replication,
 ) -> anyhow::Result<String> {
-    APPLY
-        .key(keys.processing)
-        .key(keys.marker)
-        .key(keys.paused)
-        .key(&chunk.keys)
-        .arg(marker_ttl_secs)
-        .arg(mode)
-        .arg(batch)
-        .arg(&chunk.args)
-        .invoke_async(conn)
-        .await
-        .context("applying counter updates")
+    if !replication.is_on() {
+        return APPLY
+            .key(keys.processing)
+            .key(keys.marker)
+            .key(keys.paused)
+            .key(&chunk.keys)
+            .arg(marker_ttl_secs)
+            .arg(mode)
+            .arg(batch)
+            .arg(&chunk.args)
+            .invoke_async(conn)
+            .await
+            .context("applying counter updates");
+    }
+    let call = |by_source: bool| {
+        let mut cmd = if by_source {
+            let mut c = redis::cmd("EVAL");
+            c.arg(APPLY_SOURCE);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(APPLY.get_hash());
+            c
+        };
+        cmd.arg(3 + chunk.keys.len())
+            .arg(keys.processing)
+            .arg(keys.marker)
+            .arg(keys.paused)
+            .arg(&chunk.keys)
+            .arg(marker_ttl_secs)
+            .arg(mode)
+            .arg(batch)
+            .arg(&chunk.args);
+        cmd
+    };
+    let mut sent = confirmed(conn, call(false), replication).await;
+    if matches!(&sent, Err(e) if is_noscript(e)) {
+        // A promoted replica or a restarted node without the script in its
+        // cache: send the script itself (EVAL caches it again).
+        sent = confirmed(conn, call(true), replication).await;
+    }
+    sent.context("applying counter updates")
+}
+
+/// `cmd`, then `WAIT`, in one pipeline; the command's reply once the
+/// replicas confirmed it.
+async fn confirmed(
+    conn: &mut RedisConn,
+    cmd: redis::Cmd,
+    replication: Replication,
+) -> anyhow::Result<String> {
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd);
+    replication.append_wait(&mut pipe);
+    let (outcome, replicas): (String, i64) = pipe.query_async(conn).await?;
+    replication.check(replicas)?;
+    Ok(outcome)
+}
+
+fn is_noscript(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<redis::RedisError>()
+            .is_some_and(|r| r.kind() == redis::ErrorKind::NoScriptError)
+    })
 }
 
 /// Writes `ops` (reconcile's staged copy) in chunks of about `max_args`,
-/// with neither marker nor acknowledgement.
+/// with neither marker nor acknowledgement: one call per chunk, each in
+/// one counter slot.
 pub(crate) async fn write_staged(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
+    keys: &Keys,
     ops: &Ops,
-    anchor: &str,
     max_args: usize,
 ) -> anyhow::Result<()> {
-    for chunk in ops.to_arg_chunks(max_args) {
-        // No processing list and no marker: the keys only route the call.
-        let keys = ApplyKeys {
-            processing: anchor,
-            marker: anchor,
-            paused: anchor,
-        };
-        run(conn, keys, 0, "-", "", &chunk)
-            .await
-            .context("writing staged counters")?;
+    for (tag, chunks) in ops.to_tagged_chunks(max_args) {
+        // No processing list and no marker: the keys only route the call
+        // to the slot's node.
+        let anchor = keys.paused_in(&tag);
+        for chunk in chunks {
+            let apply_keys = ApplyKeys {
+                processing: &anchor,
+                marker: &anchor,
+                paused: &anchor,
+            };
+            run(conn, apply_keys, 0, "-", "", &chunk, Replication::default())
+                .await
+                .context("writing staged counters")?;
+        }
     }
     Ok(())
 }

@@ -39,9 +39,9 @@
 
 use std::time::Duration;
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -90,11 +90,7 @@ impl Epoch {
         Self { keys, holder }
     }
 
-    pub async fn check(
-        &self,
-        conn: &mut ConnectionManager,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<Seen> {
+    pub async fn check(&self, conn: &mut RedisConn, now: DateTime<Utc>) -> anyhow::Result<Seen> {
         let fresh = uuid::Uuid::new_v4().simple().to_string();
         let (state, id): (String, String) = EPOCH_CHECK
             .key(self.keys.epoch())
@@ -122,7 +118,7 @@ impl Epoch {
     pub async fn rebuild(
         &self,
         pool: &PgPool,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         id: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<ReconcileReport>> {
@@ -159,7 +155,7 @@ impl Epoch {
     async fn rebuild_holding_lease(
         &self,
         pool: &PgPool,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
     ) -> anyhow::Result<Option<ReconcileReport>> {
         let mut lease_conn = conn.clone();
         let work = async {
@@ -196,12 +192,7 @@ impl Epoch {
         }
     }
 
-    async fn end(
-        &self,
-        conn: &mut ConnectionManager,
-        id: &str,
-        outcome: &str,
-    ) -> anyhow::Result<()> {
+    async fn end(&self, conn: &mut RedisConn, id: &str, outcome: &str) -> anyhow::Result<()> {
         EPOCH_FINISH
             .key(self.keys.epoch())
             .key(self.keys.epoch_rebuild())
@@ -219,7 +210,7 @@ impl Epoch {
 /// When adtrack last found this Redis without its epoch; `None` when the
 /// epoch (and with it this record) is missing or was written by hand.
 pub async fn last_reset(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
 ) -> anyhow::Result<Option<DateTime<Utc>>> {
     let at: Option<String> = redis::cmd("HGET")

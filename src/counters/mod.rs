@@ -22,6 +22,12 @@
 //! The numeric bucket always comes before the id, so no two (id, bucket)
 //! pairs share a key even though ids may contain `:`.
 //!
+//! In cluster mode (`Keys::with_counter_slots`) every key that names an
+//! adId moves from `{P}:c:` to `{P.c<s>}:c:` (`s` from the adId), so an
+//! ad's keys share one slot and many ads spread over the primaries; the
+//! campaign keys stay under `{P}`. A batch's ops are grouped by slot
+//! ([`Ops`]'s tagged chunks) and applied one slot at a time.
+//!
 //! All-time figures of an ad (`ad:`, `ua:`) are updated only while their
 //! keys exist: a worker never creates them, because a key made from the
 //! events of one batch would hold a part of the count. When they are missing
@@ -58,7 +64,7 @@ pub(crate) use event::{code, field_code};
 pub use event::{Counted, CountedEvent};
 pub use layout::{Layout, ALL_TIME_TTL};
 pub(crate) use layout::{DAY, HOUR, MINUTE};
-pub(crate) use ops::Mode;
 pub use ops::Ops;
+pub(crate) use ops::{Chunk, Mode};
 pub use rebuild::{settle_campaigns, SETTLE_PER_CALL};
 pub use reconcile::{reconcile, ReconcileReport};

@@ -311,9 +311,28 @@ impl Ops {
     /// `max_args` arguments so no script call grows unbounded. Each chunk
     /// declares the keys its ops touch; an op names a key by its index in
     /// the call's KEYS.
+    #[cfg(test)]
     pub(crate) fn to_arg_chunks(&self, max_args: usize) -> Vec<Chunk> {
-        let mut chunks = vec![Chunk::default()];
+        self.to_tagged_chunks(max_args)
+            .into_values()
+            .flatten()
+            .collect()
+    }
+
+    /// [`Ops::to_arg_chunks`] by the hash tag of the keys each op touches
+    /// (every key of one op shares it): one list of chunks per counter
+    /// slot, each call's keys in one Cluster slot.
+    pub(crate) fn to_tagged_chunks(&self, max_args: usize) -> BTreeMap<String, Vec<Chunk>> {
+        let mut tagged: BTreeMap<String, Vec<Chunk>> = BTreeMap::new();
         let mut push = |op: Vec<Arg>| {
+            let tag = op
+                .iter()
+                .find_map(|a| match a {
+                    K(key) => Some(crate::keys::hash_tag(key).to_owned()),
+                    V(_) => None,
+                })
+                .unwrap_or_default();
+            let chunks = tagged.entry(tag).or_insert_with(|| vec![Chunk::default()]);
             let Some(last) = chunks.last_mut() else {
                 return;
             };
@@ -450,8 +469,11 @@ impl Ops {
         for (key, at) in &self.expire {
             push(vec![op("X"), K(key.clone()), V(at.to_string())]);
         }
-        chunks.retain(|c| !c.args.is_empty());
-        chunks
+        for chunks in tagged.values_mut() {
+            chunks.retain(|c| !c.args.is_empty());
+        }
+        tagged.retain(|_, chunks| !chunks.is_empty());
+        tagged
     }
 }
 

@@ -32,9 +32,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::scripts::{WRITE_AD, WRITE_CAMPAIGN};
@@ -117,7 +117,7 @@ async fn pending_batches(
 /// exactly (see the module comment).
 pub(crate) async fn rebuild_ad(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     layout: &Layout,
     tenant: &str,
     ad: &str,
@@ -213,7 +213,7 @@ async fn uncached(
 /// lock was busy (the next read tries again).
 pub async fn settle_campaigns(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     layout: &Layout,
     tenant: &str,
 ) -> anyhow::Result<usize> {

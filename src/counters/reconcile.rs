@@ -17,10 +17,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -50,7 +50,7 @@ pub struct ReconcileReport {
 
 pub async fn reconcile(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     now: DateTime<Utc>,
 ) -> anyhow::Result<ReconcileReport> {
@@ -73,13 +73,13 @@ pub async fn reconcile(
 
 async fn rebuild(
     pool: &PgPool,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     live_root: &str,
     staging_root: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<ReconcileReport> {
-    let staging = Layout::new(staging_root.to_owned());
+    let staging = Layout::spread(staging_root.to_owned(), keys.prefix(), keys.counter_slots());
     let mut written: BTreeSet<String> = BTreeSet::new();
     let this_hour = now.timestamp().div_euclid(HOUR);
     // Minute precision where a minute key can still be alive, hour
@@ -124,7 +124,7 @@ async fn rebuild(
                 n,
             );
             if ops.len() >= FLUSH_AT {
-                flush(conn, &mut ops, &mut written, &staging, now).await?;
+                flush(conn, keys, &mut ops, &mut written, &staging, now).await?;
             }
         }
     }
@@ -143,7 +143,7 @@ async fn rebuild(
             };
             ops.add_invalid_count(&tenant, kind, &ad, at, n);
             if ops.len() >= FLUSH_AT {
-                flush(conn, &mut ops, &mut written, &staging, now).await?;
+                flush(conn, keys, &mut ops, &mut written, &staging, now).await?;
             }
         }
     }
@@ -155,35 +155,44 @@ async fn rebuild(
                 None => ops.add_unique_all_time(&tenant, &ad, &ip),
             }
             if ops.len() >= FLUSH_AT {
-                flush(conn, &mut ops, &mut written, &staging, now).await?;
+                flush(conn, keys, &mut ops, &mut written, &staging, now).await?;
             }
         }
     }
-    flush(conn, &mut ops, &mut written, &staging, now).await?;
+    flush(conn, keys, &mut ops, &mut written, &staging, now).await?;
 
     let outbox = exactly_once::take_outbox(&mut tx).await?;
 
-    // Live keys the rebuild does not write are stale: remove them.
+    // Live keys the rebuild does not write are stale: remove them. Slot by
+    // slot: `{P}` and each counter slot `{P.c<s>}` (SCAN names no key, so
+    // in a cluster it runs on the primary that owns the slot).
+    let home_tag = crate::keys::hash_tag(live_root);
+    let live_suffix = &live_root[home_tag.len()..];
+    let staging_suffix = &staging_root[crate::keys::hash_tag(staging_root).len()..];
+    let moved = |key: &str, from: &str, to: &str| {
+        let tag = crate::keys::hash_tag(key);
+        let rest = key[tag.len()..]
+            .strip_prefix(from)
+            .unwrap_or(&key[tag.len()..]);
+        format!("{tag}{to}{rest}")
+    };
     let mut stale = Vec::new();
-    {
-        let pattern = format!("{live_root}*");
+    for tag in keys.counter_tags() {
+        let pattern = format!("{tag}{live_suffix}*");
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
+                .arg(1000);
+            let (next, batch): (u64, Vec<String>) = conn
+                .on_owner_of(&tag, &scan)
                 .await
                 .context("listing live counter keys")?;
             for key in batch {
-                let staged = format!(
-                    "{staging_root}{}",
-                    key.strip_prefix(live_root).unwrap_or(&key)
-                );
-                if !written.contains(&staged) {
+                if !written.contains(&moved(&key, live_suffix, staging_suffix)) {
                     stale.push(key);
                 }
             }
@@ -196,13 +205,25 @@ async fn rebuild(
 
     let renames: Vec<(String, String)> = written
         .iter()
-        .map(|k| {
-            let live = format!("{live_root}{}", k.strip_prefix(staging_root).unwrap_or(k));
-            (k.clone(), live)
-        })
+        .map(|k| (k.clone(), moved(k, staging_suffix, live_suffix)))
         .collect();
     let markers = exactly_once::marker_keys(keys, &outbox);
-    swap(conn, &keys.counters_paused(), &stale, &renames, &markers).await?;
+    // One swap per counter slot: a script's keys must share a slot.
+    for tag in keys.counter_tags() {
+        let mine = |k: &String| crate::keys::hash_tag(k) == tag;
+        let tag_stale: Vec<String> = stale.iter().filter(|k| mine(k)).cloned().collect();
+        let tag_renames: Vec<(String, String)> =
+            renames.iter().filter(|(k, _)| mine(k)).cloned().collect();
+        let tag_markers: Vec<String> = markers.iter().filter(|k| mine(k)).cloned().collect();
+        swap(
+            conn,
+            &keys.paused_in(&tag),
+            &tag_stale,
+            &tag_renames,
+            &tag_markers,
+        )
+        .await?;
+    }
     exactly_once::resume(conn, keys).await?;
 
     tx.commit().await.context("committing the reconcile")?;
@@ -217,7 +238,8 @@ async fn rebuild(
 }
 
 async fn flush(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
+    keys: &Keys,
     ops: &mut Ops,
     written: &mut BTreeSet<String>,
     staging: &Layout,
@@ -227,7 +249,7 @@ async fn flush(
         return Ok(());
     }
     written.extend(ops.keys());
-    super::apply::write_staged(conn, ops, &staging.campaigns(), 10_000).await?;
+    super::apply::write_staged(conn, keys, ops, 10_000).await?;
     *ops = Ops::with_mode(staging.clone(), now, Mode::Rebuild);
     Ok(())
 }
@@ -235,7 +257,7 @@ async fn flush(
 /// `anchor` is a key of the prefix, so a call with nothing else to move is
 /// still routed to its Cluster slot; every key moved is declared too.
 async fn swap(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     anchor: &str,
     stale: &[String],
     renames: &[(String, String)],

@@ -10,7 +10,11 @@ use redis::Script;
 
 /// Counter updates, guarded by a batch's marker and the pause flag, with
 /// the processing list's acknowledgement (see `lua/apply.lua`).
-pub static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/apply.lua")));
+pub static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_SOURCE));
+
+/// The text of `lua/apply.lua`, sent again with `EVAL` when a node answers
+/// `NOSCRIPT` to a call pipelined with `WAIT`.
+pub const APPLY_SOURCE: &str = include_str!("lua/apply.lua");
 
 /// Staging keys over live ones, with the snapshot's markers (see
 /// `lua/swap.lua`).

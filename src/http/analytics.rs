@@ -179,7 +179,7 @@ fn paged<T: serde::Serialize>(
 /// listing shows them; a busy outbox lock leaves them for the next read.
 pub(crate) async fn settle(
     state: &AppState,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::redis_client::RedisConn,
     layout: &counters::Layout,
     tenant: &str,
 ) -> anyhow::Result<()> {

@@ -21,10 +21,10 @@ pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::redis_client::RedisConn;
 use actix_web::dev::Service;
 use actix_web::http::Method;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::Settings;
@@ -47,7 +47,7 @@ pub struct AppState {
     /// (`store::reports::pool`): reports never wait for, or hold, a
     /// connection of `pool`.
     pub report_pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub pusher: Pusher,
     pub spool: Spool,
     pub redis_down: Arc<RedisDown>,

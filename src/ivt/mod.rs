@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_client::RedisConn;
 use regex::Regex;
 
 use crate::config::IvtFilter;
@@ -70,7 +70,7 @@ pub struct Ivt {
     filter: IvtFilter,
     click_window: Duration,
     keys: Keys,
-    redis: ConnectionManager,
+    redis: RedisConn,
     metrics: Arc<Metrics>,
 }
 
@@ -79,7 +79,7 @@ impl Ivt {
         filter: IvtFilter,
         click_window: Duration,
         keys: Keys,
-        redis: ConnectionManager,
+        redis: RedisConn,
         metrics: Arc<Metrics>,
     ) -> Self {
         if filter == IvtFilter::Flag {

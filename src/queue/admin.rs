@@ -2,8 +2,8 @@
 //! overview `/admin/queue` shows, and the dead-letter list (list, replay,
 //! purge).
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 
 use super::{scripts, Queue};
 use crate::keys::fields;
@@ -35,7 +35,7 @@ impl Queue {
     /// Moves due retries back to the queue; returns how many moved.
     pub async fn promote_due(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         now: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<u64> {
         scripts::PROMOTE_DUE
@@ -49,7 +49,7 @@ impl Queue {
     }
 
     /// Queue depth and the number of items held by workers.
-    pub async fn depths(&self, conn: &mut ConnectionManager) -> anyhow::Result<(u64, u64)> {
+    pub async fn depths(&self, conn: &mut RedisConn) -> anyhow::Result<(u64, u64)> {
         let workers: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.workers())
             .query_async(conn)
@@ -69,7 +69,7 @@ impl Queue {
         Ok((queued, processing))
     }
 
-    pub async fn overview(&self, conn: &mut ConnectionManager) -> anyhow::Result<QueueOverview> {
+    pub async fn overview(&self, conn: &mut RedisConn) -> anyhow::Result<QueueOverview> {
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.workers())
             .query_async(conn)
@@ -80,10 +80,6 @@ impl Queue {
         pipe.cmd("LLEN").arg(self.keys.queue());
         pipe.cmd("ZCARD").arg(self.keys.retry());
         pipe.cmd("LLEN").arg(self.keys.dlq());
-        pipe.cmd("HMGET")
-            .arg(self.keys.stats())
-            .arg(fields::INGESTED)
-            .arg(fields::COMMITTED);
         for w in &ids {
             pipe.cmd("LLEN").arg(self.keys.processing(w));
             pipe.cmd("EXISTS").arg(self.keys.heartbeat(w));
@@ -98,17 +94,22 @@ impl Queue {
                 .and_then(|v| redis::from_redis_value::<u64>(v).ok())
                 .unwrap_or(0)
         };
-        let totals: Vec<Option<u64>> = replies
-            .get(3)
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or_default();
+        // The totals live under `{P}`, in another Cluster slot than the
+        // queue keys of shards above 0: a command of their own.
+        let totals: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(self.keys.stats())
+            .arg(fields::INGESTED)
+            .arg(fields::COMMITTED)
+            .query_async(conn)
+            .await
+            .context("reading the running totals")?;
         let workers: Vec<WorkerStatus> = ids
             .into_iter()
             .enumerate()
             .map(|(i, id)| WorkerStatus {
                 id,
-                processing: num(4 + i * 2),
-                alive: num(5 + i * 2) == 1,
+                processing: num(3 + i * 2),
+                alive: num(4 + i * 2) == 1,
             })
             .collect();
         Ok(QueueOverview {
@@ -126,7 +127,7 @@ impl Queue {
     /// total.
     pub async fn dlq_list(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         limit: usize,
     ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
         let (total, raw): (u64, Vec<String>) = redis::pipe()
@@ -150,7 +151,7 @@ impl Queue {
     }
 
     /// Moves every dead letter back to the queue with its attempts reset.
-    pub async fn dlq_replay(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    pub async fn dlq_replay(&self, conn: &mut RedisConn) -> anyhow::Result<u64> {
         let mut moved = 0;
         loop {
             // Oldest first, from the right end.
@@ -185,7 +186,7 @@ impl Queue {
     }
 
     /// Deletes every dead letter; returns how many there were.
-    pub async fn dlq_purge(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    pub async fn dlq_purge(&self, conn: &mut RedisConn) -> anyhow::Result<u64> {
         let (n, ()): (u64, ()) = redis::pipe()
             .atomic()
             .cmd("LLEN")

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 
 use super::{scripts, Queue};
 
@@ -20,7 +20,7 @@ impl Queue {
     /// last round acknowledged it), which saves reading it.
     pub async fn reserve(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         worker: &str,
         max: usize,
         wait: Duration,
@@ -63,7 +63,7 @@ impl Queue {
 
     async fn take(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         processing: &str,
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
@@ -79,7 +79,7 @@ impl Queue {
     /// Registers `worker` and refreshes its heartbeat.
     pub async fn beat(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         workers: &[String],
         info: &str,
         ttl: Duration,
@@ -106,11 +106,7 @@ impl Queue {
     }
 
     /// Forgets workers that stopped cleanly with an empty processing list.
-    pub async fn retire(
-        &self,
-        conn: &mut ConnectionManager,
-        workers: &[String],
-    ) -> anyhow::Result<()> {
+    pub async fn retire(&self, conn: &mut RedisConn, workers: &[String]) -> anyhow::Result<()> {
         if workers.is_empty() {
             return Ok(());
         }
@@ -132,7 +128,7 @@ impl Queue {
 
     /// Returns the items of every worker whose heartbeat expired to the
     /// queue. Returns how many items moved.
-    pub async fn reap(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    pub async fn reap(&self, conn: &mut RedisConn) -> anyhow::Result<u64> {
         let workers: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.workers())
             .query_async(conn)
@@ -151,11 +147,7 @@ impl Queue {
 
     /// Runs REQUEUE_DEAD for `worker`: -1 when its heartbeat is alive, else
     /// the items it gave back (it is forgotten either way but the first).
-    async fn requeue_dead(
-        &self,
-        conn: &mut ConnectionManager,
-        worker: &str,
-    ) -> anyhow::Result<i64> {
+    async fn requeue_dead(&self, conn: &mut RedisConn, worker: &str) -> anyhow::Result<i64> {
         scripts::REQUEUE_DEAD
             .key(self.keys.heartbeat(worker))
             .key(self.keys.processing(worker))
@@ -171,7 +163,7 @@ impl Queue {
     /// list into the retry set or the dead-letter list.
     pub async fn divert(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         worker: &str,
         items: &[(String, Divert)],
     ) -> anyhow::Result<u64> {

@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use redis::aio::ConnectionManager;
+use crate::redis_client::{RedisConn, RedisTarget, Replication};
 use tokio::sync::{oneshot, OnceCell};
 
 use super::Keys;
@@ -45,10 +44,10 @@ pub enum PushError {
 }
 
 impl PushError {
-    fn redis(e: redis::RedisError, doing: &str) -> Self {
-        let reason = format!("{doing}: {e}");
+    fn redis(e: anyhow::Error, doing: &str) -> Self {
+        let reason = format!("{doing}: {e:#}");
         // Whatever the chain says, it was Redis that failed.
-        let cause = Outage::of(&e.into()).cause;
+        let cause = Outage::of(&e).cause;
         let outage = Outage::new(Dependency::Redis, cause);
         Self::Unavailable { outage, reason }
     }
@@ -77,7 +76,9 @@ pub struct Pusher {
 }
 
 struct Shared {
-    client: redis::Client,
+    target: RedisTarget,
+    /// Replicas that must confirm a group before it is answered.
+    replication: Replication,
     /// The keys of each queue shard; groups go round-robin over them.
     shards: Vec<Keys>,
     next: AtomicUsize,
@@ -85,12 +86,16 @@ struct Shared {
 }
 
 impl Pusher {
-    pub fn new(redis_url: &str, shards: &[Keys], metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let client =
-            redis::Client::open(redis_url).context("REDIS_URL is not a valid redis URL")?;
+    pub fn new(
+        target: RedisTarget,
+        replication: Replication,
+        shards: &[Keys],
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
+                target,
+                replication,
                 shards: shards.to_vec(),
                 next: AtomicUsize::new(0),
                 metrics,
@@ -124,7 +129,7 @@ struct Local {
     /// Whether the flush task is running; it stops when nothing is pending.
     flushing: Cell<bool>,
     /// Connected on the first push, on this thread, so its driver runs here.
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<RedisConn>,
 }
 
 impl LocalPusher {
@@ -166,7 +171,9 @@ async fn flush_loop(local: Rc<Local>) {
                 let shard = local.shared.next.fetch_add(1, Ordering::Relaxed)
                     % local.shared.shards.len().max(1);
                 match local.shared.shards.get(shard) {
-                    Some(keys) => flush(&mut conn, keys, &group, count).await,
+                    Some(keys) => {
+                        flush(&mut conn, keys, local.shared.replication, &group, count).await
+                    }
                     None => Err(PushError::Closed),
                 }
             }
@@ -210,10 +217,11 @@ fn take_group(pending: &mut Vec<Pending>) -> Vec<Pending> {
 }
 
 impl Local {
-    async fn connection(&self) -> Result<ConnectionManager, PushError> {
+    async fn connection(&self) -> Result<RedisConn, PushError> {
         let connect = self.conn.get_or_try_init(|| async {
-            let config = crate::redis_client::redis_manager_config(PUSH_TIMEOUT);
-            ConnectionManager::new_with_config(self.shared.client.clone(), config)
+            self.shared
+                .target
+                .connect(PUSH_TIMEOUT)
                 .await
                 .map_err(|e| PushError::redis(e, "connecting to redis"))
         });
@@ -227,9 +235,13 @@ impl Local {
     }
 }
 
+/// Sends one group as one `LPUSH` (followed by `WAIT` with
+/// `REDIS_MIN_REPLICAS`): `Ok` once Redis, and the replicas asked for,
+/// have it.
 async fn flush(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
+    replication: Replication,
     group: &[Pending],
     count: usize,
 ) -> Result<(), PushError> {
@@ -240,19 +252,40 @@ async fn flush(
             push.arg(payload.as_str());
         }
     }
-    // A running total for the UI's ingest rate; same round trip.
+    // A running total for the UI's ingest rate: in the same round trip when
+    // it shares the queue's slot (one node, or shard 0 of a cluster), else
+    // sent once the push is confirmed.
+    let total_apart = conn.is_cluster() && !keys.queue_in_home_slot();
+    if !total_apart {
+        count_ingested(&mut pipe, keys, count);
+    }
+    match tokio::time::timeout(PUSH_TIMEOUT, replication.query(conn, &mut pipe)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(PushError::redis(e, "pushing a group")),
+        Err(_) => {
+            return Err(PushError::timeout(format!(
+                "no answer within {PUSH_TIMEOUT:?} for {count} events"
+            )))
+        }
+    }
+    if total_apart {
+        let mut pipe = redis::pipe();
+        count_ingested(&mut pipe, keys, count);
+        let sent = tokio::time::timeout(PUSH_TIMEOUT, pipe.query_async::<()>(conn)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // The events are queued; only the UI's rate misses them.
+            tracing::debug!(events = count, "the ingested total was not updated");
+        }
+    }
+    Ok(())
+}
+
+fn count_ingested(pipe: &mut redis::Pipeline, keys: &Keys, count: usize) {
     pipe.cmd("HINCRBY")
         .arg(keys.stats())
         .arg(fields::INGESTED)
         .arg(count)
         .ignore();
-    match tokio::time::timeout(PUSH_TIMEOUT, pipe.query_async::<()>(conn)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(PushError::redis(e, "pushing a group")),
-        Err(_) => Err(PushError::timeout(format!(
-            "no answer within {PUSH_TIMEOUT:?} for {count} events"
-        ))),
-    }
 }
 
 #[cfg(test)]

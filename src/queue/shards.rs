@@ -5,8 +5,8 @@
 //! from shard `j % shards`, and the operator's views (queue overview, dead
 //! letters) sum or concatenate the shards. Counters stay under `{P}`.
 
+use crate::redis_client::RedisConn;
 use anyhow::{bail, Context};
-use redis::aio::ConnectionManager;
 
 use super::{Keys, Queue, QueueOverview};
 
@@ -53,7 +53,7 @@ impl Queues {
     /// Records this prefix's shard count on first use and refuses a process
     /// configured with another one: items would be stranded in shards no
     /// worker reads.
-    pub async fn check_shard_count(&self, conn: &mut ConnectionManager) -> anyhow::Result<()> {
+    pub async fn check_shard_count(&self, conn: &mut RedisConn) -> anyhow::Result<()> {
         let key = self.first().keys().queue_shards();
         let (_, stored): ((), Option<usize>) = redis::pipe()
             .cmd("SET")
@@ -78,7 +78,7 @@ impl Queues {
     }
 
     /// Queued and processing items over every shard.
-    pub async fn depths(&self, conn: &mut ConnectionManager) -> anyhow::Result<(u64, u64)> {
+    pub async fn depths(&self, conn: &mut RedisConn) -> anyhow::Result<(u64, u64)> {
         let (mut queued, mut processing) = (0, 0);
         for q in &self.shards {
             let (a, b) = q.depths(conn).await?;
@@ -89,7 +89,7 @@ impl Queues {
     }
 
     /// The overview of every shard, summed; workers of all shards listed.
-    pub async fn overview(&self, conn: &mut ConnectionManager) -> anyhow::Result<QueueOverview> {
+    pub async fn overview(&self, conn: &mut RedisConn) -> anyhow::Result<QueueOverview> {
         let mut total = self.first().overview(conn).await?;
         for q in &self.shards[1..] {
             let o = q.overview(conn).await?;
@@ -106,7 +106,7 @@ impl Queues {
     /// Up to `limit` dead letters, shard by shard, and the total.
     pub async fn dlq_list(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         limit: usize,
     ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
         let mut total = 0;
@@ -123,7 +123,7 @@ impl Queues {
     /// taken one after another (each newest first), and the total.
     pub async fn dlq_page(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         offset: u64,
         limit: u64,
     ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
@@ -157,7 +157,7 @@ impl Queues {
         Ok((total, items))
     }
 
-    pub async fn dlq_replay(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    pub async fn dlq_replay(&self, conn: &mut RedisConn) -> anyhow::Result<u64> {
         let mut moved = 0;
         for q in &self.shards {
             moved += q.dlq_replay(conn).await?;
@@ -165,7 +165,7 @@ impl Queues {
         Ok(moved)
     }
 
-    pub async fn dlq_purge(&self, conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    pub async fn dlq_purge(&self, conn: &mut RedisConn) -> anyhow::Result<u64> {
         let mut purged = 0;
         for q in &self.shards {
             purged += q.dlq_purge(conn).await?;
@@ -177,7 +177,7 @@ impl Queues {
     /// to shard `j % shards`.
     pub async fn beat(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         workers: &[String],
         info: &str,
         ttl: std::time::Duration,
@@ -191,11 +191,7 @@ impl Queues {
         Ok(())
     }
 
-    pub async fn retire(
-        &self,
-        conn: &mut ConnectionManager,
-        workers: &[String],
-    ) -> anyhow::Result<()> {
+    pub async fn retire(&self, conn: &mut RedisConn, workers: &[String]) -> anyhow::Result<()> {
         for (i, q) in self.shards.iter().enumerate() {
             q.retire(conn, &self.of_shard(workers, i)).await?;
         }

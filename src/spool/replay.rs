@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis_client::{RedisConn, Replication};
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use super::{segments, split_segment, sync_dir, Lines, Spool};
@@ -33,8 +33,10 @@ impl RedisDown {
 
 pub struct Replayer {
     pub spool: Spool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: Keys,
+    /// Replicas that must confirm a replayed chunk (`REDIS_MIN_REPLICAS`).
+    pub replication: Replication,
     pub metrics: Arc<Metrics>,
     pub redis_down: Arc<RedisDown>,
 }
@@ -91,8 +93,11 @@ impl Replayer {
     }
 
     async fn ping(&mut self) -> bool {
+        // The node that takes the replay: in a cluster, the owner of the
+        // queue's slot (a bare PING would ask every node).
         let cmd = redis::cmd("PING");
-        let check = cmd.query_async::<String>(&mut self.redis);
+        let queue = self.keys.queue();
+        let check = self.redis.on_owner_of::<String>(&queue, &cmd);
         matches!(
             tokio::time::timeout(Duration::from_secs(1), check).await,
             Ok(Ok(_))
@@ -142,9 +147,11 @@ impl Replayer {
                 .arg(fields::INGESTED)
                 .arg(chunk.len())
                 .ignore();
+            // With REDIS_MIN_REPLICAS, a segment leaves the disk only once
+            // the replicas have its events too.
             tokio::time::timeout(
                 Duration::from_secs(5),
-                pipe.query_async::<()>(&mut self.redis),
+                self.replication.query(&mut self.redis, &mut pipe),
             )
             .await
             .context("replaying into Redis timed out")?

@@ -24,10 +24,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::Utc;
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ const RESERVE_WAIT: Duration = Duration::from_secs(1);
 /// Everything the workers of one process share.
 pub struct WorkerContext {
     pub pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub queues: Queues,
     pub counters: Counters,
     pub metrics: Arc<Metrics>,
@@ -73,7 +73,7 @@ pub enum StepOutcome {
 
 pub struct Worker {
     id: String,
-    conn: ConnectionManager,
+    conn: RedisConn,
     ctx: Arc<WorkerContext>,
     /// The queue shard this worker takes from.
     queue: Queue,
@@ -92,7 +92,7 @@ impl Worker {
     /// `conn` must be this worker's own connection: reservations block it.
     /// Worker number `index` of its process; it takes from queue shard
     /// `index % QUEUE_SHARDS`.
-    pub fn new(id: String, index: usize, conn: ConnectionManager, ctx: Arc<WorkerContext>) -> Self {
+    pub fn new(id: String, index: usize, conn: RedisConn, ctx: Arc<WorkerContext>) -> Self {
         let queue = ctx.queues.for_worker(index).clone();
         Self {
             id,

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use adtrack::redis_client::RedisConn;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -55,7 +55,7 @@ async fn keys_and_ttls(app: &TestApp) -> Vec<(String, i64)> {
 
 /// What a never-expiring key holds, as text: hash fields, set and sorted
 /// set members, a string's value.
-async fn contents(conn: &mut ConnectionManager, key: &str) -> Vec<String> {
+async fn contents(conn: &mut RedisConn, key: &str) -> Vec<String> {
     let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap();
     let cmd = match kind.as_str() {
         "hash" => redis::cmd("HKEYS").arg(key).clone(),

@@ -2,13 +2,14 @@
 //! Postgres database (named by a UUID), its own Redis key prefix and its own
 //! spool directory, so tests run in parallel against the real services.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use adtrack::app::{redis_connection, Application, Role};
+use adtrack::app::{Application, Role};
 use adtrack::config::Settings;
 use adtrack::queue::Keys;
-use redis::aio::ConnectionManager;
+use adtrack::redis_client::RedisConn;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -45,7 +46,7 @@ pub struct TestApp {
     pub address: String,
     pub settings: Settings,
     pub pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: Keys,
     pub client: reqwest::Client,
     token: CancellationToken,
@@ -73,10 +74,13 @@ pub async fn start(settings: Settings, role: Role) -> TestApp {
     let pool = PgPool::connect(&settings.database_url)
         .await
         .expect("connect to the test database");
-    let redis = redis_connection(&settings.redis_url, Duration::from_secs(10))
+    let redis = settings
+        .redis_target()
+        .expect("a valid REDIS_URL")
+        .connect(Duration::from_secs(10))
         .await
         .expect("connect to redis");
-    let keys = Keys::new(&settings.redis_prefix);
+    let keys = settings.keys();
     if role.runs_workers() {
         // A new prefix is a Redis without adtrack's epoch: the app's first
         // check rebuilds the counters (or, on an empty database, only marks
@@ -377,7 +381,7 @@ impl CountStall {
     }
 }
 
-pub async fn cleanup(settings: &Settings, pool: &PgPool, redis: &ConnectionManager) {
+pub async fn cleanup(settings: &Settings, pool: &PgPool, redis: &RedisConn) {
     pool.close().await;
     let db = settings
         .database_url
@@ -776,7 +780,7 @@ impl Drop for Binary {
 pub struct Backends {
     pub settings: Settings,
     pub pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub keys: Keys,
 }
 
@@ -788,10 +792,13 @@ impl Backends {
         Self {
             settings: settings.clone(),
             pool: PgPool::connect(&settings.database_url).await.unwrap(),
-            redis: redis_connection(&settings.redis_url, Duration::from_secs(10))
+            redis: settings
+                .redis_target()
+                .unwrap()
+                .connect(Duration::from_secs(10))
                 .await
                 .unwrap(),
-            keys: Keys::new(&settings.redis_prefix),
+            keys: settings.keys(),
         }
     }
 
@@ -1054,4 +1061,329 @@ pub async fn stored(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count events")
+}
+
+/// One node of a [`TestCluster`]: its port, its process, its directory.
+pub struct ClusterNode {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ClusterNode {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A real Redis Cluster of six `redis-server --cluster-enabled yes`
+/// processes on free ports (AOF on, `cluster-node-timeout` 1 s), created by
+/// `redis-cli --cluster create … --cluster-replicas 1`: three primaries,
+/// each with one replica. Every process is killed on drop.
+pub struct TestCluster {
+    pub nodes: Vec<ClusterNode>,
+    dir: std::path::PathBuf,
+}
+
+/// A port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    loop {
+        let port = rand::random_range(20_000..30_000u16);
+        if taken.contains(&port) {
+            continue;
+        }
+        let both = TcpListener::bind(("127.0.0.1", port))
+            .and_then(|a| TcpListener::bind(("127.0.0.1", port + 10_000)).map(|b| (a, b)));
+        if both.is_ok() {
+            return port;
+        }
+    }
+}
+
+fn require_redis_cli() {
+    let found = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "redis-cli is not installed (or not on PATH); the cluster tests need it \
+         to create a Redis Cluster (apt-get install redis-tools)"
+    );
+}
+
+impl TestCluster {
+    pub async fn start() -> TestCluster {
+        require_redis_server();
+        require_redis_cli();
+        let dir = std::env::temp_dir().join(format!("adtrack-cluster-{}", Uuid::new_v4().simple()));
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            let port = free_cluster_port(&ports);
+            ports.push(port);
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("create a cluster node's directory");
+            let child = spawn_cluster_node(port, &node_dir);
+            nodes.push(ClusterNode {
+                port,
+                child: Some(child),
+            });
+        }
+        for n in &nodes {
+            wait_for_port(n.port).await;
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = TestCluster { nodes, dir };
+        cluster.wait_healthy(3, true).await;
+        cluster
+    }
+
+    /// `REDIS_URL` for `REDIS_CLUSTER=on`: every node as a seed.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(ClusterNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn alive(&self) -> impl Iterator<Item = &ClusterNode> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// A plain connection to the node on `port`.
+    pub async fn node(&self, port: u16) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a cluster node")
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, all 16384 slots
+    /// are served, `primaries` primaries hold them and, with `replicated`,
+    /// each primary has a replica in sync.
+    pub async fn wait_healthy(&self, primaries: usize, replicated: bool) {
+        let ports: Vec<u16> = self.alive().map(|n| n.port).collect();
+        wait_until("the cluster is healthy", Duration::from_secs(60), || {
+            let ports = ports.clone();
+            async move {
+                for port in &ports {
+                    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                    else {
+                        return false;
+                    };
+                    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                        return false;
+                    };
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    if !info.contains("cluster_state:ok")
+                        || !info.contains("cluster_slots_ok:16384")
+                    {
+                        return false;
+                    }
+                    let Ok(slots) = cluster_slots(&mut c).await else {
+                        return false;
+                    };
+                    let owners: HashSet<u16> = slots.iter().map(|s| s.2).collect();
+                    if owners.len() != primaries
+                        || (replicated && slots.iter().any(|s| s.3.is_empty()))
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
+
+    /// `(first slot, last slot, primary port, replica ports)` of every
+    /// range, as a live node sees it.
+    pub async fn slots(&self) -> Vec<(u16, u16, u16, Vec<u16>)> {
+        let port = self.alive().next().expect("a live node").port;
+        cluster_slots(&mut self.node(port).await)
+            .await
+            .expect("CLUSTER SLOTS")
+    }
+
+    /// The primaries' ports.
+    pub async fn primaries(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.slots().await.iter().map(|s| s.2).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// The port of the primary that owns `key`'s slot.
+    pub async fn owner_of(&self, key: &str) -> u16 {
+        let slot = adtrack::redis_client::key_slot(key.as_bytes());
+        self.slots()
+            .await
+            .iter()
+            .find(|s| (s.0..=s.1).contains(&slot))
+            .map(|s| s.2)
+            .expect("every slot has an owner")
+    }
+
+    /// The port of a replica of the primary on `primary`.
+    pub async fn replica_of(&self, primary: u16) -> u16 {
+        self.slots()
+            .await
+            .iter()
+            .find(|s| s.2 == primary)
+            .and_then(|s| s.3.first().copied())
+            .expect("the primary has a replica")
+    }
+
+    /// `kill -9` of the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the killed node on `port` again (same directory, so its AOF
+    /// and `nodes.conf`): it rejoins as a replica of whoever took over.
+    pub async fn restart(&mut self, port: u16) {
+        let dir = self.dir.join(port.to_string());
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        assert!(node.child.is_none(), "the node on {port} still runs");
+        node.child = Some(spawn_cluster_node(port, &dir));
+        wait_for_port(port).await;
+    }
+
+    /// A prefix whose queue shards `0..shards` have their slots on every
+    /// primary: how an operator spreads the shards (see the README).
+    pub async fn spread_prefix(&self, shards: usize) -> String {
+        let slots = self.slots().await;
+        let primaries: HashSet<u16> = slots.iter().map(|s| s.2).collect();
+        for _ in 0..10_000 {
+            let prefix = format!("test-{}", &Uuid::new_v4().simple().to_string()[..12]);
+            let owners: HashSet<u16> = (0..shards)
+                .map(|i| {
+                    let key = adtrack::queue::Keys::shard(&prefix, i).queue();
+                    let slot = adtrack::redis_client::key_slot(key.as_bytes());
+                    slots
+                        .iter()
+                        .find(|s| (s.0..=s.1).contains(&slot))
+                        .map(|s| s.2)
+                        .unwrap_or(0)
+                })
+                .collect();
+            if owners == primaries {
+                return prefix;
+            }
+        }
+        panic!("no prefix spreads {shards} shards over every primary");
+    }
+
+    /// Keys of `prefix` (any shard) stored on the node on `port`.
+    pub async fn keys_on(&self, port: u16, prefix: &str) -> Vec<String> {
+        let mut c = self.node(port).await;
+        let mut found = Vec::new();
+        for pattern in [format!("{{{prefix}}}*"), format!("{{{prefix}.*}}*")] {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut c)
+                .await
+                .expect("KEYS on a node");
+            found.extend(keys);
+        }
+        found
+    }
+}
+
+fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        // A replica whose link was cut may still take over: the failover
+        // tests cut it on purpose.
+        .args(["--cluster-replica-validity-factor", "0"])
+        .arg("--cluster-config-file")
+        .arg(dir.join("nodes.conf"))
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type SlotRange = (u16, u16, u16, Vec<u16>);
+
+async fn cluster_slots(
+    c: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<Vec<SlotRange>> {
+    let raw: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let mut out = Vec::new();
+    for range in raw {
+        let redis::Value::Array(parts) = range else {
+            continue;
+        };
+        let num = |v: &redis::Value| redis::from_redis_value::<i64>(v).unwrap_or(-1);
+        let port_of = |v: &redis::Value| match v {
+            redis::Value::Array(node) => node.get(1).map(num).unwrap_or(-1),
+            _ => -1,
+        };
+        if parts.len() < 3 {
+            continue;
+        }
+        let replicas = parts[3..].iter().map(|v| port_of(v) as u16).collect();
+        out.push((
+            num(&parts[0]) as u16,
+            num(&parts[1]) as u16,
+            port_of(&parts[2]) as u16,
+            replicas,
+        ));
+    }
+    Ok(out)
 }

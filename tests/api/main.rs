@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod bounds;
+mod cluster;
 mod cors;
 mod counter_scripts;
 mod deploy;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use adtrack::queue::scripts::{DIVERT, PROMOTE_DUE, REPLAY_DEAD, REQUEUE_DEAD, RESERVE};
 use adtrack::queue::Keys;
 use adtrack::ratelimit::TAKE;
-use redis::aio::ConnectionManager;
+use adtrack::redis_client::RedisConn;
 use redis::{AsyncCommands, FromRedisValue, Script, ToRedisArgs};
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use crate::helpers::redis_url;
 /// A connection and a prefix no other test uses; its keys are deleted on
 /// [`Scratch::clean`].
 pub(crate) struct Scratch {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConn,
     pub(crate) keys: Keys,
     worker: String,
 }
@@ -244,7 +244,7 @@ async fn replay_dead_queues_a_letter_only_while_it_is_still_dead() {
 }
 
 /// Calls TAKE on `buckets` of (key, rate, burst, cost).
-async fn take(conn: &mut ConnectionManager, buckets: &[(&str, f64, u32, u32)]) -> (i64, i64, i64) {
+async fn take(conn: &mut RedisConn, buckets: &[(&str, f64, u32, u32)]) -> (i64, i64, i64) {
     let mut call = TAKE.prepare_invoke();
     for (key, rate, burst, cost) in buckets {
         call.key(*key).arg(*rate).arg(*burst).arg(*cost);
@@ -252,7 +252,7 @@ async fn take(conn: &mut ConnectionManager, buckets: &[(&str, f64, u32, u32)]) -
     call.invoke_async(conn).await.unwrap()
 }
 
-async fn tokens(conn: &mut ConnectionManager, bucket: &str) -> f64 {
+async fn tokens(conn: &mut RedisConn, bucket: &str) -> f64 {
     conn.hget(bucket, "tokens").await.unwrap()
 }
 

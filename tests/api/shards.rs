@@ -14,7 +14,7 @@ use crate::helpers::{start, test_settings};
 const SHARDS: usize = 4;
 const TOKEN: &str = "shard-admin-token-0123";
 
-async fn llen(conn: &mut redis::aio::ConnectionManager, key: &str) -> i64 {
+async fn llen(conn: &mut adtrack::redis_client::RedisConn, key: &str) -> i64 {
     redis::cmd("LLEN").arg(key).query_async(conn).await.unwrap()
 }
 

@@ -39,7 +39,8 @@
 --   X #key unixtime    EXPIREAT
 -- Returns  'paused' (reconcile runs: nothing changed but the
 --          acknowledgement), 'seen' (the marker was set: a second run of an
---          applied batch changes nothing but the acknowledgement) or 'ok'.
+--          applied batch changes nothing but the acknowledgement and the
+--          marker's TTL) or 'ok'.
 --
 -- Atomic move: marker set, every update, and the processing list deleted,
 -- all or none. Every key touched is in KEYS.
@@ -49,7 +50,13 @@ local function key(j) return KEYS[tonumber(ARGV[j])] end
 local function ack() if string.find(mode, 'a', 1, true) then redis.call('DEL', KEYS[1]) end end
 if string.find(mode, 'm', 1, true) then
   if redis.call('EXISTS', KEYS[3]) == 1 then ack() return 'paused' end
-  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then ack() return 'seen' end
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+    -- A write after the first application's in the replication stream,
+    -- so a WAIT that follows this call confirms that application too.
+    redis.call('EXPIRE', KEYS[2], ARGV[1])
+    ack()
+    return 'seen'
+  end
 end
 local function counted(excluded)
   return batch ~= '' and redis.call('SISMEMBER', excluded, batch) == 1
