@@ -39,26 +39,41 @@ impl Queue {
                 return Ok(held);
             }
         }
-        let mut items = self.take(conn, &processing, max).await?;
-        if items.is_empty() {
-            let first: Option<String> = redis::cmd("BLMOVE")
-                .arg(self.keys.queue())
-                .arg(&processing)
-                .arg("RIGHT")
-                .arg("LEFT")
-                .arg(wait.as_secs_f64())
-                .query_async(conn)
-                .await
-                .context("waiting on the queue (BLMOVE)")?;
-            let Some(first) = first else {
-                return Ok(items);
-            };
-            items.push(first);
-            if max > 1 {
-                items.extend(self.take(conn, &processing, max - 1).await?);
-            }
+        // A move is never answered with less than the whole processing
+        // list: a command resent after a lost answer (the cluster client
+        // resends on a cut connection) may have moved items twice, and the
+        // worker must see, process and acknowledge all of them.
+        let items = self.take(conn, &processing, max).await?;
+        if !items.is_empty() {
+            return Ok(items);
         }
-        Ok(items)
+        let first: Option<String> = redis::cmd("BLMOVE")
+            .arg(self.keys.queue())
+            .arg(&processing)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(wait.as_secs_f64())
+            .query_async(conn)
+            .await
+            .context("waiting on the queue (BLMOVE)")?;
+        if first.is_none() {
+            return Ok(Vec::new());
+        }
+        let more = if max > 1 {
+            self.take(conn, &processing, max - 1).await?
+        } else {
+            Vec::new()
+        };
+        if !more.is_empty() {
+            return Ok(more);
+        }
+        redis::cmd("LRANGE")
+            .arg(&processing)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .context("reading the processing list")
     }
 
     async fn take(
