@@ -60,9 +60,16 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .connect(Duration::from_secs(60))
                 .await?;
             let keys = settings.keys();
-            let report = counters::reconcile(&pool, &mut redis, &keys, chrono::Utc::now())
-                .await
-                .context("reconcile failed")?;
+            let replication = settings.replication();
+            let report = counters::reconcile_confirmed(
+                &pool,
+                &mut redis,
+                &keys,
+                replication,
+                chrono::Utc::now(),
+            )
+            .await
+            .context("reconcile failed")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -39,14 +39,14 @@
 
 use std::time::Duration;
 
-use crate::redis_client::RedisConn;
+use crate::redis_client::{RedisConn, Replication};
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::scripts::{EPOCH_CHECK, EPOCH_EXTEND, EPOCH_FINISH};
-use super::{reconcile, ReconcileReport};
+use super::{reconcile_confirmed, ReconcileReport};
 use crate::exactly_once;
 use crate::queue::Keys;
 
@@ -81,13 +81,25 @@ impl Seen {
 #[derive(Clone)]
 pub struct Epoch {
     keys: Keys,
+    /// Confirms the rebuild's swaps (`REDIS_MIN_REPLICAS`).
+    replication: Replication,
     /// Written into the lease: says which process holds it.
     holder: String,
 }
 
 impl Epoch {
     pub fn new(keys: Keys, holder: String) -> Self {
-        Self { keys, holder }
+        Self {
+            keys,
+            replication: Replication::default(),
+            holder,
+        }
+    }
+
+    /// This epoch, its rebuilds confirmed by `replication`.
+    pub fn confirmed_by(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
     }
 
     pub async fn check(&self, conn: &mut RedisConn, now: DateTime<Utc>) -> anyhow::Result<Seen> {
@@ -162,7 +174,7 @@ impl Epoch {
             if !anything_committed(pool).await? {
                 return Ok(None);
             }
-            reconcile(pool, conn, &self.keys, Utc::now())
+            reconcile_confirmed(pool, conn, &self.keys, self.replication, Utc::now())
                 .await
                 .map(Some)
         };

@@ -67,4 +67,4 @@ pub(crate) use layout::{DAY, HOUR, MINUTE};
 pub use ops::Ops;
 pub(crate) use ops::{Chunk, Mode};
 pub use rebuild::{settle_campaigns, SETTLE_PER_CALL};
-pub use reconcile::{reconcile, ReconcileReport};
+pub use reconcile::{reconcile, reconcile_confirmed, ReconcileReport};

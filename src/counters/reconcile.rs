@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::redis_client::RedisConn;
+use crate::redis_client::{RedisConn, Replication};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -48,10 +48,25 @@ pub struct ReconcileReport {
     pub elapsed_ms: u128,
 }
 
+/// Rebuilds every counter of `keys`' prefix from Postgres, without
+/// replica confirmation (`REDIS_MIN_REPLICAS=0`).
 pub async fn reconcile(
     pool: &PgPool,
     conn: &mut RedisConn,
     keys: &Keys,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ReconcileReport> {
+    reconcile_confirmed(pool, conn, keys, Replication::default(), now).await
+}
+
+/// As [`reconcile`], each slot's swap confirmed by `replication` before the
+/// outbox rows it counts are deleted: a failover right after the swap
+/// cannot take the rebuilt counters and leave their batches forgotten.
+pub async fn reconcile_confirmed(
+    pool: &PgPool,
+    conn: &mut RedisConn,
+    keys: &Keys,
+    replication: Replication,
     now: DateTime<Utc>,
 ) -> anyhow::Result<ReconcileReport> {
     let started = Instant::now();
@@ -61,7 +76,16 @@ pub async fn reconcile(
 
     exactly_once::pause(conn, keys, &run, PAUSE).await?;
 
-    let result = rebuild(pool, conn, keys, &live_root, &staging_root, now).await;
+    let result = rebuild(
+        pool,
+        conn,
+        keys,
+        replication,
+        &live_root,
+        &staging_root,
+        now,
+    )
+    .await;
     if result.is_err() {
         // Leave the live counters as they were and let workers resume.
         let _ = exactly_once::resume(conn, keys).await;
@@ -75,6 +99,7 @@ async fn rebuild(
     pool: &PgPool,
     conn: &mut RedisConn,
     keys: &Keys,
+    replication: Replication,
     live_root: &str,
     staging_root: &str,
     now: DateTime<Utc>,
@@ -221,6 +246,7 @@ async fn rebuild(
             &tag_stale,
             &tag_renames,
             &tag_markers,
+            replication,
         )
         .await?;
     }
@@ -262,6 +288,7 @@ async fn swap(
     stale: &[String],
     renames: &[(String, String)],
     markers: &[String],
+    replication: Replication,
 ) -> anyhow::Result<()> {
     let total = stale.len() + renames.len() * 2 + markers.len();
     let chunks = total.div_ceil(SWAP_CHUNK).max(1);
@@ -285,6 +312,18 @@ async fn swap(
         call.invoke_async::<i64>(conn)
             .await
             .context("swapping the rebuilt counters in")?;
+    }
+    if replication.is_on() {
+        // The anchor is in the swapped slot: WAIT runs on its primary, on
+        // the connection that sent the swap.
+        let ms = u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replication.replicas).arg(ms.max(1));
+        let confirmed: i64 = conn
+            .on_owner_of(anchor, &wait)
+            .await
+            .context("confirming the swap with the replicas")?;
+        replication.check(confirmed)?;
     }
     Ok(())
 }

@@ -87,7 +87,8 @@ impl Maintenance {
     /// task of its own, so a long rebuild holds up neither the reaper nor
     /// outbox recovery.
     pub async fn watch_epoch(self: Arc<Self>, shutdown: CancellationToken) {
-        let epoch = Epoch::new(self.ctx.counters.keys().clone(), self.info.clone());
+        let epoch = Epoch::new(self.ctx.counters.keys().clone(), self.info.clone())
+            .confirmed_by(self.ctx.counters.replication());
         let mut conn = self.ctx.redis.clone();
         let mut tick = tokio::time::interval(EPOCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

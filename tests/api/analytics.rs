@@ -496,3 +496,38 @@ async fn the_catalogue_is_seeded_with_the_seed_ad() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_reconcile_whose_swap_no_replica_confirms_fails_and_counting_stays_exact() {
+    // One Redis without replicas: REDIS_MIN_REPLICAS=1 can never be met.
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.click(json!({ "adId": "ad-wait", "ipAddress": format!("192.0.2.{i}") }))
+            .await;
+    }
+    app.wait_drained().await;
+    let mut conn = app.redis.clone();
+    let unconfirmable = adtrack::redis_client::Replication {
+        replicas: 1,
+        timeout: std::time::Duration::from_millis(50),
+    };
+    let err = adtrack::counters::reconcile_confirmed(
+        &app.pool,
+        &mut conn,
+        &app.keys,
+        unconfirmable,
+        Utc::now(),
+    )
+    .await
+    .expect_err("no replica can confirm the swap");
+    assert!(format!("{err:#}").contains("replica"), "{err:#}");
+    // The workers are let go again, and counting goes on exactly.
+    app.click(json!({ "adId": "ad-wait", "ipAddress": "192.0.2.9" }))
+        .await;
+    app.wait_drained().await;
+    assert_eq!(app.analytics("ad-wait", "1h").await["totalClicks"], 6);
+    adtrack::counters::reconcile(&app.pool, &mut conn, &app.keys, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(app.analytics("ad-wait", "1h").await["totalClicks"], 6);
+}
