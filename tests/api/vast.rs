@@ -709,7 +709,7 @@ async fn the_click_redirect_goes_only_to_the_catalogue_target() {
         .unwrap();
     let mut edited = token.to_owned().into_bytes();
     edited[10] = if edited[10] == b'A' { b'B' } else { b'A' };
-    let other = adtrack::vast::ViewSigner::new(Some("someone else's key, 32 characters"));
+    let other = adtrack::vast::ViewSigner::new(b"someone else's key, 32 characters");
     let (_, foreign) = other.mint(&adtrack::domain::Ident::parse(AD).unwrap(), "", Utc::now());
     for bad in [
         "not-a-view".to_owned(),
@@ -963,4 +963,111 @@ async fn pixels_and_posts_share_the_rate_limits() {
         .iter()
         .any(|e| e.0 == adtrack::vast::event_id(served.view, Kind::Start)));
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_view_counts_in_every_process_of_the_database_and_after_a_restart() {
+    // No VAST_SIGNING_KEY: the processes share the key stored in Postgres.
+    let mut first = spawn_app().await;
+    let client = no_redirects();
+    let (served, _) = serve(&first, AD).await;
+    let mut settings = first.settings.clone();
+    settings.spool_dir =
+        std::env::temp_dir().join(format!("adtrack-spool-{}", Uuid::new_v4().simple()));
+    let mut second = start(settings, adtrack::app::Role::Api).await;
+    let first_address = first.address.clone();
+    let on = |app: &TestApp, url: &str| url.replacen(&first_address, &app.address, 1);
+    // A view served by the first process counts on the second …
+    assert_eq!(
+        fire(&client, &on(&second, &served.pixels[0].1)).await,
+        StatusCode::OK
+    );
+    // … and one served by the second counts on the first.
+    let (other, _) = serve(&second, AD).await;
+    let other_start = other.pixels[1]
+        .1
+        .replacen(&second.address, &first.address, 1);
+    assert_eq!(fire(&client, &other_start).await, StatusCode::OK);
+    second.shut_down().await;
+    std::fs::remove_dir_all(&second.settings.spool_dir).ok();
+    // After a restart, the first view's pixels and click still count.
+    first.shut_down().await;
+    let restarted = start(first.settings.clone(), adtrack::app::Role::All).await;
+    assert_eq!(
+        fire(&client, &on(&restarted, &served.pixels[1].1)).await,
+        StatusCode::OK
+    );
+    let res = client
+        .get(on(&restarted, &served.click))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    restarted.wait_drained().await;
+    let mut ids: Vec<Uuid> = stored_events(&restarted, AD)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    ids.sort();
+    let mut expected = vec![
+        adtrack::vast::event_id(served.view, Kind::Impression),
+        adtrack::vast::event_id(served.view, Kind::Start),
+        adtrack::vast::event_id(served.view, Kind::Click),
+        adtrack::vast::event_id(other.view, Kind::Start),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn vast_signing_key_overrides_the_stored_key_and_the_previous_key_still_verifies() {
+    let old = "an old signing key of 32 characters";
+    let new = "a new signing key of 32 characters.";
+    let mut first = spawn_app_with(|s| s.vast_signing_key = Some(old.into())).await;
+    let client = no_redirects();
+    let (served, _) = serve(&first, AD).await;
+    // Signed with VAST_SIGNING_KEY, not the stored key.
+    let token = served
+        .click
+        .split("/c/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    assert!(adtrack::vast::ViewSigner::new(old.as_bytes())
+        .verify(token, Utc::now())
+        .is_ok());
+    first.shut_down().await;
+    let mut settings = first.settings.clone();
+    settings.vast_signing_key = Some(new.into());
+    let rotated = start(settings.clone(), adtrack::app::Role::All).await;
+    let on_rotated = served.pixels[0]
+        .1
+        .replacen(&first.address, &rotated.address, 1);
+    // Without the old key as VAST_SIGNING_KEY_PREVIOUS, its views are refused.
+    assert_eq!(fire(&client, &on_rotated).await, StatusCode::NOT_FOUND);
+    let mut rotated = rotated;
+    rotated.shut_down().await;
+    settings.vast_signing_key_previous = Some(old.into());
+    let with_previous = start(settings, adtrack::app::Role::All).await;
+    let url = served.pixels[0]
+        .1
+        .replacen(&first.address, &with_previous.address, 1);
+    assert_eq!(fire(&client, &url).await, StatusCode::OK);
+    let (fresh, _) = serve(&with_previous, AD).await;
+    let token = fresh
+        .click
+        .split("/c/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    assert!(adtrack::vast::ViewSigner::new(new.as_bytes())
+        .verify(token, Utc::now())
+        .is_ok());
+    with_previous.stop().await;
 }
