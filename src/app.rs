@@ -194,6 +194,12 @@ impl Application {
             metrics.clone(),
         );
         let views = view_signer(&settings, &pool).await?;
+        let catalogue = crate::vast::Catalogue::load(pool.clone(), metrics.clone())
+            .await
+            .context("loading the ad catalogue")?;
+        if role.runs_api() {
+            background.push(tokio::spawn(catalogue.clone().refresh(shutdown.clone())));
+        }
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             keys,
@@ -215,6 +221,7 @@ impl Application {
             live_streams: Arc::default(),
             settle_gate: Arc::default(),
             views,
+            catalogue,
         });
         let surface = if role.runs_api() {
             Surface::Full

@@ -64,6 +64,8 @@ pub struct AppState {
     pub settle_gate: Arc<tokio::sync::Mutex<()>>,
     /// Signs and verifies the view tokens of VAST documents.
     pub views: crate::vast::ViewSigner,
+    /// The ad catalogue of the VAST routes, in memory.
+    pub catalogue: Arc<crate::vast::Catalogue>,
 }
 
 /// The tenant of a request: `""` with tenants off; with `TENANTS=on` the

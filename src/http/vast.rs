@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 
 use super::ingest::{enqueue, limit, parse_context, rejected, UNCOMPRESSED};
 use super::{ApiError, AppState};
+use crate::domain::ParseContext;
 use crate::domain::{parse_value, Ident, Kind};
-use crate::store;
-use crate::vast::{self, PixelEvent, PixelFields, PixelQuery, View};
+use crate::vast::{self, Lookup, PixelEvent, PixelFields, PixelQuery, VideoAd, View};
+use std::sync::Arc;
 
 /// The errors of the VAST routes.
 #[allow(dead_code)]
@@ -61,11 +62,10 @@ pub async fn document(
     ctx.tenant = tenant;
     // A document mints a view: it costs its client and its ad one event,
     // like a POSTed impression, so views are bounded as events are.
+    // Charged before the catalogue is looked up, so a flood over the
+    // limits never reaches Postgres (an unknown id reloads the catalogue).
     limit(&state, &ctx, 1, &[(ad.as_str(), 1)]).await?;
-    let video = store::video_ad(&state.pool, ad.as_str())
-        .await
-        .map_err(ApiError::dependency)?
-        .ok_or_else(unknown_ad)?;
+    let video = catalogue_ad(&state, ad.as_str()).await?;
     let (view, token) = state.views.mint(&ad, &ctx.tenant, ctx.now);
     let base = public_base(&req, &state);
     let xml = vast::render(
@@ -126,7 +126,9 @@ pub async fn pixel(
             return Ok(gif());
         }
     };
-    record(&req, &state, &view, kind).await?;
+    let ctx = view_context(&req, &state, &view)?;
+    limit(&state, &ctx, 1, &[(view.ad.as_str(), 1)]).await?;
+    record(&req, &state, &view, kind, ctx).await?;
     Ok(gif())
 }
 
@@ -149,33 +151,65 @@ pub async fn click(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let view = verify(&state, &path, Utc::now())?;
-    let ad = store::video_ad(&state.pool, view.ad.as_str())
-        .await
-        .map_err(ApiError::dependency)?
-        .ok_or_else(unknown_ad)?;
+    let ctx = view_context(&req, &state, &view)?;
+    // Over a rate limit, a click is refused like a pixel (429), before the
+    // catalogue is looked up.
+    limit(&state, &ctx, 1, &[(view.ad.as_str(), 1)]).await?;
+    // From memory: a redirect needs no Postgres (see vast::catalogue).
+    let ad = catalogue_ad(&state, view.ad.as_str()).await?;
+    if !vast::valid_target(&ad.target_url) {
+        tracing::error!(
+            ad = view.ad.as_str(),
+            "a catalogue targetUrl is not an http(s) URL without control characters; no redirect"
+        );
+        return Err(ApiError::NotFound(
+            "this ad has no valid targetUrl to redirect to".into(),
+        ));
+    }
     // The viewer goes to the advertiser even when the click cannot be
-    // queued (over a limit, Redis and the spool both refusing): that case
-    // is counted, and logged, rather than shown to the viewer.
-    if let Err(e) = record(&req, &state, &view, Kind::Click).await {
+    // queued (Redis and the spool both refusing): that case is counted,
+    // and logged, rather than shown to the viewer.
+    if let Err(e) = record(&req, &state, &view, Kind::Click, ctx).await {
         state.metrics.vast_clicks_unrecorded.inc();
         tracing::warn!(error = %e, ad = view.ad.as_str(), "a click redirect was not recorded");
     }
     Ok(HttpResponse::Found()
-        .insert_header((header::LOCATION, ad.target_url))
+        .insert_header((header::LOCATION, ad.target_url.as_str()))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(UNCOMPRESSED)
         .finish())
 }
 
+/// The parse context of a pixel or click of `view`: its tenant is the
+/// view's.
+fn view_context(
+    req: &HttpRequest,
+    state: &AppState,
+    view: &View,
+) -> Result<ParseContext, ApiError> {
+    let mut ctx = parse_context(req, state, None, None)?;
+    ctx.tenant = view.tenant.clone();
+    Ok(ctx)
+}
+
+/// The catalogue ad `id`, from the in-memory catalogue.
+async fn catalogue_ad(state: &AppState, id: &str) -> Result<Arc<VideoAd>, ApiError> {
+    match state.catalogue.get(id).await {
+        Lookup::Found(ad) => Ok(ad),
+        Lookup::Unknown => Err(unknown_ad()),
+        Lookup::Unavailable(e) => Err(ApiError::dependency(e)),
+    }
+}
+
 /// Queues the `kind` event of `view`, with what the request's macros say.
+/// The caller has charged the rate limits.
 async fn record(
     req: &HttpRequest,
     state: &AppState,
     view: &View,
     kind: Kind,
+    ctx: ParseContext,
 ) -> Result<(), ApiError> {
-    let mut ctx = parse_context(req, state, None, None)?;
-    ctx.tenant = view.tenant.clone();
     let fields = PixelFields::read(&PixelQuery::parse(req.query_string()), ctx.now, ctx.oldest);
     let mut properties = fields.properties;
     properties.insert("viewId".into(), Value::from(view.id.to_string()));
@@ -212,7 +246,6 @@ async fn record(
             parse_value(body, &ctx).map_err(|e| rejected(state, e))?
         }
     };
-    limit(state, &ctx, 1, &[(view.ad.as_str(), 1)]).await?;
     enqueue(req, state, std::slice::from_mut(&mut event)).await?;
     state
         .metrics

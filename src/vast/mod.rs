@@ -14,11 +14,13 @@
 //! attacker can make are bounded by the rate limits exactly as POSTed
 //! impressions are; nothing per view is kept on the server.
 
+pub mod catalogue;
 pub mod document;
 pub mod macros;
 pub mod view;
 mod xml;
 
+pub use catalogue::{Catalogue, Lookup};
 pub use document::{render, Document, VideoAd};
 pub use macros::{PixelFields, PixelQuery};
 pub use view::{View, ViewError, ViewSigner};
@@ -73,6 +75,16 @@ impl PixelEvent {
             _ => return None,
         })
     }
+}
+
+/// Whether `url` may be a click redirect's `Location`: an http(s) URL
+/// without control characters (a CR or LF would split the header). The
+/// catalogue checks the same on write (migration 0012).
+pub fn valid_target(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("http://") && url.len() > 7
+        || lower.starts_with("https://") && url.len() > 8)
+        && !url.chars().any(char::is_control)
 }
 
 /// Namespace of the eventIds derived from (view, event).

@@ -728,15 +728,33 @@ async fn the_click_redirect_goes_only_to_the_catalogue_target() {
             StatusCode::NOT_FOUND
         );
     }
-    // A signed view of an ad no longer in the catalogue: 404, not a redirect.
+    // An ad added to the catalogue after the start is served at once (an
+    // unknown id reloads the in-memory catalogue).
+    sqlx::query(
+        "INSERT INTO ads (id, title, video_url, target_url, campaign_id) VALUES ('added', 'Added', '/v.mp4', 'https://example.com/added', 'c')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (added, _) = serve(&app, "added").await;
+    let res = client.get(&added.click).send().await.unwrap();
+    assert_eq!(res.headers()["location"], "https://example.com/added");
+    // A signed view of an ad no longer in the catalogue: 404, not a
+    // redirect, once the catalogue is reloaded (within its REFRESH).
     sqlx::query("DELETE FROM ads WHERE id = $1")
         .bind(AD)
         .execute(&app.pool)
         .await
         .unwrap();
-    let res = client.get(&served.click).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    assert!(res.headers().get("location").is_none());
+    wait_until(
+        "the deleted ad's click is a 404",
+        adtrack::vast::catalogue::REFRESH * 3,
+        || async {
+            let res = client.get(&served.click).send().await.unwrap();
+            res.status() == StatusCode::NOT_FOUND && res.headers().get("location").is_none()
+        },
+    )
+    .await;
     app.wait_drained().await;
     let stored = stored_events(&app, AD).await;
     assert_eq!(stored.len(), 1, "the view's one click: {stored:?}");
@@ -908,8 +926,10 @@ async fn pixels_survive_a_postgres_cut_and_count_once() {
     let db = settings.database_url.rsplit('/').next().unwrap().to_owned();
     settings.database_url = proxy.url(&db);
     let app = start(settings, adtrack::app::Role::All).await;
-    // Documents need the catalogue: serve them before the cut.
+    // Documents are served before the cut; `during` is fired only while
+    // Postgres is cut.
     let views = serve_many(&app, 200).await;
+    let during = serve_many(&app, 20).await;
     let sender = tokio::spawn(fire_views(no_redirects(), views, 8));
     wait_until("pixels are queued", Duration::from_secs(30), || async {
         app.metric_where("adtrack_vast_pixels_total", &[("event", "impression")])
@@ -925,11 +945,33 @@ async fn pixels_survive_a_postgres_cut_and_count_once() {
         || async { app.metric("adtrack_outages_total").await >= enough },
     )
     .await;
+    // Pixels and click redirects answer while Postgres is cut: nothing on
+    // their path reads it (the catalogue is in memory).
+    let client = no_redirects();
+    let mut during_cut = HashSet::new();
+    for served in &during {
+        for (event, url) in &served.pixels {
+            assert_eq!(
+                fire(&client, url).await,
+                StatusCode::OK,
+                "{event} during the cut"
+            );
+            if let Some(kind) = kind_of(event) {
+                during_cut.insert(adtrack::vast::event_id(served.view, kind));
+            }
+        }
+        let res = client.get(&served.click).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::FOUND, "a click during the cut");
+        assert_eq!(res.headers()["location"], TARGET);
+        during_cut.insert(adtrack::vast::event_id(served.view, Kind::Click));
+    }
     proxy.restore();
-    let (answered, refused) = sender.await.unwrap();
+    let (mut answered, refused) = sender.await.unwrap();
     assert_eq!(refused, 0, "a Postgres outage must not affect pixels");
-    app.wait_drained().await;
     assert_eq!(answered.len(), 200 * STORED.len());
+    assert_eq!(during_cut.len(), 20 * (STORED.len() + 1));
+    answered.extend(during_cut);
+    app.wait_drained().await;
     assert_pixels_counted_once(&app, &answered).await;
     app.stop().await;
 }
@@ -956,6 +998,19 @@ async fn pixels_and_posts_share_the_rate_limits() {
     let res = client.get(&served.pixels[1].1).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.headers().get("retry-after").is_some());
+    // Clicks and documents are charged before the catalogue is looked up
+    // (an unknown id would reload it from Postgres): over the limit, even
+    // an unknown ad is a 429, and a click is refused, not recorded.
+    for url in [
+        app.url("/vast/no-such-ad"),
+        app.url(&format!("/vast/{AD}")),
+        served.click.clone(),
+    ] {
+        let res = client.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "{url}");
+        assert!(res.headers().get("retry-after").is_some());
+        assert!(res.headers().get("location").is_none());
+    }
     app.wait_drained().await;
     let stored = stored_events(&app, AD).await;
     assert_eq!(stored.len(), 3, "{stored:?}");
