@@ -1126,3 +1126,68 @@ async fn vast_signing_key_overrides_the_stored_key_and_the_previous_key_still_ve
         .is_ok());
     with_previous.stop().await;
 }
+
+#[tokio::test]
+async fn analytics_and_live_answer_without_errors_by_code_while_postgres_is_cut() {
+    let proxy = PgProxy::start().await;
+    let mut settings = test_settings();
+    let db = settings.database_url.rsplit('/').next().unwrap().to_owned();
+    settings.database_url = proxy.url(&db);
+    settings.report_timeout = Duration::from_secs(1);
+    let app = start(settings, adtrack::app::Role::All).await;
+    for event in [
+        json!({"type": "impression", "adId": AD}),
+        json!({"type": "error", "adId": AD, "errorCode": 405}),
+    ] {
+        let (status, body) = app.post("/events", &event).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    app.wait_drained().await;
+    let a = app.analytics(AD, "24h").await;
+    assert_eq!(a["errorsByCode"], json!({"405": 1}), "{a}");
+    proxy.cut();
+    // The Redis figures are answered; errorsByCode, from Postgres, is left
+    // out and counted.
+    let (status, a) = app
+        .get(&format!("/ads/analytics?adId={AD}&timeframe=24h"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["impressions"], 1, "{a}");
+    assert_eq!(a["errors"], 1, "{a}");
+    assert!(a.get("errorsByCode").is_none(), "{a}");
+    assert!(
+        app.metric_where(
+            "adtrack_analytics_parts_missing_total",
+            &[("part", "errorsByCode")]
+        )
+        .await
+            >= 1.0
+    );
+    // /live streams the same figures.
+    let mut live = app
+        .client
+        .get(app.url(&format!("/live?adId={AD}&timeframe=24h")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("event: analytics") {
+        let chunk = tokio::time::timeout_at(deadline, live.chunk())
+            .await
+            .expect("an analytics event on /live while Postgres is cut")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(live);
+    assert!(text.contains("\"errors\":1"), "{text}");
+    assert!(!text.contains("errorsByCode"), "{text}");
+    proxy.restore();
+    wait_until("errorsByCode is back", Duration::from_secs(30), || async {
+        app.analytics(AD, "24h").await["errorsByCode"] == json!({"405": 1})
+    })
+    .await;
+    app.stop().await;
+}
