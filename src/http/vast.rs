@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::ingest::{enqueue, limit, parse_context, rejected, UNCOMPRESSED};
 use super::{ApiError, AppState};
-use crate::domain::ParseContext;
 use crate::domain::{parse_value, Ident, Kind};
+use crate::domain::{ParseContext, MAX_CLOCK_SKEW};
 use crate::vast::{self, Lookup, PixelEvent, PixelFields, PixelQuery, VideoAd, View};
 use std::sync::Arc;
 
@@ -210,7 +210,12 @@ async fn record(
     kind: Kind,
     ctx: ParseContext,
 ) -> Result<(), ApiError> {
-    let fields = PixelFields::read(&PixelQuery::parse(req.query_string()), ctx.now, ctx.oldest);
+    // A pixel's time is believed only from shortly before its view was
+    // issued: a token holder cannot place events in old buckets, nor, by
+    // dating them back, outlive EVENT_RETENTION's purge of their keys and
+    // count twice.
+    let oldest = ctx.oldest.max(Some(view.issued - MAX_CLOCK_SKEW));
+    let fields = PixelFields::read(&PixelQuery::parse(req.query_string()), ctx.now, oldest);
     let mut properties = fields.properties;
     properties.insert("viewId".into(), Value::from(view.id.to_string()));
     let mut body = json!({

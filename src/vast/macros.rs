@@ -10,7 +10,7 @@
 //!
 //! | query | macro | becomes |
 //! |---|---|---|
-//! | `ts` | `[TIMESTAMP]` | the event time, when within the accepted window |
+//! | `ts` | `[TIMESTAMP]` | the event time, when within the accepted window (from 5 min before the view's issue) |
 //! | `ph` | `[ADPLAYHEAD]` | `videoPlaybackTime` (seconds) |
 //! | `code` | `[ERRORCODE]` | `errorCode` of an error event (100–999) |
 //! | `cph` | `[CONTENTPLAYHEAD]` | `properties.contentPlayhead` (seconds) |

@@ -604,7 +604,9 @@ async fn substituted_macros_are_stored_on_the_event() {
     let app = spawn_app().await;
     let client = no_redirects();
     let (served, _) = serve(&app, AD).await;
-    let at = Utc::now() - chrono::Duration::minutes(7);
+    // Within the window a pixel's time is believed in: from 5 minutes
+    // before its view was issued (to the minute) to 5 minutes ahead.
+    let at = Utc::now() - chrono::Duration::minutes(4);
     let ts = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for (event, url) in &served.pixels {
         let url = url
@@ -1189,5 +1191,50 @@ async fn analytics_and_live_answer_without_errors_by_code_while_postgres_is_cut(
         app.analytics(AD, "24h").await["errorsByCode"] == json!({"405": 1})
     })
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pixel_time_is_believed_only_from_its_views_issue_to_five_minutes_ahead() {
+    let app = spawn_app().await;
+    let client = no_redirects();
+    let (served, _) = serve(&app, AD).await;
+    let now = Utc::now();
+    let url = |event: &str, at: DateTime<Utc>| {
+        let (_, url) = served.pixels.iter().find(|(e, _)| e == event).unwrap();
+        url.replace(
+            "[TIMESTAMP]",
+            &at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+    };
+    let believed = now - chrono::Duration::minutes(2);
+    for (event, at) in [
+        // Long before the view was issued (yet within the day's buckets).
+        ("impression", now - chrono::Duration::minutes(30)),
+        ("start", now - chrono::Duration::hours(20)),
+        // Too far ahead.
+        ("firstQuartile", now + chrono::Duration::minutes(10)),
+        // Within the window.
+        ("midpoint", believed),
+    ] {
+        assert_eq!(
+            fire(&client, &url(event, at)).await,
+            StatusCode::OK,
+            "{event}"
+        );
+    }
+    app.wait_drained().await;
+    let stored = stored_events(&app, AD).await;
+    assert_eq!(stored.len(), 4);
+    for (_, kind, _, _, time, _) in &stored {
+        if kind == "midpoint" {
+            assert_eq!(time.timestamp_millis(), believed.timestamp_millis());
+        } else {
+            assert!(
+                (*time - now).num_seconds().abs() < 60,
+                "{kind} at {time}: the server's time, not the pixel's"
+            );
+        }
+    }
     app.stop().await;
 }
