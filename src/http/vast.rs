@@ -134,7 +134,8 @@ pub async fn pixel(
 
 /// The click-through of a served document: records the view's click (once,
 /// however often it is followed) and redirects to the ad's catalogue
-/// `targetUrl`. The destination never comes from the request.
+/// `targetUrl`. The destination never comes from the request. `HEAD`
+/// answers the same redirect and records nothing (link scanners send it).
 #[utoipa::path(
     get,
     path = "/c/{view}",
@@ -166,10 +167,18 @@ pub async fn click(
             "this ad has no valid targetUrl to redirect to".into(),
         ));
     }
+    // A HEAD is a link scanner or preview checking the link, not a viewer:
+    // it gets the redirect and records nothing.
+    let followed = req.method() != actix_web::http::Method::HEAD;
     // The viewer goes to the advertiser even when the click cannot be
     // queued (Redis and the spool both refusing): that case is counted,
     // and logged, rather than shown to the viewer.
-    if let Err(e) = record(&req, &state, &view, Kind::Click, ctx).await {
+    let recorded = if followed {
+        record(&req, &state, &view, Kind::Click, ctx).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = recorded {
         state.metrics.vast_clicks_unrecorded.inc();
         tracing::warn!(error = %e, ad = view.ad.as_str(), "a click redirect was not recorded");
     }

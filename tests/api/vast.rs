@@ -689,6 +689,19 @@ async fn the_click_redirect_goes_only_to_the_catalogue_target() {
         "&url=https%3A%2F%2Fevil.example",
         "&redirect=//evil.example&next=https://evil.example&targetUrl=https://evil.example",
     ];
+    // A link scanner's HEAD gets the redirect and records no click.
+    for _ in 0..3 {
+        let res = client.head(&served.click).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::FOUND);
+        assert_eq!(res.headers()["location"], TARGET);
+    }
+    app.wait_drained().await;
+    assert_eq!(
+        app.metric_where("adtrack_vast_pixels_total", &[("event", "click")])
+            .await,
+        0.0
+    );
+    assert!(stored_events(&app, AD).await.is_empty());
     for extra in forged {
         let res = client
             .get(format!("{}{extra}", served.click))
