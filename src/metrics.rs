@@ -250,7 +250,7 @@ impl Metrics {
             vast_views_refused: IntCounterVec::new(
                 Opts::new(
                     "vast_views_refused_total",
-                    "Pixels and clicks whose view token was malformed, forged or expired (404)",
+                    "Pixels and clicks whose view token was malformed, forged or expired, or whose tenant has no valid key (revoked) (404)",
                 ),
                 &["reason"],
             )?,

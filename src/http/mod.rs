@@ -217,6 +217,10 @@ fn table(surface: Surface) -> Table {
                 vec![(Method::GET, web::to(vast::pixel))],
             ),
             ("/c/{view}", vec![(Method::GET, web::to(vast::click))]),
+            (
+                "/tenant/vast-tag",
+                vec![(Method::GET, web::to(vast::vast_tag))],
+            ),
             ("/admin/queue", vec![(Method::GET, web::to(admin::queue))]),
             (
                 "/admin/dlq",

@@ -26,7 +26,7 @@ pub enum VastErrors {
     /// (24 h after its document); or an event name the document never uses.
     #[response(status = 404)]
     NotFound(super::openapi::ErrorBody),
-    /// `TENANTS=on` and no valid `X-API-Key` (the document only).
+    /// `TENANTS=on` and no valid `X-API-Key` nor `tag` (the document only).
     #[response(status = 401)]
     Unauthorized(super::openapi::ErrorBody),
     /// Over a rate limit.
@@ -44,7 +44,10 @@ pub enum VastErrors {
     get,
     path = "/vast/{adId}",
     tag = "vast",
-    params(("adId" = String, Path, description = "A catalogue ad's id")),
+    params(
+        ("adId" = String, Path, description = "A catalogue ad's id"),
+        ("tag" = Option<String>, Query, description = "With TENANTS=on and no X-API-Key: the tenant's publishable VAST tag (GET /tenant/vast-tag)"),
+    ),
     responses(
         (status = 200, description = "The VAST document (`Cache-Control: no-store`: each one is a new view)", content_type = "application/xml", body = String),
         VastErrors
@@ -56,7 +59,7 @@ pub async fn document(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = super::tenant_of(&req, &state).await?;
+    let tenant = document_tenant(&req, &state).await?;
     let ad = Ident::parse(&path).map_err(|_| unknown_ad())?;
     let mut ctx = parse_context(&req, &state, None, None)?;
     ctx.tenant = tenant;
@@ -109,7 +112,7 @@ pub async fn pixel(
 ) -> Result<HttpResponse, ApiError> {
     let (token, name) = path.into_inner();
     let now = Utc::now();
-    let view = verify(&state, &token, now)?;
+    let view = verify_view(&state, &token, now).await?;
     let event = PixelEvent::parse(&name).ok_or_else(|| {
         ApiError::NotFound(format!(
             "{name} is not a tracking event of adtrack's VAST documents"
@@ -151,7 +154,7 @@ pub async fn click(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = verify(&state, &path, Utc::now())?;
+    let view = verify_view(&state, &path, Utc::now()).await?;
     let ctx = view_context(&req, &state, &view)?;
     // Over a rate limit, a click is refused like a pixel (429), before the
     // catalogue is looked up.
@@ -206,7 +209,17 @@ async fn catalogue_ad(state: &AppState, id: &str) -> Result<Arc<VideoAd>, ApiErr
     match state.catalogue.get(id).await {
         Lookup::Found(ad) => Ok(ad),
         Lookup::Unknown => Err(unknown_ad()),
-        Lookup::Unavailable(e) => Err(ApiError::dependency(e)),
+        Lookup::Unavailable(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                ad = id,
+                "the ad catalogue is unavailable"
+            );
+            Err(ApiError::Unavailable {
+                message: "the ad catalogue cannot be read now; retry shortly".into(),
+                retry_after_secs: 1,
+            })
+        }
     }
 }
 
@@ -269,6 +282,63 @@ async fn record(
     Ok(())
 }
 
+/// The tenant a document is minted for: with `TENANTS=on`, the owner of
+/// the `X-API-Key` header or, since a player cannot send headers, of the
+/// `tag` query parameter (a key's publishable VAST tag, which allows
+/// nothing else); else 401.
+async fn document_tenant(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
+    let Some(resolver) = &state.api_keys else {
+        return Ok(String::new());
+    };
+    if req.headers().contains_key("x-api-key") {
+        return super::tenant_of(req, state).await;
+    }
+    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
+    let Some((_, tag)) = query.iter().find(|(name, _)| name == "tag") else {
+        return Err(ApiError::Unauthorized(
+            "this server has tenants: send your API key in the X-API-Key header, or your VAST tag as ?tag=".into(),
+        ));
+    };
+    match resolver.tenant_of_tag(tag).await {
+        Ok(Some(tenant)) => Ok(tenant),
+        Ok(None) => Err(ApiError::Unauthorized(
+            "the VAST tag is unknown, or its key was revoked".into(),
+        )),
+        Err(e) => Err(ApiError::dependency(e)),
+    }
+}
+
+/// The view `token` names, when adtrack signed it, it is still live and,
+/// with `TENANTS=on`, its tenant still has a valid key (checked in the
+/// in-memory key set: revoking a tenant stops its pixels and clicks within
+/// `tenants::REFRESH`).
+async fn verify_view(
+    state: &AppState,
+    token: &str,
+    now: chrono::DateTime<Utc>,
+) -> Result<View, ApiError> {
+    let view = verify(state, token, now)?;
+    if let Some(resolver) = &state.api_keys {
+        let active = resolver
+            .is_active(&view.tenant)
+            .await
+            .map_err(ApiError::dependency)?;
+        if !active {
+            state
+                .metrics
+                .vast_views_refused
+                .with_label_values(&["revoked"])
+                .inc();
+            return Err(ApiError::NotFound(
+                "no such view: its tenant has no valid API key".into(),
+            ));
+        }
+    }
+    Ok(view)
+}
+
 fn verify(state: &AppState, token: &str, now: chrono::DateTime<Utc>) -> Result<View, ApiError> {
     state.views.verify(token, now).map_err(|e| {
         state
@@ -278,6 +348,64 @@ fn verify(state: &AppState, token: &str, now: chrono::DateTime<Utc>) -> Result<V
             .inc();
         ApiError::NotFound(format!("no such view: {e}"))
     })
+}
+
+/// The publishable VAST tag of the request's API key.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct VastTag {
+    /// The key's tenant.
+    tenant: String,
+    /// Goes in players' document URLs, `/vast/{adId}?tag=…`: it mints
+    /// documents (views) of this tenant and allows nothing else. It stops
+    /// working when the key is revoked.
+    tag: String,
+}
+
+/// The VAST tag of the request's API key (`TENANTS=on`): what a player's
+/// `/vast/{adId}` URL carries instead of the key, which a player cannot
+/// send and a page must not show.
+#[utoipa::path(
+    get,
+    path = "/tenant/vast-tag",
+    tag = "vast",
+    responses(
+        (status = 200, description = "The tag of the X-API-Key", body = VastTag),
+        TagErrors
+    )
+)]
+pub async fn vast_tag(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.api_keys.is_none() {
+        return Err(ApiError::NotFound(
+            "this server has no tenants (TENANTS=off): /vast/{adId} needs no tag".into(),
+        ));
+    }
+    let tenant = super::tenant_of(&req, &state).await?;
+    let key = super::api_key(&req)?;
+    Ok(HttpResponse::Ok().json(VastTag {
+        tenant,
+        tag: crate::tenants::vast_tag(&key),
+    }))
+}
+
+/// The errors of `GET /tenant/vast-tag`.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum TagErrors {
+    /// `?apiKey=` given (keys go in the header).
+    #[response(status = 400)]
+    BadRequest(super::openapi::ErrorBody),
+    /// No valid `X-API-Key`.
+    #[response(status = 401)]
+    Unauthorized(super::openapi::ErrorBody),
+    /// `TENANTS=off`: there are no tags.
+    #[response(status = 404)]
+    NotFound(super::openapi::ErrorBody),
+    /// The API keys could never be loaded from Postgres.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(super::openapi::ErrorBody),
 }
 
 fn unknown_ad() -> ApiError {

@@ -820,6 +820,86 @@ async fn tenant_documents_carry_an_opaque_view_never_the_api_key() {
         .unwrap();
     let a: Value = res.json().await.unwrap();
     assert_eq!(a["completes"], 1, "{a}");
+
+    // A player cannot send X-API-Key: the document URL carries the key's
+    // publishable tag instead, obtained with the key.
+    let (status, body) = app.get("/tenant/vast-tag").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let tagged: Value = app
+        .client
+        .get(app.url("/tenant/vast-tag"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tagged["tenant"], "acme", "{tagged}");
+    let tag = tagged["tag"].as_str().unwrap().to_owned();
+    assert!(!tag.contains(&key[4..12]) && tag.len() < 40, "{tag}");
+    let res = client
+        .get(app.url(&format!("/vast/{AD}?tag={tag}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let by_tag = parse_document(&res.text().await.unwrap());
+    assert_eq!(fire(&client, &by_tag.pixels[0].1).await, StatusCode::OK);
+    // The tag reads nothing, is no API key, and a forged one mints nothing.
+    for path in [
+        format!("/ads/analytics?adId={AD}&tag={tag}"),
+        format!("/events?tag={tag}"),
+        "/ads".to_owned(),
+    ] {
+        let res = client
+            .get(app.url(&path))
+            .header("x-api-key", &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let forged = format!("{}A", &tag[..tag.len() - 1]);
+    for bad in [forged.as_str(), "", "x", &key] {
+        let res = client
+            .get(app.url(&format!("/vast/{AD}?tag={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    app.wait_drained().await;
+    let by_tenant: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tenant_id, count(*) FROM events GROUP BY 1")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(by_tenant, [("acme".to_owned(), STORED.len() as i64 + 1)]);
+
+    // Revoked: the tag mints nothing, and the tenant's open views count no
+    // more (the pixels of its last document are refused).
+    adtrack::tenants::revoke(&app.pool, "acme", None)
+        .await
+        .unwrap();
+    let res = client
+        .get(app.url(&format!("/vast/{AD}?tag={tag}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    for (event, url) in by_tag.pixels.iter().skip(1) {
+        assert_eq!(fire(&client, url).await, StatusCode::NOT_FOUND, "{event}");
+    }
+    let res = client.get(&by_tag.click).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers().get("location").is_none());
+    app.wait_drained().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, STORED.len() as i64 + 1);
     app.stop().await;
 }
 
