@@ -18,21 +18,61 @@ use crate::domain::{ParseContext, MAX_CLOCK_SKEW};
 use crate::vast::{self, Lookup, PixelEvent, PixelFields, PixelQuery, VideoAd, View};
 use std::sync::Arc;
 
-/// The errors of the VAST routes.
+/// The errors of `GET /vast/{adId}`.
 #[allow(dead_code)]
 #[derive(utoipa::IntoResponses)]
-pub enum VastErrors {
-    /// Unknown ad; or a view token adtrack did not sign, or that expired
-    /// (24 h after its document); or an event name the document never uses.
-    #[response(status = 404)]
-    NotFound(super::openapi::ErrorBody),
-    /// `TENANTS=on` and no valid `X-API-Key` nor `tag` (the document only).
+pub enum DocumentErrors {
+    /// `?apiKey=` given (keys go in the header).
+    #[response(status = 400)]
+    BadRequest(super::openapi::ErrorBody),
+    /// `TENANTS=on` and no valid `X-API-Key` nor `tag`.
     #[response(status = 401)]
     Unauthorized(super::openapi::ErrorBody),
-    /// Over a rate limit.
+    /// No catalogue ad has this id.
+    #[response(status = 404)]
+    NotFound(super::openapi::ErrorBody),
+    /// Over a rate limit (a document costs one event).
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
     RateLimited(super::openapi::ErrorBody),
-    /// Cannot queue now, or Postgres is unavailable (document and click).
+    /// The id is not in the in-memory catalogue and Postgres cannot be
+    /// read to reload it; or (`TENANTS=on`) the API keys were never loaded.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(super::openapi::ErrorBody),
+}
+
+/// The errors of `GET /t/{view}/{event}`.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum PixelErrors {
+    /// A view token adtrack did not sign, or that expired (24 h after its
+    /// document), or whose tenant has no valid key; or an event name the
+    /// document never uses.
+    #[response(status = 404)]
+    NotFound(super::openapi::ErrorBody),
+    /// Over a rate limit (shared with the POST endpoints).
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    RateLimited(super::openapi::ErrorBody),
+    /// Neither Redis nor the spool can take the event now, or the server
+    /// is shutting down; or (`TENANTS=on`) the API keys were never loaded.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    Unavailable(super::openapi::ErrorBody),
+}
+
+/// The errors of `GET /c/{view}`. A click that cannot be queued still
+/// redirects (counted in `adtrack_vast_clicks_unrecorded_total`).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum ClickErrors {
+    /// A view token adtrack did not sign, or that expired, or whose tenant
+    /// has no valid key; or its ad is no longer in the catalogue, or has
+    /// no valid targetUrl.
+    #[response(status = 404)]
+    NotFound(super::openapi::ErrorBody),
+    /// Over a rate limit (a click costs one event, as a pixel does).
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+    RateLimited(super::openapi::ErrorBody),
+    /// The ad is not in the in-memory catalogue and Postgres cannot be
+    /// read to reload it; or (`TENANTS=on`) the API keys were never loaded.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
     Unavailable(super::openapi::ErrorBody),
 }
@@ -50,7 +90,7 @@ pub enum VastErrors {
     ),
     responses(
         (status = 200, description = "The VAST document (`Cache-Control: no-store`: each one is a new view)", content_type = "application/xml", body = String),
-        VastErrors
+        DocumentErrors
     )
 )]
 #[tracing::instrument(skip_all, fields(ad = %path.as_str()))]
@@ -102,7 +142,7 @@ pub async fn document(
     ),
     responses(
         (status = 200, description = "A 1×1 GIF, once the event is queued (Redis or the synced spool); `Cache-Control: no-store`", content_type = "image/gif", body = Vec<u8>),
-        VastErrors
+        PixelErrors
     )
 )]
 pub async fn pixel(
@@ -146,7 +186,7 @@ pub async fn pixel(
     params(("view" = String, Path, description = "The view token of the document")),
     responses(
         (status = 302, description = "To the ad's catalogue targetUrl", headers(("Location" = String, description = "The ad's targetUrl"))),
-        VastErrors
+        ClickErrors
     )
 )]
 pub async fn click(

@@ -1331,3 +1331,49 @@ async fn a_pixel_time_is_believed_only_from_its_views_issue_to_five_minutes_ahea
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn catalogue_targets_are_http_urls_without_line_breaks() {
+    let app = spawn_app().await;
+    let insert = |id: &'static str, target: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO ads (id, title, video_url, target_url, campaign_id) VALUES ($1, 't', '/v.mp4', $2, 'c')",
+            )
+            .bind(id)
+            .bind(target)
+            .execute(&pool)
+            .await
+        }
+    };
+    // Checked when written (migration 0012).
+    for (id, bad) in [
+        ("js", "javascript:alert(1)"),
+        ("crlf", "https://example.com/\r\nSet-Cookie: a=b"),
+        ("lf", "https://example.com/\n"),
+        ("relative", "/somewhere"),
+        ("empty", "https://"),
+    ] {
+        let err = insert(id, bad).await.unwrap_err().to_string();
+        assert!(err.contains("ads_target_url_check"), "{bad:?}: {err}");
+    }
+    insert("upper", "HTTPS://example.com/ok").await.unwrap();
+    // A row written before the check (NOT VALID leaves old rows alone) is
+    // never a redirect: the click refuses it.
+    sqlx::query("ALTER TABLE ads DROP CONSTRAINT ads_target_url_check")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    insert("old", "javascript:alert(1)").await.unwrap();
+    let client = no_redirects();
+    let (served, _) = serve(&app, "old").await;
+    let res = client.get(&served.click).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers().get("location").is_none());
+    let (served, _) = serve(&app, "upper").await;
+    let res = client.get(&served.click).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(res.headers()["location"], "HTTPS://example.com/ok");
+    app.stop().await;
+}
