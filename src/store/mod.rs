@@ -357,19 +357,6 @@ pub struct VideoAd {
     pub mime_type: String,
 }
 
-/// The catalogue ad `id`, with its video, or `None`.
-pub async fn video_ad(pool: &PgPool, id: &str) -> anyhow::Result<Option<VideoAd>> {
-    sqlx::query_as!(
-        VideoAd,
-        "SELECT id, title, video_url, target_url, duration_ms, width, height, mime_type
-         FROM ads WHERE id = $1",
-        id,
-    )
-    .fetch_optional(pool)
-    .await
-    .context("reading a catalogue ad")
-}
-
 /// Every catalogue ad with its video, for the in-memory catalogue of the
 /// VAST routes.
 pub async fn video_ads(pool: &PgPool) -> anyhow::Result<Vec<VideoAd>> {
