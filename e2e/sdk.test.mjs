@@ -12,12 +12,16 @@
 
 import http from 'node:http';
 import { chromium } from 'playwright-core';
+import { drained } from './funnel.mjs';
 
 const BASE = (process.env.ADTRACK_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const STRICT = (process.env.ADTRACK_STRICT_URL || '').replace(/\/+$/, '');
 const PAGE_PORT = Number(process.env.SDK_PAGE_PORT || 0);
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const RUN = Date.now().toString(36);
+// adtrack's ADMIN_TOKEN (e2e/run.sh sets it): /admin/queue tells when
+// every accepted event is stored and counted.
+const ADMIN_TOKEN = process.env.ADMIN_TOKEN || '';
 
 // ------------------------------------------------------------ tiny runner
 
@@ -69,8 +73,11 @@ async function expectCounts(adId, want) {
   }, { message: `${adId}: want ${JSON.stringify(want)}, have ${JSON.stringify(got)}` }).catch((e) => {
     throw new Error(`${e.message}; last ${JSON.stringify(got)}`);
   });
-  // Exact: nothing more arrives later (a retry counted twice would).
-  await sleep(1500);
+  // Exact: once adtrack's pipeline has drained (the pages' queues are
+  // empty or closed before this is called), nothing more is on its way, so
+  // the figures must still be the wanted ones (a retry counted twice
+  // would show here).
+  await drained(BASE, ADMIN_TOKEN);
   got = await counts(adId);
   assert(got.impressions === want.impressions && got.clicks === want.clicks,
     `${adId}: want ${JSON.stringify(want)}, then have ${JSON.stringify(got)}`);
@@ -288,8 +295,10 @@ async function main() {
       await trackMany(page, adId, 2, 1);
       const request = await failed;
       assert(/CORS|ERR_FAILED/i.test(request.failure().errorText), `failed with ${request.failure().errorText}`);
-      await sleep(1500);
-      assert((await pending(page)) === 3, `${await pending(page)} events still queued`);
+      // The refused batch goes back to the page's queue, and nothing of it
+      // reaches adtrack.
+      await eventually(async () => (await pending(page)) === 3, { message: 'the 3 events back in the queue' });
+      await drained(BASE, ADMIN_TOKEN);
       const got = await counts(adId);
       assert(got.impressions === 1 && got.clicks === 0, `counts moved: ${JSON.stringify(got)}`);
       // CORS is not access control: leaving the page sends the queue by

@@ -203,12 +203,12 @@ impl Application {
             redis.clone(),
             metrics.clone(),
         );
-        if settings.vast_signing_key.is_none() && role.runs_api() {
-            tracing::warn!(
-                "VAST_SIGNING_KEY is not set: VAST view tokens are signed with a key of this \
-                 process only, so pixels of documents served before a restart, or by another \
-                 process, are refused"
-            );
+        let views = view_signer(&settings, &pool).await?;
+        let catalogue = crate::vast::Catalogue::load(pool.clone(), metrics.clone())
+            .await
+            .context("loading the ad catalogue")?;
+        if role.runs_api() {
+            background.push(tokio::spawn(catalogue.clone().refresh(shutdown.clone())));
         }
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -230,7 +230,8 @@ impl Application {
             shutdown: shutdown.clone(),
             live_streams: Arc::default(),
             settle_gate: Arc::default(),
-            views: crate::vast::ViewSigner::new(settings.vast_signing_key.as_deref()),
+            views,
+            catalogue,
         });
         let surface = if role.runs_api() {
             Surface::Full
@@ -329,6 +330,41 @@ impl Application {
         tracing::info!("adtrack stopped");
         served.context("the HTTP server failed")
     }
+}
+
+/// The signer of VAST view tokens: `VAST_SIGNING_KEY` when set, else the
+/// key stored in Postgres (made by the first process, so every process of
+/// the database agrees and restarts keep it). The stored key and
+/// `VAST_SIGNING_KEY_PREVIOUS` are accepted for verification too, so
+/// moving to an explicit key, or rotating it, does not refuse the views
+/// already served.
+async fn view_signer(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<crate::vast::ViewSigner> {
+    let stored = store::vast_signing_key(pool, &crate::vast::ViewSigner::random_key()).await?;
+    let previous = settings
+        .vast_signing_key_previous
+        .as_deref()
+        .map(str::as_bytes);
+    let signer = match &settings.vast_signing_key {
+        Some(key) => {
+            let mut accepted: Vec<&[u8]> = vec![&stored];
+            accepted.extend(previous);
+            crate::vast::ViewSigner::with_previous(key.as_bytes(), &accepted)
+        }
+        None => crate::vast::ViewSigner::with_previous(&stored, &Vec::from_iter(previous)),
+    };
+    tracing::info!(
+        source = if settings.vast_signing_key.is_some() {
+            "VAST_SIGNING_KEY"
+        } else {
+            "postgres"
+        },
+        previous = settings.vast_signing_key_previous.is_some(),
+        "VAST view tokens signing key"
+    );
+    Ok(signer)
 }
 
 /// A name for this process, unique across restarts: host, pid and a random

@@ -103,9 +103,12 @@ pub struct Settings {
     /// own scheme and `Host`.
     pub public_url: Option<String>,
     /// `VAST_SIGNING_KEY`: the HMAC key of view tokens (at least 32
-    /// characters), shared by every process of a deployment; `None` uses a
-    /// random key of this process.
+    /// characters); `None` uses the key stored in Postgres (made once, so
+    /// every process of a database shares it and restarts keep it).
     pub vast_signing_key: Option<String>,
+    /// `VAST_SIGNING_KEY_PREVIOUS`: a former `VAST_SIGNING_KEY`, still
+    /// accepted when verifying views (never used to sign), for rotation.
+    pub vast_signing_key_previous: Option<String>,
 }
 
 impl Default for Settings {
@@ -147,6 +150,7 @@ impl Default for Settings {
             seed_catalogue: true,
             public_url: None,
             vast_signing_key: None,
+            vast_signing_key_previous: None,
         }
     }
 }
@@ -336,6 +340,7 @@ impl Settings {
             s.public_url = Some(parse_public_url(&v)?);
         }
         s.vast_signing_key = get("VAST_SIGNING_KEY");
+        s.vast_signing_key_previous = get("VAST_SIGNING_KEY_PREVIOUS");
         s.validate()?;
         Ok(s)
     }
@@ -415,6 +420,13 @@ impl Settings {
         if self.vast_signing_key.as_ref().is_some_and(|k| k.len() < 32) {
             bail!("VAST_SIGNING_KEY: must be at least 32 characters");
         }
+        if self
+            .vast_signing_key_previous
+            .as_ref()
+            .is_some_and(|k| k.len() < 32)
+        {
+            bail!("VAST_SIGNING_KEY_PREVIOUS: must be at least 32 characters");
+        }
         Ok(())
     }
 }
@@ -458,6 +470,7 @@ pub const VARIABLES: &[&str] = &[
     "SEED_CATALOGUE",
     "PUBLIC_URL",
     "VAST_SIGNING_KEY",
+    "VAST_SIGNING_KEY_PREVIOUS",
     "RUST_LOG",
     "LOG_FORMAT",
 ];
@@ -656,6 +669,7 @@ mod tests {
             ("REDIS_MIN_REPLICAS", "17"),
             ("REDIS_WAIT_TIMEOUT", "5s"),
             ("REDIS_WAIT_TIMEOUT", "soon"),
+            ("VAST_SIGNING_KEY_PREVIOUS", "too short"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

@@ -79,6 +79,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 TenantAction::Create { id, name } => {
                     let key = tenants::create(&pool, &id, &name).await?;
                     eprintln!("tenant {id}: keep this key, it is not shown again");
+                    eprintln!(
+                        "its VAST tag, for players' /vast/{{adId}}?tag= (documents only): {}",
+                        tenants::vast_tag(&key)
+                    );
                     println!("{key}");
                 }
                 TenantAction::List => {

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub vast_player_events: IntCounterVec,
     pub vast_views_refused: IntCounterVec,
     pub vast_clicks_unrecorded: IntCounter,
+    pub catalogue_reload_failures: IntCounter,
+    pub analytics_parts_missing: IntCounterVec,
 }
 
 impl Metrics {
@@ -248,13 +250,24 @@ impl Metrics {
             vast_views_refused: IntCounterVec::new(
                 Opts::new(
                     "vast_views_refused_total",
-                    "Pixels and clicks whose view token was malformed, forged or expired (404)",
+                    "Pixels and clicks whose view token was malformed, forged or expired, or whose tenant has no valid key (revoked) (404)",
                 ),
                 &["reason"],
             )?,
             vast_clicks_unrecorded: IntCounter::new(
                 "vast_clicks_unrecorded_total",
-                "Click redirects answered without their click being queued (rate-limited, or queue and spool unavailable)",
+                "Click redirects answered without their click being queued (queue and spool unavailable)",
+            )?,
+            catalogue_reload_failures: IntCounter::new(
+                "catalogue_reload_failures_total",
+                "Reloads of the in-memory ad catalogue of the VAST routes that Postgres failed (the catalogue held is served)",
+            )?,
+            analytics_parts_missing: IntCounterVec::new(
+                Opts::new(
+                    "analytics_parts_missing_total",
+                    "Ad analytics answered without a part that could not be read (part=errorsByCode: Postgres)",
+                ),
+                &["part"],
             )?,
             registry,
         };
@@ -314,6 +327,10 @@ impl Metrics {
             .register(Box::new(m.vast_views_refused.clone()))?;
         m.registry
             .register(Box::new(m.vast_clicks_unrecorded.clone()))?;
+        m.registry
+            .register(Box::new(m.catalogue_reload_failures.clone()))?;
+        m.registry
+            .register(Box::new(m.analytics_parts_missing.clone()))?;
         Ok(m)
     }
 

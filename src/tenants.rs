@@ -60,6 +60,43 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Bytes of a VAST tag (before base64url: 22 characters).
+const TAG_LEN: usize = 16;
+
+/// The VAST tag of the key whose digest is `digest`: HMAC-SHA256 keyed by
+/// the digest, truncated. Computable from the stored digest, so every
+/// process knows the tags of the valid keys; it reveals nothing of the key.
+fn tag_of_digest(digest: &[u8; 32]) -> [u8; TAG_LEN] {
+    use hmac::{Hmac, Mac};
+    let mut out = [0u8; TAG_LEN];
+    // HMAC takes a key of any length, so this cannot fail.
+    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(digest) {
+        mac.update(b"adtrack vast tag v1");
+        out.copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+    }
+    out
+}
+
+/// The publishable VAST tag of API key `key`: it goes in players' URLs
+/// (`/vast/{adId}?tag=…`) where a key cannot, and lets its holder only
+/// mint documents (views) of the key's tenant, never read anything. It
+/// stops working when the key is revoked.
+pub fn vast_tag(key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag_of_digest(&digest(key)))
+}
+
+fn decode_tag(tag: &str) -> Option<[u8; TAG_LEN]> {
+    use base64::Engine;
+    if tag.len() > 32 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tag)
+        .ok()?;
+    <[u8; TAG_LEN]>::try_from(bytes).ok()
+}
+
 /// Creates tenant `id` when missing and a new API key for it; returns the
 /// key, which is stored only as its digest.
 pub async fn create(pool: &PgPool, id: &str, name: &str) -> anyhow::Result<String> {
@@ -112,6 +149,8 @@ fn hex(bytes: &[u8]) -> String {
 /// The valid keys' digests and their tenants, as loaded at `at`.
 struct Snapshot {
     tenants: HashMap<[u8; 32], String>,
+    /// The VAST tags of the same keys.
+    tags: HashMap<[u8; TAG_LEN], String>,
     at: Instant,
     /// `KEYS_CHANGED` when the load started.
     generation: u64,
@@ -142,6 +181,23 @@ impl KeyResolver {
         }
         let snapshot = self.current().await?;
         Ok(snapshot.tenants.get(&digest(key)).cloned())
+    }
+
+    /// The tenant of VAST tag `tag` (see [`vast_tag`]), or `None` when it
+    /// is malformed or its key unknown or revoked.
+    pub async fn tenant_of_tag(&self, tag: &str) -> anyhow::Result<Option<String>> {
+        let Some(tag) = decode_tag(tag) else {
+            return Ok(None);
+        };
+        let snapshot = self.current().await?;
+        Ok(snapshot.tags.get(&tag).cloned())
+    }
+
+    /// Whether `tenant` still has a valid key (revoking a tenant revokes
+    /// them all): the pixels of its views count only while it does.
+    pub async fn is_active(&self, tenant: &str) -> anyhow::Result<bool> {
+        let snapshot = self.current().await?;
+        Ok(snapshot.tenants.values().any(|t| t == tenant))
     }
 
     fn cached(&self) -> Option<Arc<Snapshot>> {
@@ -188,12 +244,17 @@ impl KeyResolver {
     async fn load(&self) -> anyhow::Result<Arc<Snapshot>> {
         let generation = KEYS_CHANGED.load(Ordering::Relaxed);
         let rows = store::tenants::valid_keys(&self.pool).await?;
-        let tenants = rows
+        let tenants: HashMap<[u8; 32], String> = rows
             .into_iter()
             .filter_map(|k| Some((<[u8; 32]>::try_from(k.key_hash).ok()?, k.tenant_id)))
             .collect();
+        let tags = tenants
+            .iter()
+            .map(|(d, t)| (tag_of_digest(d), t.clone()))
+            .collect();
         let snapshot = Arc::new(Snapshot {
             tenants,
+            tags,
             at: Instant::now(),
             generation,
         });

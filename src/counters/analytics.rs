@@ -75,8 +75,11 @@ pub struct AdAnalytics {
     pub skips: u64,
     pub errors: u64,
     /// Errors by VAST error code (`"unknown"` for errors without one), read
-    /// from the Postgres error rollup; empty when `errors` is 0.
-    pub errors_by_code: BTreeMap<String, u64>,
+    /// from the Postgres error rollup; empty when `errors` is 0, and absent
+    /// when Postgres could not be read (the other figures come from Redis
+    /// and are answered all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_by_code: Option<BTreeMap<String, u64>>,
     /// completes ÷ impressions (0 without impressions, like `ctr`).
     pub completion_rate: f64,
     /// Invalid traffic (`IVT_FILTER=flag`): impressions, clicks and events
@@ -318,7 +321,7 @@ pub async fn ad_analytics(
         completes,
         skips: totals.get(Kind::Skip),
         errors: totals.get(Kind::Error),
-        errors_by_code: BTreeMap::new(),
+        errors_by_code: Some(BTreeMap::new()),
         completion_rate: rate(completes),
         invalid_impressions: totals.invalid[Kind::Impression as usize],
         invalid_clicks: totals.invalid[Kind::Click as usize],

@@ -93,11 +93,29 @@ pub(super) async fn read_ad(
     let now = Utc::now();
     let mut figures =
         counters::ad_analytics(&mut conn, source, &layout, ad, timeframe, now).await?;
-    // Only an ad with errors costs a Postgres read (on the reports' pool).
+    // Only an ad with errors costs a Postgres read (on the reports' pool,
+    // bounded by REPORT_TIMEOUT). Without Postgres the figures from Redis
+    // are still answered, errorsByCode left out: analytics (and /live) do
+    // not go down with Postgres.
     if figures.errors > 0 {
+        let since = timeframe.start(now);
         figures.errors_by_code =
-            store::reports::errors_by_code(&state.report_pool, tenant, ad, timeframe.start(now))
-                .await?;
+            match store::reports::errors_by_code(&state.report_pool, tenant, ad, since).await {
+                Ok(by_code) => Some(by_code),
+                Err(e) => {
+                    state
+                        .metrics
+                        .analytics_parts_missing
+                        .with_label_values(&["errorsByCode"])
+                        .inc();
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        ad,
+                        "errorsByCode could not be read; answering the analytics without it"
+                    );
+                    None
+                }
+            };
     }
     Ok(figures)
 }

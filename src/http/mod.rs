@@ -64,6 +64,8 @@ pub struct AppState {
     pub settle_gate: Arc<tokio::sync::Mutex<()>>,
     /// Signs and verifies the view tokens of VAST documents.
     pub views: crate::vast::ViewSigner,
+    /// The ad catalogue of the VAST routes, in memory.
+    pub catalogue: Arc<crate::vast::Catalogue>,
 }
 
 /// The tenant of a request: `""` with tenants off; with `TENANTS=on` the
@@ -124,16 +126,36 @@ struct LiveKey {
 /// media from adtrack itself only, nothing inline, no plugins, and no page
 /// may frame adtrack's (the UI renders data only through `textContent`; this
 /// is the second line). `img-src data:` is for the icons in vendored CSS.
-pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; media-src 'self'; connect-src 'self'; \
-     font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
-     frame-ancestors 'none'";
+/// With `PUBLIC_URL`, its origin may serve images and media too: the VAST
+/// documents name it in their pixel and video URLs, so the UI's player
+/// works whatever address the page was opened at.
+pub(crate) fn content_security_policy(public_url: Option<&str>) -> String {
+    let public = public_url
+        .map(origin)
+        .map_or(String::new(), |o| format!(" {o}"));
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; \
+         img-src 'self' data:{public}; media-src 'self'{public}; connect-src 'self'; \
+         font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors 'none'"
+    )
+}
+
+/// `scheme://host[:port]` of an http(s) URL (`PUBLIC_URL` is checked to be
+/// one at start).
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
+    }
+}
 
 /// Headers on every answer, pages and API alike; a handler that needs a
 /// different policy sets its own header (actix keeps it).
-fn security_headers() -> actix_web::middleware::DefaultHeaders {
+fn security_headers(csp: String) -> actix_web::middleware::DefaultHeaders {
     actix_web::middleware::DefaultHeaders::new()
-        .add(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+        .add(("Content-Security-Policy", csp))
         .add(("X-Content-Type-Options", "nosniff"))
         .add(("X-Frame-Options", "DENY"))
         .add(("Referrer-Policy", "strict-origin-when-cross-origin"))
@@ -215,6 +237,10 @@ fn table(surface: Surface) -> Table {
                 vec![(Method::GET, web::to(vast::pixel))],
             ),
             ("/c/{view}", vec![(Method::GET, web::to(vast::click))]),
+            (
+                "/tenant/vast-tag",
+                vec![(Method::GET, web::to(vast::vast_tag))],
+            ),
             ("/admin/queue", vec![(Method::GET, web::to(admin::queue))]),
             (
                 "/admin/dlq",
@@ -297,12 +323,13 @@ pub fn app(
     // pusher (and its Redis connection) stays on it.
     let pusher = state.pusher.local();
     let cors_origins = state.settings.cors_origins.clone();
+    let csp = content_security_policy(state.settings.public_url.as_deref());
     actix_web::App::new()
         .app_data(state)
         .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
         .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
-        .wrap(security_headers())
+        .wrap(security_headers(csp))
         .wrap(actix_web::middleware::Compress::default())
         .wrap(cors::middleware(cors_origins))
         .wrap_fn(move |req, srv| {

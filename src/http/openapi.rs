@@ -297,6 +297,7 @@ impl Modify for AdminAuth {
         super::vast::document,
         super::vast::pixel,
         super::vast::click,
+        super::vast::vast_tag,
         admin::queue,
         admin::dlq,
         admin::dlq_replay,

@@ -357,17 +357,35 @@ pub struct VideoAd {
     pub mime_type: String,
 }
 
-/// The catalogue ad `id`, with its video, or `None`.
-pub async fn video_ad(pool: &PgPool, id: &str) -> anyhow::Result<Option<VideoAd>> {
+/// Every catalogue ad with its video, for the in-memory catalogue of the
+/// VAST routes.
+pub async fn video_ads(pool: &PgPool) -> anyhow::Result<Vec<VideoAd>> {
     sqlx::query_as!(
         VideoAd,
         "SELECT id, title, video_url, target_url, duration_ms, width, height, mime_type
-         FROM ads WHERE id = $1",
-        id,
+         FROM ads",
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await
-    .context("reading a catalogue ad")
+    .context("reading the catalogue's videos")
+}
+
+/// The VAST signing key stored in Postgres (migration 0012): `fresh` when
+/// no process has stored one yet, else the one stored first.
+pub async fn vast_signing_key(pool: &PgPool, fresh: &[u8]) -> anyhow::Result<Vec<u8>> {
+    // Two statements: the SELECT sees the row of a concurrent first start
+    // that the INSERT waited for and skipped.
+    sqlx::query!(
+        "INSERT INTO vast_signing_key (key) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+        fresh,
+    )
+    .execute(pool)
+    .await
+    .context("storing a VAST signing key")?;
+    sqlx::query_scalar!("SELECT key FROM vast_signing_key")
+        .fetch_one(pool)
+        .await
+        .context("reading the VAST signing key")
 }
 
 pub async fn catalogue(pool: &PgPool) -> anyhow::Result<Vec<Ad>> {

@@ -10,7 +10,7 @@
 //!
 //! | query | macro | becomes |
 //! |---|---|---|
-//! | `ts` | `[TIMESTAMP]` | the event time, when within the accepted window |
+//! | `ts` | `[TIMESTAMP]` | the event time, when within the accepted window (from 5 min before the view's issue) |
 //! | `ph` | `[ADPLAYHEAD]` | `videoPlaybackTime` (seconds) |
 //! | `code` | `[ERRORCODE]` | `errorCode` of an error event (100–999) |
 //! | `cph` | `[CONTENTPLAYHEAD]` | `properties.contentPlayhead` (seconds) |
@@ -50,7 +50,8 @@ pub const ERROR_QUERY: [(&str, &str); 2] = [("code", "[ERRORCODE]"), ("reason", 
 const MAX_TEXT: usize = 256;
 
 /// A pixel's query string, decoded leniently: a parameter that does not
-/// decode, or repeats, is ignored rather than refused.
+/// decode is ignored rather than refused, and a repeated one keeps its
+/// first value (later ones are ignored). At most 32 parameters are read.
 #[derive(Debug, Default, Clone)]
 pub struct PixelQuery(Vec<(String, String)>);
 

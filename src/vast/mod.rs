@@ -8,17 +8,23 @@
 //! retried, or embedded twice counts once; the pixel then goes through the
 //! same ingest path as `POST /events` (rate limits, queue or spool, metrics).
 //!
-//! Bounds: a view is minted only by a `GET /vast/{adId}` (charged to the
-//! client's and the ad's rate limits, like one event) and a pixel or click
-//! is refused unless its view carries adtrack's signature, so the views an
-//! attacker can make are bounded by the rate limits exactly as POSTed
-//! impressions are; nothing per view is kept on the server.
+//! Bounds: nothing per view is kept on the server (a view lives only in its
+//! signed token), so minting views costs no memory however many are made.
+//! A pixel or click is refused unless its view carries adtrack's
+//! signature, so it names only a view that a `GET /vast/{adId}` minted.
+//! How many views one client can mint, and so how many impressions it can
+//! count, is bounded only when `RATE_LIMIT_PER_IP` / `RATE_LIMIT_PER_AD`
+//! are set (they are off by default): each document is charged like one
+//! event, exactly as a POSTed impression is. Without them, views are as
+//! unbounded as POSTed impressions; `IVT_FILTER=flag` then flags bots.
 
+pub mod catalogue;
 pub mod document;
 pub mod macros;
 pub mod view;
 mod xml;
 
+pub use catalogue::{Catalogue, Lookup};
 pub use document::{render, Document, VideoAd};
 pub use macros::{PixelFields, PixelQuery};
 pub use view::{View, ViewError, ViewSigner};
@@ -75,6 +81,16 @@ impl PixelEvent {
     }
 }
 
+/// Whether `url` may be a click redirect's `Location`: an http(s) URL
+/// without control characters (a CR or LF would split the header). The
+/// catalogue checks the same on write (migration 0012).
+pub fn valid_target(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("http://") && url.len() > 7
+        || lower.starts_with("https://") && url.len() > 8)
+        && !url.chars().any(char::is_control)
+}
+
 /// Namespace of the eventIds derived from (view, event).
 const PIXEL_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x7661_7374_2d70_6978_656c_2d65_7665_6e74);
@@ -106,6 +122,29 @@ mod tests {
         assert_eq!(event_id(a, Kind::Start), event_id(a, Kind::Start));
         assert_ne!(event_id(a, Kind::Start), event_id(a, Kind::Complete));
         assert_ne!(event_id(a, Kind::Start), event_id(b, Kind::Start));
+    }
+
+    #[test]
+    fn only_http_urls_without_control_characters_are_targets() {
+        for ok in [
+            "https://example.com/a?b=1",
+            "http://x",
+            "HTTPS://Example.com",
+        ] {
+            assert!(valid_target(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://",
+            "http://",
+            "javascript:alert(1)",
+            "//evil.example",
+            "ftp://x",
+            "https://a\r\nSet-Cookie: x",
+            "https://a\u{7f}",
+        ] {
+            assert!(!valid_target(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Signed views. A view token names one served VAST document: a random view
 //! id, the ad, the tenant and when it was issued, followed by an HMAC-SHA256
-//! (truncated to 128 bits) under `VAST_SIGNING_KEY`, all base64url. It is
-//! opaque to players and carries no API key; only a process holding the key
+//! (truncated to 128 bits) under `VAST_SIGNING_KEY` (or, without it, the
+//! key stored once in Postgres), all base64url. It is signed, not
+//! encrypted: anyone can decode the view id, ad and tenant in it. It
+//! carries no API key; only a process holding the key
 //! can make one, so a pixel or click URL cannot name a view adtrack never
 //! served, nor another ad or tenant than its document's.
 //!
@@ -62,32 +64,44 @@ impl ViewError {
     }
 }
 
-/// Mints and verifies view tokens under one key.
+/// Mints view tokens under one key and verifies them under it or a
+/// previous one.
 #[derive(Clone)]
 pub struct ViewSigner {
-    key: Vec<u8>,
+    /// The signing key first, then keys accepted for verification only.
+    keys: Vec<Vec<u8>>,
 }
 
 impl ViewSigner {
-    /// A signer for `key` (`VAST_SIGNING_KEY`), or for a random key of this
-    /// process when there is none: views then stop verifying when the
-    /// process restarts, and in other processes.
-    pub fn new(key: Option<&str>) -> Self {
-        let key = match key {
-            Some(k) => k.as_bytes().to_vec(),
-            None => {
-                let mut k = vec![0u8; 32];
-                rand::rng().fill_bytes(&mut k);
-                k
-            }
-        };
-        Self { key }
+    /// A signer for `key` alone.
+    pub fn new(key: &[u8]) -> Self {
+        Self::with_previous(key, &[])
     }
 
-    fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
+    /// Signs with `key`; verifies with `key` or any of `previous` (a key
+    /// being rotated out, the stored key when `VAST_SIGNING_KEY` overrides
+    /// it), so views served before a rotation keep counting.
+    pub fn with_previous(key: &[u8], previous: &[&[u8]]) -> Self {
+        let mut keys = vec![key.to_vec()];
+        for k in previous {
+            if !keys.iter().any(|known| known == k) {
+                keys.push(k.to_vec());
+            }
+        }
+        Self { keys }
+    }
+
+    /// 32 random bytes: the key stored in Postgres when none is.
+    pub fn random_key() -> Vec<u8> {
+        let mut k = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut k);
+        k
+    }
+
+    fn mac(key: &[u8], payload: &[u8]) -> [u8; MAC_LEN] {
         // HMAC takes a key of any length, so this cannot fail.
         let mut out = [0u8; MAC_LEN];
-        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) {
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) {
             mac.update(payload);
             out.copy_from_slice(&mac.finalize().into_bytes()[..MAC_LEN]);
         }
@@ -112,7 +126,7 @@ impl ViewSigner {
             bytes.push(u8::try_from(part.len()).unwrap_or(u8::MAX));
             bytes.extend_from_slice(part.as_bytes());
         }
-        let mac = self.mac(&bytes);
+        let mac = Self::mac(&self.keys[0], &bytes);
         bytes.extend_from_slice(&mac);
         (view, URL_SAFE_NO_PAD.encode(bytes))
     }
@@ -129,8 +143,11 @@ impl ViewSigner {
             return Err(ViewError::Malformed);
         }
         let (payload, mac) = bytes.split_at(bytes.len() - MAC_LEN);
-        let expected = self.mac(payload);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], mac)) {
+        let signed = self.keys.iter().any(|key| {
+            let expected = Self::mac(key, payload);
+            bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], mac))
+        });
+        if !signed {
             return Err(ViewError::Forged);
         }
         // Signed by adtrack: the layout below is the one `mint` wrote.
@@ -173,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_minted_token_verifies_to_its_view() {
-        let s = ViewSigner::new(Some("a key of thirty-two characters.."));
+        let s = ViewSigner::new(b"a key of thirty-two characters..");
         let now = Utc::now();
         let (view, token) = s.mint(&ad(), "acme", now);
         let back = s.verify(&token, now).unwrap();
@@ -188,10 +205,10 @@ mod tests {
 
     #[test]
     fn other_keys_edits_and_old_views_are_refused() {
-        let s = ViewSigner::new(Some("a key of thirty-two characters.."));
+        let s = ViewSigner::new(b"a key of thirty-two characters..");
         let now = Utc::now();
         let (_, token) = s.mint(&ad(), "", now);
-        let other = ViewSigner::new(Some("another key of thirty-two chars."));
+        let other = ViewSigner::new(b"another key of thirty-two chars.");
         assert_eq!(other.verify(&token, now), Err(ViewError::Forged));
         let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
         bytes[5] ^= 1;
@@ -203,6 +220,17 @@ mod tests {
             s.verify(&token, now + VIEW_LIFETIME + chrono::Duration::minutes(2)),
             Err(ViewError::Expired)
         );
+        // A key rotated out still verifies what it signed; it never signs.
+        let rotated = ViewSigner::with_previous(
+            b"another key of thirty-two chars.",
+            &[b"a key of thirty-two characters.."],
+        );
+        assert_eq!(
+            rotated.verify(&token, now).map(|v| v.id).ok(),
+            s.verify(&token, now).map(|v| v.id).ok()
+        );
+        let (_, minted) = rotated.mint(&ad(), "", now);
+        assert_eq!(s.verify(&minted, now), Err(ViewError::Forged));
         for junk in ["", "x", "!!!", &"A".repeat(10_000)] {
             assert_eq!(s.verify(junk, now), Err(ViewError::Malformed), "{junk}");
         }

@@ -69,7 +69,9 @@ impl Xml {
 }
 
 /// Escapes the five XML special characters (text and attribute values) and
-/// drops the control characters XML 1.0 cannot carry.
+/// drops what XML 1.0 cannot carry: control characters other than tab, LF
+/// and CR, and the noncharacters U+FFFE and U+FFFF (its `Char` production
+/// excludes them, and parsers refuse a document that holds one).
 fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -79,7 +81,7 @@ fn escape_into(out: &mut String, s: &str) {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
             '\t' | '\n' | '\r' => out.push(c),
-            c if c.is_control() => {}
+            c if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' => {}
             c => out.push(c),
         }
     }
@@ -93,7 +95,7 @@ mod tests {
     fn values_are_escaped() {
         let mut x = Xml::new();
         x.open("A", &[("t", "a\"b<'&>")])
-            .leaf("B", &[], "x&y<z>\u{1}");
+            .leaf("B", &[], "x&y<z>\u{1}\u{fffe}\u{ffff}");
         let s = x.finish();
         assert!(s.contains("<A t=\"a&quot;b&lt;&apos;&amp;&gt;\">"), "{s}");
         assert!(s.contains("<B>x&amp;y&lt;z&gt;</B>"), "{s}");

@@ -54,6 +54,22 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
             "{path}: {referrer}"
         );
     }
+    // With PUBLIC_URL, the VAST documents' pixels and video come from its
+    // origin: the page may load images and media from there.
+    let public =
+        spawn_app_with(|s| s.public_url = Some("https://track.example:8443/ads".into())).await;
+    let res = public.client.get(public.url("/")).send().await.unwrap();
+    let csp = header(&res, "content-security-policy").to_owned();
+    assert!(
+        csp.contains("img-src 'self' data: https://track.example:8443;"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("media-src 'self' https://track.example:8443;"),
+        "{csp}"
+    );
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    public.stop().await;
     // The policy forbids inline code, so the pages must not carry any.
     for path in ["/", "/docs"] {
         let html = app
