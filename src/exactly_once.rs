@@ -77,7 +77,6 @@
 
 use std::time::Duration;
 
-use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::Utc;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -87,6 +86,7 @@ use crate::counters::apply::{self, ApplyKeys};
 use crate::counters::{Counted, Counters, Ops};
 use crate::domain::Event;
 use crate::queue::Keys;
+use crate::redis_client::RedisConn;
 use crate::store;
 
 /// How long an applied-batch marker (and a rebuild's skip list) lives when

@@ -10,7 +10,9 @@ use std::fmt::Display;
 /// Redis Cluster slot and every Lua script may touch any of them. With
 /// `QUEUE_SHARDS` above 1, shard `i > 0` keeps its queue, processing lists,
 /// heartbeats, worker set, retry set and dead letters under `{P.i}` (a slot
-/// of its own); counters and totals stay under `{P}`.
+/// of its own); counters and totals stay under `{P}`, except that in cluster
+/// mode an ad's counters move to its counter slot `{P.c<s>}`
+/// ([`Keys::with_counter_slots`]).
 #[derive(Debug, Clone)]
 pub struct Keys {
     /// Hash tag of the queue keys: `{P}`, or `{P.i}` for shard `i > 0`.

@@ -17,11 +17,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crate::redis_client::RedisConn;
 use redis::Script;
 
 use crate::metrics::Metrics;
 use crate::queue::Keys;
+use crate::redis_client::RedisConn;
 
 /// Longest wait for the limiter before the request is let through.
 const LIMITER_TIMEOUT: Duration = Duration::from_millis(250);

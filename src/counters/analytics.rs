@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,6 +15,7 @@ use sqlx::PgPool;
 use super::{code, field_code, rebuild, Layout, DAY, HOUR, MINUTE};
 use crate::domain::Kind;
 use crate::keys::fields;
+use crate::redis_client::RedisConn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Timeframe {

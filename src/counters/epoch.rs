@@ -39,7 +39,6 @@
 
 use std::time::Duration;
 
-use crate::redis_client::{RedisConn, Replication};
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
@@ -49,6 +48,7 @@ use super::scripts::{EPOCH_CHECK, EPOCH_EXTEND, EPOCH_FINISH};
 use super::{reconcile_confirmed, ReconcileReport};
 use crate::exactly_once;
 use crate::queue::Keys;
+use crate::redis_client::{RedisConn, Replication};
 
 /// How long the rebuild lease lives unless its holder refreshes it.
 pub const LEASE: Duration = Duration::from_secs(30);

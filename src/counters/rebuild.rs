@@ -32,7 +32,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -42,6 +41,7 @@ use super::{code, field_code, Layout, ALL_TIME_TTL, HOUR};
 use crate::domain::Kind;
 use crate::exactly_once;
 use crate::keys::fields;
+use crate::redis_client::RedisConn;
 use crate::store;
 
 /// How long a rebuild waits for the outbox lock.

@@ -17,7 +17,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::redis_client::{RedisConn, Replication};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -30,6 +29,7 @@ use super::{Layout, Mode, Ops, HOUR};
 use crate::domain::Kind;
 use crate::exactly_once;
 use crate::queue::Keys;
+use crate::redis_client::{RedisConn, Replication};
 use crate::store;
 
 /// How long the pause flag lives if reconcile dies before clearing it.

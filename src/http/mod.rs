@@ -21,7 +21,6 @@ pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::redis_client::RedisConn;
 use actix_web::dev::Service;
 use actix_web::http::Method;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
@@ -31,6 +30,7 @@ use crate::config::Settings;
 use crate::counters::Layout;
 use crate::metrics::Metrics;
 use crate::queue::{Keys, Pusher, Queues};
+use crate::redis_client::RedisConn;
 use crate::spool::{RedisDown, Spool};
 use tokio_util::sync::CancellationToken;
 

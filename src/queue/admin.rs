@@ -2,11 +2,11 @@
 //! overview `/admin/queue` shows, and the dead-letter list (list, replay,
 //! purge).
 
-use crate::redis_client::RedisConn;
 use anyhow::Context;
 
 use super::{scripts, Queue};
 use crate::keys::fields;
+use crate::redis_client::RedisConn;
 
 /// One worker as `/admin/queue` shows it.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use crate::redis_client::RedisConn;
 use anyhow::Context;
 
 use super::{scripts, Queue};
+use crate::redis_client::RedisConn;
 
 impl Queue {
     /// What `worker` holds already (left over from an attempt that could not

@@ -3,12 +3,13 @@
 //!
 //! Ingest spreads pushes over the shards, worker `j` of every process takes
 //! from shard `j % shards`, and the operator's views (queue overview, dead
-//! letters) sum or concatenate the shards. Counters stay under `{P}`.
+//! letters) sum or concatenate the shards. Counters stay under `{P}` (in
+//! cluster mode an ad's under its counter slot `{P.c<s>}`, see `keys`).
 
-use crate::redis_client::RedisConn;
 use anyhow::{bail, Context};
 
 use super::{Keys, Queue, QueueOverview};
+use crate::redis_client::RedisConn;
 
 /// Most shards one prefix may have.
 pub const MAX_SHARDS: usize = 64;

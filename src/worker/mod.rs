@@ -24,7 +24,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::redis_client::RedisConn;
 use anyhow::Context;
 use chrono::Utc;
 use rand::Rng;
@@ -39,6 +38,7 @@ use crate::exactly_once;
 use crate::fault::{Fault, OutageError};
 use crate::metrics::Metrics;
 use crate::queue::{Divert, Queue, Queues};
+use crate::redis_client::RedisConn;
 use crate::store;
 
 /// How long a reservation blocks on an empty queue.
