@@ -730,15 +730,15 @@ async fn queue_shard_slots_moved_under_load_keep_counts_exact() {
     );
     assert!(accepted.is_subset(&distinct), "acknowledged events lost");
 
-    let mut settings = settings;
+    // The workers' process has a spool of its own (one process per
+    // SPOOL_DIR).
     settings.spool_dir = settings.spool_dir.with_extension("workers");
-    let workers = crate::helpers::start(settings, adtrack::app::Role::Worker).await;
+    let mut workers = crate::helpers::start(settings, adtrack::app::Role::Worker).await;
     wait_drained(&app, Duration::from_secs(90)).await;
     let stored = stored_ids(&app).await;
     assert_eq!(stored, distinct, "every queued event is stored, once");
     assert_eq!(clicks_counted(&app, ad).await, stored.len() as i64);
     assert_eq!(dead_letters(&app).await, 0);
-    let mut workers = workers;
     workers.shut_down().await;
     let _ = std::fs::remove_dir_all(&workers.settings.spool_dir);
     app.stop().await;
