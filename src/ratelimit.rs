@@ -40,7 +40,7 @@ pub struct Limit {
 /// branches.
 #[doc(hidden)]
 pub static TAKE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("ratelimit/take.lua")));
+    LazyLock::new(|| crate::redis_client::script(include_str!("ratelimit/take.lua")));
 
 /// What [`RateLimiter::check`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

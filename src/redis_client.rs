@@ -9,7 +9,15 @@
 //! and `ASK`, refreshes its slot map after a failover or a resharding, and
 //! retries `TRYAGAIN`, `CLUSTERDOWN` and `LOADING` a few times before the
 //! error reaches `fault`, which calls it an outage.
+//!
+//! Scripts are made with [`script`], which records each one's source by
+//! its SHA1: on a cluster, an `EVALSHA` answered `NOSCRIPT` (a promoted
+//! replica, a restarted or flushed node) is sent again as `EVAL` to the
+//! same slot's owner. redis-rs's own reload would send `SCRIPT LOAD` to
+//! every node of its map, and fail while one of them cannot take it.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,7 +25,53 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Arg, Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, Script, Value};
+
+/// The source of every script made by [`script`], by SHA1.
+static SOURCES: LazyLock<Mutex<HashMap<String, &'static str>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A script whose source a cluster connection can send again when a node
+/// answers `NOSCRIPT` (see the module's comment). Every adtrack script is
+/// made with it.
+pub fn script(source: &'static str) -> Script {
+    let script = Script::new(source);
+    SOURCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(script.get_hash().to_owned(), source);
+    script
+}
+
+/// `EVALSHA sha …` as `EVAL source …`, when `sha` is a script made by
+/// [`script`].
+fn as_eval(cmd: &Cmd) -> Option<Cmd> {
+    let mut args = cmd.args_iter();
+    match args.next()? {
+        Arg::Simple(name) if name.eq_ignore_ascii_case(b"EVALSHA") => {}
+        _ => return None,
+    }
+    let Arg::Simple(sha) = args.next()? else {
+        return None;
+    };
+    let source = *SOURCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(std::str::from_utf8(sha).ok()?)?;
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(source);
+    for arg in args {
+        match arg {
+            Arg::Simple(a) => eval.arg(a),
+            Arg::Cursor => return None,
+        };
+    }
+    Some(eval)
+}
+
+fn is_evalsha(cmd: &Cmd) -> bool {
+    matches!(cmd.args_iter().next(), Some(Arg::Simple(n)) if n.eq_ignore_ascii_case(b"EVALSHA"))
+}
 
 /// Where adtrack's Redis is: one node, or the seed nodes of a cluster.
 /// Cheap to clone; [`RedisTarget::connect`] opens a connection.
@@ -136,7 +190,22 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => {
+                if !is_evalsha(cmd) {
+                    return c.req_packed_command(cmd);
+                }
+                Box::pin(async move {
+                    match c.req_packed_command(cmd).await {
+                        Err(e) if e.kind() == ErrorKind::NoScriptError => match as_eval(cmd) {
+                            // EVAL runs the script on the slot's owner and
+                            // caches it there for the next EVALSHA.
+                            Some(eval) => c.req_packed_command(&eval).await,
+                            None => Err(e),
+                        },
+                        other => other,
+                    }
+                })
+            }
         }
     }
 
@@ -280,6 +349,27 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_evalsha_of_a_known_script_is_sent_again_as_eval() {
+        let source = "return {KEYS[1], ARGV[1]} -- as_eval test";
+        let known = script(source);
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(known.get_hash()).arg(1).arg("{k}:a").arg("x");
+        let mut expected = redis::cmd("EVAL");
+        expected.arg(source).arg(1).arg("{k}:a").arg("x");
+        assert!(is_evalsha(&evalsha));
+        assert_eq!(
+            as_eval(&evalsha).map(|c| c.get_packed_command()),
+            Some(expected.get_packed_command())
+        );
+
+        let unknown = Script::new("return 2 -- never registered");
+        let mut other = redis::cmd("EVALSHA");
+        other.arg(unknown.get_hash()).arg(0);
+        assert!(as_eval(&other).is_none(), "no source, no EVAL");
+        assert!(!is_evalsha(&redis::cmd("GET")));
+    }
 
     #[test]
     fn slots_follow_the_cluster_specification() {

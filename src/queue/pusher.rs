@@ -252,10 +252,13 @@ async fn flush(
             push.arg(payload.as_str());
         }
     }
-    // A running total for the UI's ingest rate: in the same round trip when
-    // it shares the queue's slot (one node, or shard 0 of a cluster), else
-    // sent once the push is confirmed.
-    let total_apart = conn.is_cluster() && !keys.queue_in_home_slot();
+    // A running total for the UI's ingest rate: in the same round trip on
+    // one node; on a cluster always sent once the push is confirmed. Even
+    // for shard 0, whose queue shares the total's slot: while that slot
+    // migrates, redis-rs sends ASKING once per pipeline, so the second
+    // command of the pipeline gets MOVED and the whole pipeline, LPUSH
+    // included, is sent again (the group pushed twice or more).
+    let total_apart = conn.is_cluster();
     if !total_apart {
         count_ingested(&mut pipe, keys, count);
     }

@@ -142,11 +142,18 @@ impl Replayer {
         for chunk in good.chunks(REPLAY_CHUNK) {
             let mut pipe = redis::pipe();
             pipe.cmd("LPUSH").arg(self.keys.queue()).arg(chunk).ignore();
-            pipe.cmd("HINCRBY")
+            let mut total = redis::cmd("HINCRBY");
+            total
                 .arg(self.keys.stats())
                 .arg(fields::INGESTED)
-                .arg(chunk.len())
-                .ignore();
+                .arg(chunk.len());
+            // On a cluster the running total goes apart, after the push: a
+            // pipeline sent again after a MOVED (shard 0's slot migrating)
+            // would push the chunk again with it.
+            let total_apart = self.redis.is_cluster();
+            if !total_apart {
+                pipe.add_command(total.clone()).ignore();
+            }
             // With REDIS_MIN_REPLICAS, a segment leaves the disk only once
             // the replicas have its events too.
             tokio::time::timeout(
@@ -156,6 +163,17 @@ impl Replayer {
             .await
             .context("replaying into Redis timed out")?
             .context("replaying into Redis")?;
+            if total_apart {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    total.query_async::<i64>(&mut self.redis),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    // The events are queued; only the UI's rate misses them.
+                    tracing::debug!(events = chunk.len(), "the ingested total was not updated");
+                }
+            }
             self.metrics.spool_replayed.inc_by(chunk.len() as u64);
         }
         tokio::fs::remove_file(path)

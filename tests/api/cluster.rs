@@ -307,7 +307,8 @@ struct Failover {
 /// (`CLIENT KILL TYPE replica`, with the replica's `masteruser` pointing at
 /// a user that does not exist so that it cannot reconnect): on loopback the
 /// replica would otherwise hold every write within a millisecond. Commits are held back
-/// meanwhile, so the queue is full when the primary dies. The killed node
+/// for the first two seconds, go on for one, and are held back again until
+/// the kill, so the queue is full when the primary dies. The killed node
 /// then comes back as the new primary's replica.
 async fn failover_under_load(min_replicas: u32) -> Failover {
     let mut cluster = TestCluster::start().await;
@@ -389,6 +390,20 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
         },
     )
     .await;
+    // Commits are held back again until the kill: what ingest takes from
+    // here on stays in the queues, and on the doomed primary nothing of it
+    // reaches the replica, so with REDIS_MIN_REPLICAS=0 a loss is certain.
+    let stalled = crate::helpers::block_commits(&app.pool).await;
+    let accepted_at_stall = load.accepted.lock().unwrap().len();
+    wait_until(
+        "events were acknowledged with commits held back",
+        Duration::from_secs(30),
+        || {
+            let n = load.accepted.lock().unwrap().len();
+            async move { n > accepted_at_stall + 300 }
+        },
+    )
+    .await;
     let links: String = redis::cmd("INFO")
         .arg("replication")
         .query_async(&mut node)
@@ -400,6 +415,7 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     );
     cluster.kill(primary);
     let killed = Instant::now();
+    stalled.rollback().await.unwrap();
 
     let client = reqwest::Client::new();
     let ready = app.url("/ready");
@@ -519,45 +535,41 @@ async fn a_primary_killed_mid_load_with_one_replica_confirming_loses_nothing() {
 }
 
 /// With `REDIS_MIN_REPLICAS=0` a 202 means only "the primary has it": the
-/// same failover may lose acknowledged events (the README states how many
-/// this run lost), but it still counts nothing twice, dead-letters nothing
-/// and answers no 5xx but 503.
+/// events acknowledged while the link was cut and commits were held back
+/// are on the killed primary alone, so the failover loses some of them
+/// (more than none: that is the risk this setting takes, and the test
+/// shows it is exercised; the FAILOVER line gives the figure), but it
+/// still counts nothing twice, dead-letters nothing and answers no 5xx
+/// but 503.
 #[tokio::test]
-async fn a_primary_killed_mid_load_without_replica_confirmation_reports_its_loss() {
+async fn a_primary_killed_mid_load_without_replica_confirmation_loses_acknowledged_events() {
     let f = failover_under_load(0).await;
     assert_only_503_refusals(&f.statuses);
+    assert!(
+        f.lost > 0 && f.lost <= f.acknowledged,
+        "acknowledged events on the killed primary alone must be lost: lost {} of {}",
+        f.lost,
+        f.acknowledged
+    );
     assert_eq!(f.counted_twice, 0, "events counted twice");
     assert_eq!(f.dead_lettered, 0);
-    assert!(f.lost <= f.acknowledged);
 }
 
-/// The slot of a queue shard moves to another primary under load
-/// (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `SETSLOT … NODE`):
-/// pushes and blocking reads follow it through ASK and MOVED, and the
-/// counts stay exact.
-#[tokio::test]
-async fn a_queue_shard_slot_moved_under_load_keeps_counts_exact() {
-    let cluster = TestCluster::start().await;
-    let app = cluster_app(&cluster, 0).await;
-    let ad = "ad-reshard";
-    let shard = Keys::shard(&app.settings.redis_prefix, 1);
-    let slot = adtrack::redis_client::key_slot(shard.queue().as_bytes());
-    let source = cluster.owner_of(&shard.queue()).await;
-    let target = *cluster
-        .primaries()
-        .await
-        .iter()
-        .find(|p| **p != source)
-        .unwrap();
-
-    let load = Arc::new(Load::default());
-    let tasks = load.start(&app.address, &[ad], 8, 2000);
-    wait_until("the load is under way", Duration::from_secs(30), || {
-        let n = load.accepted.lock().unwrap().len();
-        async move { n >= 300 }
-    })
-    .await;
-
+/// Moves `slot` from the primary on `source` to the one on `target`
+/// (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE` of its keys,
+/// `SETSLOT … NODE` on every primary). Between the last `MIGRATE` and
+/// `SETSLOT … NODE`, `while_migrating` is awaited: writes to the slot's
+/// keys are answered ASK by the source meanwhile.
+async fn move_slot<F, Fut>(
+    cluster: &TestCluster,
+    slot: u16,
+    source: u16,
+    target: u16,
+    while_migrating: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut src = cluster.node(source).await;
     let mut dst = cluster.node(target).await;
     let id_of = |c: redis::aio::MultiplexedConnection| async move {
@@ -605,29 +617,213 @@ async fn a_queue_shard_slot_moved_under_load_keeps_counts_exact() {
             .await
             .unwrap();
     }
+    while_migrating().await;
     for port in cluster.primaries().await {
         let _: () = setslot("NODE", &dst_id)
             .query_async(&mut cluster.node(port).await)
             .await
             .unwrap();
     }
-    assert_eq!(cluster.owner_of(&shard.queue()).await, target);
+}
+
+/// The eventIds of every envelope in the queues of `shards` shards.
+async fn queued_ids(app: &TestApp, shards: usize) -> Vec<Uuid> {
+    let mut conn = app.redis.clone();
+    let mut ids = Vec::new();
+    for i in 0..shards {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(Keys::shard(&app.settings.redis_prefix, i).queue())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for r in raw {
+            let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+            ids.push(v["eventId"].as_str().unwrap().parse().unwrap());
+        }
+    }
+    ids
+}
+
+/// The slots of queue shards 1 and 0 move to other primaries under load
+/// (shard 0's slot is the home slot: the running ingest total, the epoch
+/// and the rest of the prefix's own keys move with it). Ingest runs with
+/// no worker, so the queues show every push: each event was pushed once
+/// (a push re-sent after a redirection would queue it twice), none
+/// acknowledged is missing. Then workers drain: counts exact.
+#[tokio::test]
+async fn queue_shard_slots_moved_under_load_keep_counts_exact() {
+    let cluster = TestCluster::start().await;
+    let prefix = cluster.spread_prefix(SHARDS).await;
+    let mut settings = crate::helpers::test_settings();
+    settings.redis_cluster = true;
+    settings.redis_url = cluster.url();
+    settings.redis_prefix = prefix;
+    settings.queue_shards = SHARDS;
+    settings.worker_count = SHARDS;
+    settings.admin_token = Some("cluster-admin-token-0123".into());
+    let app = crate::helpers::start(settings.clone(), adtrack::app::Role::Api).await;
+    let ad = "ad-reshard";
+
+    let load = Arc::new(Load::default());
+    let tasks = load.start(&app.address, &[ad], 8, usize::MAX);
+    wait_until("the load is under way", Duration::from_secs(30), || {
+        let n = load.accepted.lock().unwrap().len();
+        async move { n >= 300 }
+    })
+    .await;
+
+    for index in [1, 0] {
+        let shard = Keys::shard(&app.settings.redis_prefix, index);
+        let slot = adtrack::redis_client::key_slot(shard.queue().as_bytes());
+        let source = cluster.owner_of(&shard.queue()).await;
+        let target = *cluster
+            .primaries()
+            .await
+            .iter()
+            .find(|p| **p != source)
+            .unwrap();
+        // The slot stays half moved until 300 more events are answered.
+        let answered = load.answered.load(Ordering::Relaxed);
+        move_slot(&cluster, slot, source, target, || {
+            wait_until(
+                "events were sent while the slot migrates",
+                Duration::from_secs(60),
+                || {
+                    let n = load.answered.load(Ordering::Relaxed);
+                    async move { n > answered + 300 }
+                },
+            )
+        })
+        .await;
+        assert_eq!(cluster.owner_of(&shard.queue()).await, target);
+        let moved = cluster.keys_on(target, &app.settings.redis_prefix).await;
+        let tag = shard.queue().replace(":queue", "");
+        assert!(
+            moved.iter().any(|k| k.starts_with(&tag)),
+            "shard {index}'s keys are on the new owner: {moved:?}"
+        );
+    }
+    load.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
     assert_only_503_refusals(&load.statuses());
     let accepted = load.accepted();
+    // Whatever went to the spool is back in the queues.
+    wait_until("the spool is replayed", Duration::from_secs(60), || {
+        let dir = app.settings.spool_dir.clone();
+        async move {
+            std::fs::read_dir(&dir)
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        }
+    })
+    .await;
+    let queued = queued_ids(&app, SHARDS).await;
+    let distinct: HashSet<Uuid> = queued.iter().copied().collect();
+    assert_eq!(
+        queued.len(),
+        distinct.len(),
+        "events pushed more than once while a slot moved"
+    );
+    assert!(accepted.is_subset(&distinct), "acknowledged events lost");
+
+    // The workers' process has a spool of its own (one process per
+    // SPOOL_DIR).
+    settings.spool_dir = settings.spool_dir.with_extension("workers");
+    let mut workers = crate::helpers::start(settings, adtrack::app::Role::Worker).await;
     wait_drained(&app, Duration::from_secs(90)).await;
+    let stored = stored_ids(&app).await;
+    assert_eq!(stored, distinct, "every queued event is stored, once");
+    assert_eq!(clicks_counted(&app, ad).await, stored.len() as i64);
+    assert_eq!(dead_letters(&app).await, 0);
+    workers.shut_down().await;
+    let _ = std::fs::remove_dir_all(&workers.settings.spool_dir);
+    app.stop().await;
+}
+
+/// `NOSCRIPT` after a failover, the dead primary still down
+/// (`REDIS_MIN_REPLICAS=0`, so ingest goes on without its replica): every
+/// node's script cache is flushed, and each script is sent again (`EVAL`)
+/// to the node that owns its keys. A `SCRIPT LOAD` sent to every node in
+/// the client's map fails while one of them cannot take it (a dead node
+/// not yet dropped from the map; here a replica refused it by ACL), and
+/// then nothing would drain.
+#[tokio::test]
+async fn noscript_after_a_failover_is_answered_with_the_dead_node_still_down() {
+    let mut cluster = TestCluster::start().await;
+    let app = cluster_app(&cluster, 0).await;
+    let ad = "ad-noscript";
+    let load = Arc::new(Load::default());
+    for t in load.start(&app.address, &[ad], 4, 200) {
+        t.await.unwrap();
+    }
+    wait_drained(&app, Duration::from_secs(60)).await;
+
+    let primary = cluster.owner_of(&app.keys.queue()).await;
+    let replica = cluster.replica_of(primary).await;
+    cluster.kill(primary);
+    let queue = app.keys.queue();
+    wait_until(
+        "the replica took over queue shard 0",
+        Duration::from_secs(60),
+        || {
+            let (cluster, queue) = (&cluster, queue.clone());
+            async move { cluster.owner_of(&queue).await == replica }
+        },
+    )
+    .await;
+    cluster.wait_healthy(3, false).await;
+    let client = reqwest::Client::new();
+    let ready = app.url("/ready");
+    wait_until("adtrack is ready again", Duration::from_secs(60), || {
+        let (client, ready) = (client.clone(), ready.clone());
+        async move {
+            client
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    // A node that cannot take `SCRIPT LOAD` (as a dead one still in a
+    // client's map cannot): a replica, which runs none of adtrack's
+    // scripts. Only a reload sent to every node would need it.
+    let other = cluster
+        .primaries()
+        .await
+        .into_iter()
+        .find(|p| *p != replica)
+        .unwrap();
+    let bystander = cluster.replica_of(other).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-script|load")
+        .query_async(&mut cluster.node(bystander).await)
+        .await
+        .unwrap();
+    for node in cluster.alive() {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut cluster.node(node.port).await)
+            .await
+            .unwrap();
+    }
+    let more = Arc::new(Load::default());
+    for t in more.start(&app.address, &[ad], 4, 400) {
+        t.await.unwrap();
+    }
+    assert_only_503_refusals(&more.statuses());
+    wait_drained(&app, Duration::from_secs(90)).await;
+    let mut accepted = load.accepted();
+    accepted.extend(more.accepted());
     let stored = stored_ids(&app).await;
     assert!(accepted.is_subset(&stored), "acknowledged events lost");
     assert_eq!(clicks_counted(&app, ad).await, stored.len() as i64);
-    let moved = cluster.keys_on(target, &app.settings.redis_prefix).await;
-    assert!(
-        moved
-            .iter()
-            .any(|k| k.starts_with(&format!("{{{}.1}}", app.settings.redis_prefix))),
-        "shard 1's keys are on the new owner: {moved:?}"
-    );
     assert_eq!(dead_letters(&app).await, 0);
     app.stop().await;
 }

@@ -481,6 +481,8 @@ fn spawn_redis(port: u16, dir: &std::path::Path, persistent: bool) -> std::proce
         .args(aof)
         .arg("--dir")
         .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1076,27 +1078,53 @@ impl ClusterNode {
 }
 
 /// A real Redis Cluster of six `redis-server --cluster-enabled yes`
-/// processes on free ports (AOF on, `cluster-node-timeout` 1 s), created by
-/// `redis-cli --cluster create … --cluster-replicas 1`: three primaries,
-/// each with one replica. Every process is killed on drop.
+/// processes (AOF on, `cluster-node-timeout` [`CLUSTER_NODE_TIMEOUT_MS`]),
+/// created by `redis-cli --cluster create … --cluster-replicas 1`: three
+/// primaries, each with one replica. Every process is killed on drop.
+///
+/// One cluster runs at a time in this process (a `TestCluster` holds
+/// [`CLUSTER_SERIAL`] for its whole life): six nodes, adtrack and Postgres
+/// on a 2-core machine, times several clusters, starve the nodes' cluster
+/// bus until they declare each other failed in tests that kill nothing.
 pub struct TestCluster {
     pub nodes: Vec<ClusterNode>,
     dir: std::path::PathBuf,
+    // Dropped after the nodes are killed (Drop runs before the fields).
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// A port whose cluster bus port (port + 10000) is free too.
-fn free_cluster_port(taken: &[u16]) -> u16 {
-    loop {
-        let port = rand::random_range(20_000..30_000u16);
+/// Held by every live [`TestCluster`]: the cluster tests run one at a time.
+static CLUSTER_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Long enough that a node starved of CPU for a moment is not declared
+/// failed; a real failure is still noticed (and failed over) in a few
+/// seconds.
+const CLUSTER_NODE_TIMEOUT_MS: u32 = 3000;
+
+/// Ports handed out to cluster nodes in this process; never handed out
+/// twice, so a node that was killed and is restarted keeps its port while
+/// no other cluster can take it.
+static CLUSTER_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A node's port: below 22768, so its cluster bus port (port + 10000) is
+/// below Linux's ephemeral range (32768+), where an outgoing connection
+/// could take it between this check and the node's start. Both ports are
+/// free when chosen, and none is chosen twice in this process.
+fn free_cluster_port() -> u16 {
+    let mut taken = CLUSTER_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..10_000 {
+        let port = rand::random_range(12_000..22_768u16);
         if taken.contains(&port) {
             continue;
         }
         let both = TcpListener::bind(("127.0.0.1", port))
             .and_then(|a| TcpListener::bind(("127.0.0.1", port + 10_000)).map(|b| (a, b)));
         if both.is_ok() {
+            taken.push(port);
             return port;
         }
     }
+    panic!("no free port pair (port, port + 10000) below 32768 for a cluster node");
 }
 
 fn require_redis_cli() {
@@ -1115,24 +1143,31 @@ impl TestCluster {
     pub async fn start() -> TestCluster {
         require_redis_server();
         require_redis_cli();
+        let serial = CLUSTER_SERIAL.lock().await;
         let dir = std::env::temp_dir().join(format!("adtrack-cluster-{}", Uuid::new_v4().simple()));
-        let mut nodes = Vec::new();
-        let mut ports = Vec::new();
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            dir,
+            _serial: serial,
+        };
         for _ in 0..6 {
-            let port = free_cluster_port(&ports);
-            ports.push(port);
-            let node_dir = dir.join(port.to_string());
+            let port = free_cluster_port();
+            let node_dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("create a cluster node's directory");
             let child = spawn_cluster_node(port, &node_dir);
-            nodes.push(ClusterNode {
+            cluster.nodes.push(ClusterNode {
                 port,
                 child: Some(child),
             });
         }
-        for n in &nodes {
+        for n in &cluster.nodes {
             wait_for_port(n.port).await;
         }
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let created = tokio::process::Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -1141,14 +1176,32 @@ impl TestCluster {
             .output()
             .await
             .expect("run redis-cli --cluster create");
+        // A panic here prints every node's log (see Drop).
         assert!(
             created.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&created.stdout)
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
         );
-        let cluster = TestCluster { nodes, dir };
         cluster.wait_healthy(3, true).await;
         cluster
+    }
+
+    /// The last lines of every node's log.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = self.dir.join(n.port.to_string()).join("redis.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out.push_str(&format!(
+                "--- node {} ({}) ---\n{tail}\n",
+                n.port,
+                log.display()
+            ));
+        }
+        out
     }
 
     /// `REDIS_URL` for `REDIS_CLUSTER=on`: every node as a seed.
@@ -1207,6 +1260,28 @@ impl TestCluster {
                         || (replicated && slots.iter().any(|s| s.3.is_empty()))
                     {
                         return false;
+                    }
+                    // A replica listed in CLUSTER SLOTS may not have its
+                    // link to the primary up (or its first sync done) yet.
+                    if replicated {
+                        for replica in slots.iter().flat_map(|s| s.3.iter()) {
+                            let Ok(client) =
+                                redis::Client::open(format!("redis://127.0.0.1:{replica}"))
+                            else {
+                                return false;
+                            };
+                            let Ok(mut r) = client.get_multiplexed_async_connection().await else {
+                                return false;
+                            };
+                            let info: String = redis::cmd("INFO")
+                                .arg("replication")
+                                .query_async(&mut r)
+                                .await
+                                .unwrap_or_default();
+                            if !info.contains("master_link_status:up") {
+                                return false;
+                            }
+                        }
                     }
                 }
                 true
@@ -1332,7 +1407,8 @@ fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> std::process::Child {
             "",
         ])
         .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout"])
+        .arg(CLUSTER_NODE_TIMEOUT_MS.to_string())
         // A replica whose link was cut may still take over: the failover
         // tests cut it on purpose.
         .args(["--cluster-replica-validity-factor", "0"])
@@ -1340,6 +1416,8 @@ fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> std::process::Child {
         .arg(dir.join("nodes.conf"))
         .arg("--dir")
         .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1348,6 +1426,9 @@ fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> std::process::Child {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the cluster's node logs:\n{}", self.log_tails());
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();
