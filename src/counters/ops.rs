@@ -158,14 +158,20 @@ impl Ops {
         at: DateTime<Utc>,
         n: i64,
     ) {
-        let k = field_code(kind, true);
+        let layout = self.layout.tenant(tenant);
+        self.add_ad_count(&layout, ad, field_code(kind, true), at, n);
+    }
+
+    /// `n` under field code `k` of `ad`: its all-time count (kept alive
+    /// with its unique clicks) and its hour and minute windows that can
+    /// still be read.
+    fn add_ad_count(&mut self, layout: &Layout, ad: &str, k: &str, at: DateTime<Utc>, n: i64) {
         let ts = at.timestamp();
         let hour = ts.div_euclid(HOUR);
         let day = ts.div_euclid(DAY);
         let minute = ts.div_euclid(MINUTE);
-        let layout = self.layout.tenant(tenant);
-        self.all_time_incr(&layout, ad, k.to_owned(), n);
-        self.touch_all_time(&layout, ad);
+        self.all_time_incr(layout, ad, k.to_owned(), n);
+        self.touch_all_time(layout, ad);
         let expiry = hour_hash_expiry(day);
         if expiry > self.now {
             let key = layout.ad_hours(day, ad);
@@ -194,29 +200,12 @@ impl Ops {
         at: DateTime<Utc>,
         n: i64,
     ) {
-        let k = code(kind);
-        let ts = at.timestamp();
-        let hour = ts.div_euclid(HOUR);
-        let day = ts.div_euclid(DAY);
-        let minute = ts.div_euclid(MINUTE);
         let layout = self.layout.tenant(tenant);
         if let Some(ad) = ad {
-            self.all_time_incr(&layout, ad, k.to_owned(), n);
-            self.touch_all_time(&layout, ad);
+            self.add_ad_count(&layout, ad, code(kind), at, n);
             if kind == Kind::Click {
+                let hour = at.timestamp().div_euclid(HOUR);
                 self.all_time_incr(&layout, ad, fields::hour(code(Kind::Click), hour), n);
-            }
-            let expiry = hour_hash_expiry(day);
-            if expiry > self.now {
-                let key = layout.ad_hours(day, ad);
-                self.hincr(key.clone(), format!("{k}:{hour}"), n);
-                self.expire.insert(key, expiry);
-            }
-            let expiry = minute_hash_expiry(hour);
-            if expiry > self.now {
-                let key = layout.ad_minutes(hour, ad);
-                self.hincr(key.clone(), format!("{k}:{minute}"), n);
-                self.expire.insert(key, expiry);
             }
         }
         if kind == Kind::Play {
