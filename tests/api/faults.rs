@@ -637,11 +637,14 @@ async fn reads_tell_an_outage_from_a_bug() {
     owned
         .inside_sql(&format!("GRANT SELECT ON ads TO \"{role}\""))
         .await;
-    // A column the code reads has the wrong type: not an outage, a bug.
-    // (`Cause::Unknown`: the decode fails on adtrack's side.)
+    // A column the code reads as never null holds a null: not an outage, a
+    // bug. (`Cause::Unknown`: the decode fails on adtrack's side, whether
+    // the connection had the statement prepared or not. A changed column
+    // type would not do: a freshly prepared statement decodes it unchecked.)
     owned
-        .inside_sql("ALTER TABLE ads ALTER COLUMN title TYPE int USING length(title)")
+        .inside_sql("ALTER TABLE ads ALTER COLUMN title DROP NOT NULL")
         .await;
+    owned.inside_sql("UPDATE ads SET title = NULL").await;
     let res = app.client.get(app.url("/ads")).send().await.unwrap();
     assert_eq!(res.status(), 500);
     let body: Value = res.json().await.unwrap();
