@@ -1,8 +1,8 @@
 //! The worker's side of the queue: reserve items, beat, retire, divert the
 //! ones that failed, and the reaper that gives a dead worker's items back.
 //!
-//! Every move of an item between two places is one script (see `lua/`) or
-//! one `BLMOVE`; the acknowledgement of a committed batch runs with the
+//! Every move of an item between two places is one script (see `lua/`);
+//! the acknowledgement of a committed batch runs with the
 //! counter update (`Counters::ack`).
 
 use std::time::Duration;
@@ -16,42 +16,30 @@ impl Queue {
     /// What `worker` holds already (left over from an attempt that could not
     /// finish), else up to `max` new items, blocking up to `wait` for the
     /// first one. `conn` must be the worker's own connection: `BLMOVE` blocks it.
-    /// `held_nothing`: the caller knows its processing list is empty (its
-    /// last round acknowledged it), which saves reading it.
     pub async fn reserve(
         &self,
         conn: &mut RedisConn,
         worker: &str,
         max: usize,
         wait: Duration,
-        held_nothing: bool,
     ) -> anyhow::Result<Vec<String>> {
         let processing = self.keys.processing(worker);
-        if !held_nothing {
-            let held: Vec<String> = redis::cmd("LRANGE")
-                .arg(&processing)
-                .arg(0)
-                .arg(-1)
-                .query_async(conn)
-                .await
-                .context("reading the processing list")?;
-            if !held.is_empty() {
-                return Ok(held);
-            }
-        }
         // A move is never answered with less than the whole processing
         // list: a command resent after a lost answer (the cluster client
-        // resends on a cut connection) may have moved items twice, and the
-        // worker must see, process and acknowledge all of them.
+        // resends on a cut connection) finds the items the first one moved,
+        // and the worker must see, process and acknowledge all of them.
         let items = self.take(conn, &processing, max).await?;
         if !items.is_empty() {
             return Ok(items);
         }
+        // Wait for an item without taking it: BLMOVE from the queue's right
+        // end back to the same end leaves the queue as it was, and returns
+        // once the queue holds something (or after `wait`).
         let first: Option<String> = redis::cmd("BLMOVE")
             .arg(self.keys.queue())
-            .arg(&processing)
+            .arg(self.keys.queue())
             .arg("RIGHT")
-            .arg("LEFT")
+            .arg("RIGHT")
             .arg(wait.as_secs_f64())
             .query_async(conn)
             .await
@@ -59,36 +47,34 @@ impl Queue {
         if first.is_none() {
             return Ok(Vec::new());
         }
-        let more = if max > 1 {
-            self.take(conn, &processing, max - 1).await?
-        } else {
-            Vec::new()
-        };
-        if !more.is_empty() {
-            return Ok(more);
-        }
-        redis::cmd("LRANGE")
-            .arg(&processing)
-            .arg(0)
-            .arg(-1)
-            .query_async(conn)
-            .await
-            .context("reading the processing list")
+        self.take(conn, &processing, max).await
     }
 
+    /// Moves up to `max` items to the processing list (unless it holds
+    /// some already) and answers the whole list.
     async fn take(
         &self,
         conn: &mut RedisConn,
         processing: &str,
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
-        scripts::RESERVE
+        let held: usize = scripts::RESERVE
             .key(self.keys.queue())
             .key(processing)
             .arg(max)
             .invoke_async(conn)
             .await
-            .context("moving items from the queue to the processing list")
+            .context("moving items from the queue to the processing list")?;
+        if held == 0 {
+            return Ok(Vec::new());
+        }
+        redis::cmd("LRANGE")
+            .arg(processing)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .context("reading the processing list")
     }
 
     /// Registers `worker` and refreshes its heartbeat.

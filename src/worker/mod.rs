@@ -77,9 +77,6 @@ pub struct Worker {
     ctx: Arc<WorkerContext>,
     /// The queue shard this worker takes from.
     queue: Queue,
-    /// The last round acknowledged its processing list, so the list is empty
-    /// (only this worker fills it); false at start and after a failed round.
-    acked: bool,
 }
 
 struct Failure {
@@ -99,7 +96,6 @@ impl Worker {
             conn,
             ctx,
             queue,
-            acked: false,
         }
     }
 
@@ -144,7 +140,6 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(worker = %self.id))]
     pub async fn step(&mut self) -> Result<StepOutcome, OutageError> {
         let ctx = self.ctx.clone();
-        let held_nothing = std::mem::replace(&mut self.acked, false);
         let items = self
             .queue
             .reserve(
@@ -152,11 +147,9 @@ impl Worker {
                 &self.id,
                 ctx.batch_size,
                 RESERVE_WAIT,
-                held_nothing,
             )
             .await?;
         if items.is_empty() {
-            self.acked = true;
             return Ok(StepOutcome::Idle);
         }
         let started = Instant::now();
@@ -254,7 +247,6 @@ impl Worker {
         if !acked {
             exactly_once::acknowledge(&mut self.conn, &processing).await?;
         }
-        self.acked = true;
 
         duplicates += events.len().saturating_sub(inserted + failed_to_store);
         ctx.metrics.events_duplicate.inc_by(duplicates as u64);

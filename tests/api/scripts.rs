@@ -74,7 +74,7 @@ impl Scratch {
     }
 }
 
-async fn reserve(s: &mut Scratch, max: usize) -> Vec<String> {
+async fn reserve(s: &mut Scratch, max: usize) -> i64 {
     let keys = [s.keys.queue(), s.processing()];
     s.run(&RESERVE, &keys, max).await
 }
@@ -84,8 +84,8 @@ async fn reserve_moves_the_oldest_items_and_nothing_from_an_empty_queue() {
     let mut s = Scratch::new().await;
     let (queue, processing) = (s.keys.queue(), s.processing());
 
-    // Empty queue: nothing returned, no processing list created.
-    assert!(reserve(&mut s, 10).await.is_empty());
+    // Empty queue: nothing moved, no processing list created.
+    assert_eq!(reserve(&mut s, 10).await, 0);
     assert!(!s.exists(&processing).await);
 
     // LPUSH puts the newest on the left; the oldest three move, in order,
@@ -95,17 +95,79 @@ async fn reserve_moves_the_oldest_items_and_nothing_from_an_empty_queue() {
         .lpush(&queue, &["a", "b", "c", "d", "e"])
         .await
         .unwrap();
-    assert_eq!(reserve(&mut s, 3).await, ["c", "b", "a"]);
+    assert_eq!(reserve(&mut s, 3).await, 3);
     assert_eq!(s.list(&queue).await, ["e", "d"]);
     assert_eq!(s.list(&processing).await, ["c", "b", "a"]);
 
     // A second call before the list was acknowledged (a call resent after
-    // its answer was lost) answers the whole list: the first call's items
-    // are not left behind unseen. Asking for more than is left takes what
-    // is left.
-    assert_eq!(reserve(&mut s, 10).await, ["c", "b", "a", "e", "d"]);
-    assert!(s.list(&queue).await.is_empty());
-    assert_eq!(s.list(&processing).await, ["c", "b", "a", "e", "d"]);
+    // its answer was lost) moves nothing and answers the list's length: the
+    // worker reads the first call's items, which are not left behind unseen.
+    assert_eq!(reserve(&mut s, 10).await, 3);
+    assert_eq!(s.list(&queue).await, ["e", "d"]);
+    assert_eq!(s.list(&processing).await, ["c", "b", "a"]);
+
+    // Once acknowledged, asking for more than is left takes what is left,
+    // and an emptied queue is gone.
+    let _: () = s.conn.del(&processing).await.unwrap();
+    assert_eq!(reserve(&mut s, 10).await, 2);
+    assert!(!s.exists(&queue).await);
+    assert_eq!(s.list(&processing).await, ["e", "d"]);
+    s.clean(&[]).await;
+}
+
+/// The worker's reservation over the script: a list left over answers
+/// itself whole, and an empty queue is waited on without being changed.
+#[tokio::test]
+async fn a_reservation_answers_a_held_list_whole_and_waits_for_an_empty_queue() {
+    let mut s = Scratch::new().await;
+    let queue = adtrack::queue::Queue::new(s.keys.clone());
+    let wait = Duration::from_secs(5);
+    let _: () = s
+        .conn
+        .lpush(s.keys.queue(), &["a", "b", "c", "d", "e"])
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        ["c", "b", "a"]
+    );
+    // Not acknowledged: the next reservation answers the same items only.
+    assert_eq!(
+        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        ["c", "b", "a"]
+    );
+    let _: () = s.conn.del(s.processing()).await.unwrap();
+    assert_eq!(
+        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        ["e", "d"]
+    );
+    let _: () = s.conn.del(s.processing()).await.unwrap();
+
+    // An empty queue: the reservation blocks on it, and an item pushed
+    // meanwhile is the one it answers, taken exactly once.
+    let mut pusher = adtrack::app::redis_connection(&redis_url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let queue_key = s.keys.queue();
+    let push = tokio::spawn(async move {
+        let _: () = pusher.lpush(queue_key, "f").await.unwrap();
+    });
+    assert_eq!(
+        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        ["f"]
+    );
+    push.await.unwrap();
+    assert!(!s.exists(&s.keys.queue()).await);
+    assert_eq!(s.list(&s.processing()).await, ["f"]);
+
+    // Nothing comes: the wait ends with nothing held.
+    let _: () = s.conn.del(s.processing()).await.unwrap();
+    assert!(queue
+        .reserve(&mut s.conn, &s.worker, 3, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!s.exists(&s.processing()).await);
     s.clean(&[]).await;
 }
 
