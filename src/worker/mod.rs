@@ -142,12 +142,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let items = self
             .queue
-            .reserve(
-                &mut self.conn,
-                &self.id,
-                ctx.batch_size,
-                RESERVE_WAIT,
-            )
+            .reserve(&mut self.conn, &self.id, ctx.batch_size, RESERVE_WAIT)
             .await?;
         if items.is_empty() {
             return Ok(StepOutcome::Idle);

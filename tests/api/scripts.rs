@@ -128,17 +128,26 @@ async fn a_reservation_answers_a_held_list_whole_and_waits_for_an_empty_queue() 
         .await
         .unwrap();
     assert_eq!(
-        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        queue
+            .reserve(&mut s.conn, &s.worker, 3, wait)
+            .await
+            .unwrap(),
         ["c", "b", "a"]
     );
     // Not acknowledged: the next reservation answers the same items only.
     assert_eq!(
-        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        queue
+            .reserve(&mut s.conn, &s.worker, 3, wait)
+            .await
+            .unwrap(),
         ["c", "b", "a"]
     );
     let _: () = s.conn.del(s.processing()).await.unwrap();
     assert_eq!(
-        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        queue
+            .reserve(&mut s.conn, &s.worker, 3, wait)
+            .await
+            .unwrap(),
         ["e", "d"]
     );
     let _: () = s.conn.del(s.processing()).await.unwrap();
@@ -153,7 +162,10 @@ async fn a_reservation_answers_a_held_list_whole_and_waits_for_an_empty_queue() 
         let _: () = pusher.lpush(queue_key, "f").await.unwrap();
     });
     assert_eq!(
-        queue.reserve(&mut s.conn, &s.worker, 3, wait).await.unwrap(),
+        queue
+            .reserve(&mut s.conn, &s.worker, 3, wait)
+            .await
+            .unwrap(),
         ["f"]
     );
     push.await.unwrap();
