@@ -1,8 +1,8 @@
 //! The worker's side of the queue: reserve items, beat, retire, divert the
 //! ones that failed, and the reaper that gives a dead worker's items back.
 //!
-//! Every move of an item between two places is one script (see `lua/`);
-//! the acknowledgement of a committed batch runs with the
+//! Every move of an item between two places is one script (see `lua/`) or
+//! one `BLMOVE`; the acknowledgement of a committed batch runs with the
 //! counter update (`Counters::ack`).
 
 use std::time::Duration;
@@ -11,6 +11,17 @@ use anyhow::Context;
 
 use super::{scripts, Queue};
 use crate::redis_client::RedisConn;
+
+/// Everything a processing list holds.
+async fn held(conn: &mut RedisConn, processing: &str) -> anyhow::Result<Vec<String>> {
+    redis::cmd("LRANGE")
+        .arg(processing)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .context("reading the processing list")
+}
 
 impl Queue {
     /// What `worker` holds already (left over from an attempt that could not
@@ -32,14 +43,14 @@ impl Queue {
         if !items.is_empty() {
             return Ok(items);
         }
-        // Wait for an item without taking it: BLMOVE from the queue's right
-        // end back to the same end leaves the queue as it was, and returns
-        // once the queue holds something (or after `wait`).
+        // Wait for the first item, moved straight into the processing list
+        // (one blocked worker takes it; the others stay blocked). The round
+        // answers the whole list: a resent BLMOVE may have moved a second.
         let first: Option<String> = redis::cmd("BLMOVE")
             .arg(self.keys.queue())
-            .arg(self.keys.queue())
+            .arg(&processing)
             .arg("RIGHT")
-            .arg("RIGHT")
+            .arg("LEFT")
             .arg(wait.as_secs_f64())
             .query_async(conn)
             .await
@@ -47,7 +58,7 @@ impl Queue {
         if first.is_none() {
             return Ok(Vec::new());
         }
-        self.take(conn, &processing, max).await
+        held(conn, &processing).await
     }
 
     /// Moves up to `max` items to the processing list (unless it holds
@@ -58,23 +69,17 @@ impl Queue {
         processing: &str,
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let held: usize = scripts::RESERVE
+        let length: usize = scripts::RESERVE
             .key(self.keys.queue())
             .key(processing)
             .arg(max)
             .invoke_async(conn)
             .await
             .context("moving items from the queue to the processing list")?;
-        if held == 0 {
+        if length == 0 {
             return Ok(Vec::new());
         }
-        redis::cmd("LRANGE")
-            .arg(processing)
-            .arg(0)
-            .arg(-1)
-            .query_async(conn)
-            .await
-            .context("reading the processing list")
+        held(conn, processing).await
     }
 
     /// Registers `worker` and refreshes its heartbeat.

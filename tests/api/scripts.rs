@@ -153,7 +153,7 @@ async fn a_reservation_answers_a_held_list_whole_and_waits_for_an_empty_queue() 
     let _: () = s.conn.del(s.processing()).await.unwrap();
 
     // An empty queue: the reservation blocks on it, and an item pushed
-    // meanwhile is the one it answers, taken exactly once.
+    // meanwhile is the one it answers, moved exactly once.
     let mut pusher = adtrack::app::redis_connection(&redis_url(), Duration::from_secs(5))
         .await
         .unwrap();
