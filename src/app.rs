@@ -63,10 +63,12 @@ pub const LISTEN_BACKLOG: i32 = 8192;
 /// accepting, and new connections wait in the kernel's accept queue
 /// ([`LISTEN_BACKLOG`], capped by `somaxconn`) until one closes. Each open
 /// connection holds actix's read and write buffers and whatever its request
-/// holds, about 17 KB under `hey -c 10000`. On a 2-core host 3,500 per
-/// thread keep the peak RSS of a burst of 10,000 connections well under
-/// 200 MB: 7,000 are served and the rest (fewer than the 4,096 a default
-/// `somaxconn` queues) wait to be accepted, so none is refused.
+/// holds, about 17 KB under `hey -c 10000`. With two HTTP threads (a
+/// 2-core host) 3,500 per thread keep the peak RSS of a burst of 10,000
+/// connections well under 200 MB: 7,000 are served and the rest (fewer than
+/// the 4,096 a default `somaxconn` queues) wait to be accepted, so none is
+/// refused. Idle keep-alive connections count too; docs/OPERATIONS.md has
+/// what that means for health probes and one-core hosts.
 pub const MAX_CONNECTIONS_PER_THREAD: usize = 3500;
 
 /// Binds `addr` with a wide accept queue. The standard library listens with
