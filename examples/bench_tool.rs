@@ -127,9 +127,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The claim and the raw insert of the drain's statement (`store::insert_batch`)
-/// and nothing else: no rollups, no outbox, no counters.
-const FLOOR_KEYED: &str = r#"
+/// The claim and the raw insert of the drain's statement
+/// (`store::insert_batch`) and nothing else: no rollups, no outbox, no
+/// counters. `keyed` writes the schema's own tables, claiming each eventId
+/// with `ON CONFLICT DO NOTHING`; otherwise the index-free copies, where
+/// every key is inserted and nothing is deduplicated.
+fn floor_statement(keyed: bool) -> String {
+    let (keys, events, conflict) = if keyed {
+        (
+            "event_keys",
+            "events",
+            "ON CONFLICT (tenant_id, event_id) DO NOTHING",
+        )
+    } else {
+        ("floor_keys", "floor_events", "")
+    };
+    format!(
+        r#"
     WITH input AS (
         SELECT * FROM UNNEST(
             $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -140,45 +154,21 @@ const FLOOR_KEYED: &str = r#"
                error_code, invalid_reason)
     ),
     claimed AS (
-        INSERT INTO event_keys (tenant_id, event_id, event_time)
+        INSERT INTO {keys} (tenant_id, event_id, event_time)
         SELECT tenant_id, event_id, event_time FROM input
-        ON CONFLICT (tenant_id, event_id) DO NOTHING
+        {conflict}
         RETURNING tenant_id, event_id
     )
-    INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
-                        event_time, received_at, playback_time, amount, variant,
-                        experiment_id, properties, error_code, invalid_reason)
+    INSERT INTO {events} (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
+                          event_time, received_at, playback_time, amount, variant,
+                          experiment_id, properties, error_code, invalid_reason)
     SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
            received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
            error_code, invalid_reason
     FROM input JOIN claimed USING (tenant_id, event_id)
-"#;
-
-/// The same writes into tables without an index: every key is inserted,
-/// so nothing is deduplicated.
-const FLOOR_BARE: &str = r#"
-    WITH input AS (
-        SELECT * FROM UNNEST(
-            $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
-            $12::text[], $13::text[], $14::text[], $15::text[], $16::int2[], $17::text[]
-        ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
-               received_at, playback_time, amount, variant, experiment_id, properties, tenant_id,
-               error_code, invalid_reason)
-    ),
-    claimed AS (
-        INSERT INTO floor_keys (tenant_id, event_id, event_time)
-        SELECT tenant_id, event_id, event_time FROM input
-        RETURNING tenant_id, event_id
+"#
     )
-    INSERT INTO floor_events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
-                              event_time, received_at, playback_time, amount, variant,
-                              experiment_id, properties, error_code, invalid_reason)
-    SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
-           received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
-           error_code, invalid_reason
-    FROM input JOIN claimed USING (tenant_id, event_id)
-"#;
+}
 
 /// Index-free copies of `event_keys` and `events` (partitioned by time like
 /// it, with one default partition).
@@ -212,12 +202,13 @@ async fn floor(
     }
     let events = Arc::new(events);
     let next = Arc::new(AtomicUsize::new(0));
-    let statement = if keyed { FLOOR_KEYED } else { FLOOR_BARE };
+    let statement: Arc<str> = floor_statement(keyed).into();
     let cpu0 = own_cpu_seconds()?;
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (pool, events, next) = (pool.clone(), events.clone(), next.clone());
+        let statement = statement.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let from = next.fetch_add(batch, Ordering::Relaxed);
@@ -228,7 +219,7 @@ async fn floor(
                     .iter()
                     .collect();
                 let c = BatchColumns::of(&part)?;
-                sqlx::query(statement)
+                sqlx::query(&statement)
                     .bind(&c.ids)
                     .bind(&c.kinds)
                     .bind(&c.ads)

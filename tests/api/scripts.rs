@@ -127,30 +127,22 @@ async fn a_reservation_answers_a_held_list_whole_and_waits_for_an_empty_queue() 
         .lpush(s.keys.queue(), &["a", "b", "c", "d", "e"])
         .await
         .unwrap();
-    assert_eq!(
-        queue
+    // Not acknowledged after the first: the second answers the same items
+    // only; acknowledged, the third takes what is left.
+    for (expected, acknowledge) in [
+        (&["c", "b", "a"][..], false),
+        (&["c", "b", "a"][..], true),
+        (&["e", "d"][..], true),
+    ] {
+        let got = queue
             .reserve(&mut s.conn, &s.worker, 3, wait)
             .await
-            .unwrap(),
-        ["c", "b", "a"]
-    );
-    // Not acknowledged: the next reservation answers the same items only.
-    assert_eq!(
-        queue
-            .reserve(&mut s.conn, &s.worker, 3, wait)
-            .await
-            .unwrap(),
-        ["c", "b", "a"]
-    );
-    let _: () = s.conn.del(s.processing()).await.unwrap();
-    assert_eq!(
-        queue
-            .reserve(&mut s.conn, &s.worker, 3, wait)
-            .await
-            .unwrap(),
-        ["e", "d"]
-    );
-    let _: () = s.conn.del(s.processing()).await.unwrap();
+            .unwrap();
+        assert_eq!(got, expected);
+        if acknowledge {
+            let _: () = s.conn.del(s.processing()).await.unwrap();
+        }
+    }
 
     // An empty queue: the reservation blocks on it, and an item pushed
     // meanwhile is the one it answers, moved exactly once.
