@@ -417,19 +417,7 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
     let killed = Instant::now();
     stalled.rollback().await.unwrap();
 
-    let client = reqwest::Client::new();
-    let ready = app.url("/ready");
-    wait_until("adtrack is ready again", Duration::from_secs(60), || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            client
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    wait_ready_again(&app).await;
     let recovered = killed.elapsed();
     // Every node learns of the promotion by gossip, the one asked here
     // perhaps after adtrack did.
@@ -776,19 +764,7 @@ async fn noscript_after_a_failover_is_answered_with_the_dead_node_still_down() {
     )
     .await;
     cluster.wait_healthy(3, false).await;
-    let client = reqwest::Client::new();
-    let ready = app.url("/ready");
-    wait_until("adtrack is ready again", Duration::from_secs(60), || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            client
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    wait_ready_again(&app).await;
     // A node that cannot take `SCRIPT LOAD` (as a dead one still in a
     // client's map cannot): a replica, which runs none of adtrack's
     // scripts. Only a reload sent to every node would need it.
@@ -903,4 +879,14 @@ async fn a_crash_between_two_counter_slots_neither_loses_nor_doubles() {
         assert_eq!(clicks(second.clone()).await, 5, "counted once");
     }
     app.stop().await;
+}
+
+/// Waits until `/ready` answers 200 again after a failover.
+async fn wait_ready_again(app: &TestApp) {
+    wait_until(
+        "adtrack is ready again",
+        Duration::from_secs(60),
+        || async { app.get("/ready").await.0 == StatusCode::OK },
+    )
+    .await;
 }

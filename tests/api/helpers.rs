@@ -1219,11 +1219,7 @@ impl TestCluster {
 
     /// A plain connection to the node on `port`.
     pub async fn node(&self, port: u16) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to a cluster node")
+        try_node(port).await.expect("connect to a cluster node")
     }
 
     /// Waits until every live node says `cluster_state:ok`, all 16384 slots
@@ -1235,11 +1231,7 @@ impl TestCluster {
             let ports = ports.clone();
             async move {
                 for port in &ports {
-                    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                    else {
-                        return false;
-                    };
-                    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                    let Some(mut c) = try_node(*port).await else {
                         return false;
                     };
                     let info: String = redis::cmd("CLUSTER")
@@ -1265,12 +1257,7 @@ impl TestCluster {
                     // link to the primary up (or its first sync done) yet.
                     if replicated {
                         for replica in slots.iter().flat_map(|s| s.3.iter()) {
-                            let Ok(client) =
-                                redis::Client::open(format!("redis://127.0.0.1:{replica}"))
-                            else {
-                                return false;
-                            };
-                            let Ok(mut r) = client.get_multiplexed_async_connection().await else {
+                            let Some(mut r) = try_node(*replica).await else {
                                 return false;
                             };
                             let info: String = redis::cmd("INFO")
@@ -1467,4 +1454,14 @@ async fn cluster_slots(
         ));
     }
     Ok(out)
+}
+
+/// A plain connection to the Redis node on `port`, or `None` while it does
+/// not answer.
+async fn try_node(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_multiplexed_async_connection()
+        .await
+        .ok()
 }

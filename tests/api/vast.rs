@@ -714,14 +714,7 @@ async fn the_click_redirect_goes_only_to_the_catalogue_target() {
     // A view adtrack did not sign, a token edited by one character, and a
     // view signed by another deployment's key: 404, no Location, nothing
     // stored.
-    let token = served
-        .click
-        .split("/c/")
-        .nth(1)
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap();
+    let token = token_of(&served.click);
     let mut edited = token.to_owned().into_bytes();
     edited[10] = if edited[10] == b'A' { b'B' } else { b'A' };
     let other = adtrack::vast::ViewSigner::new(b"someone else's key, 32 characters");
@@ -1182,14 +1175,7 @@ async fn vast_signing_key_overrides_the_stored_key_and_the_previous_key_still_ve
     let client = no_redirects();
     let (served, _) = serve(&first, AD).await;
     // Signed with VAST_SIGNING_KEY, not the stored key.
-    let token = served
-        .click
-        .split("/c/")
-        .nth(1)
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap();
+    let token = token_of(&served.click);
     assert!(adtrack::vast::ViewSigner::new(old.as_bytes())
         .verify(token, Utc::now())
         .is_ok());
@@ -1211,14 +1197,7 @@ async fn vast_signing_key_overrides_the_stored_key_and_the_previous_key_still_ve
         .replacen(&first.address, &with_previous.address, 1);
     assert_eq!(fire(&client, &url).await, StatusCode::OK);
     let (fresh, _) = serve(&with_previous, AD).await;
-    let token = fresh
-        .click
-        .split("/c/")
-        .nth(1)
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap();
+    let token = token_of(&fresh.click);
     assert!(adtrack::vast::ViewSigner::new(new.as_bytes())
         .verify(token, Utc::now())
         .is_ok());
