@@ -419,18 +419,7 @@ async fn failover_under_load(min_replicas: u32) -> Failover {
 
     wait_ready_again(&app).await;
     let recovered = killed.elapsed();
-    // Every node learns of the promotion by gossip, the one asked here
-    // perhaps after adtrack did.
-    let queue = app.keys.queue();
-    wait_until(
-        "the replica took over queue shard 0",
-        Duration::from_secs(30),
-        || {
-            let (cluster, queue) = (&cluster, queue.clone());
-            async move { cluster.owner_of(&queue).await == replica }
-        },
-    )
-    .await;
+    wait_promoted(&cluster, &app, replica, Duration::from_secs(30)).await;
     // The killed node comes back as the new primary's replica, so writes
     // there can be confirmed again (with REDIS_MIN_REPLICAS=1, until then
     // they wait in the spool and the outbox).
@@ -753,16 +742,7 @@ async fn noscript_after_a_failover_is_answered_with_the_dead_node_still_down() {
     let primary = cluster.owner_of(&app.keys.queue()).await;
     let replica = cluster.replica_of(primary).await;
     cluster.kill(primary);
-    let queue = app.keys.queue();
-    wait_until(
-        "the replica took over queue shard 0",
-        Duration::from_secs(60),
-        || {
-            let (cluster, queue) = (&cluster, queue.clone());
-            async move { cluster.owner_of(&queue).await == replica }
-        },
-    )
-    .await;
+    wait_promoted(&cluster, &app, replica, Duration::from_secs(60)).await;
     cluster.wait_healthy(3, false).await;
     wait_ready_again(&app).await;
     // A node that cannot take `SCRIPT LOAD` (as a dead one still in a
@@ -888,5 +868,16 @@ async fn wait_ready_again(app: &TestApp) {
         Duration::from_secs(60),
         || async { app.get("/ready").await.0 == StatusCode::OK },
     )
+    .await;
+}
+
+/// Waits until `replica` owns queue shard 0 of `app`. Every node learns of
+/// a promotion by gossip, the one asked here perhaps after adtrack did.
+async fn wait_promoted(cluster: &TestCluster, app: &TestApp, replica: u16, within: Duration) {
+    let queue = app.keys.queue();
+    wait_until("the replica took over queue shard 0", within, || {
+        let queue = queue.clone();
+        async move { cluster.owner_of(&queue).await == replica }
+    })
     .await;
 }

@@ -510,17 +510,24 @@ pub async fn wait_for_port(port: u16) {
     panic!("nothing listens on port {port}");
 }
 
-/// Fails the test with a clear message when `redis-server` is missing: a
-/// fault test that skips itself proves nothing. `.ci/run` installs it.
-fn require_redis_server() {
-    let found = std::process::Command::new("redis-server")
+/// Fails the test with a clear message when `tool` is missing: a fault
+/// test that skips itself proves nothing. `.ci/run` installs both tools.
+fn require(tool: &str, package: &str, why: &str) {
+    let found = std::process::Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         found,
-        "redis-server is not installed (or not on PATH); the fault tests need \
-         it to start a Redis of their own (apt-get install redis-server)"
+        "{tool} is not installed (or not on PATH); {why} (apt-get install {package})"
+    );
+}
+
+fn require_redis_server() {
+    require(
+        "redis-server",
+        "redis-server",
+        "the fault tests need it to start a Redis of their own",
     );
 }
 
@@ -1128,14 +1135,10 @@ fn free_cluster_port() -> u16 {
 }
 
 fn require_redis_cli() {
-    let found = std::process::Command::new("redis-cli")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "redis-cli is not installed (or not on PATH); the cluster tests need it \
-         to create a Redis Cluster (apt-get install redis-tools)"
+    require(
+        "redis-cli",
+        "redis-tools",
+        "the cluster tests need it to create a Redis Cluster",
     );
 }
 
