@@ -29,7 +29,7 @@ impl From<&crate::domain::Event> for CountedEvent {
             ad_id: e.ad_id.as_ref().map(|v| v.to_string()),
             campaign_id: e.campaign_id.as_ref().map(|v| v.to_string()),
             screen_id: e.screen_id.as_ref().map(|v| v.to_string()),
-            ip: e.ip_address.map(|ip| ip.to_string()),
+            ip: e.ip_text(),
             time: e.timestamp,
             invalid: e.invalid.is_some(),
         }

@@ -101,9 +101,15 @@ pub struct Event {
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<IpAddr>,
-    #[serde(serialize_with = "super::time::rfc3339")]
+    #[serde(
+        serialize_with = "super::time::rfc3339",
+        deserialize_with = "super::time::from_rfc3339"
+    )]
     pub timestamp: DateTime<Utc>,
-    #[serde(serialize_with = "super::time::rfc3339")]
+    #[serde(
+        serialize_with = "super::time::rfc3339",
+        deserialize_with = "super::time::from_rfc3339"
+    )]
     pub received_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_playback_time: Option<f64>,
@@ -130,6 +136,35 @@ pub struct Event {
     /// server at the edge and never read from a request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid: Option<InvalidReason>,
+}
+
+impl Event {
+    /// The client's IP as Postgres and the unique-click counters take it.
+    pub fn ip_text(&self) -> Option<String> {
+        self.ip_address.map(ip_text)
+    }
+}
+
+/// An IP address as `Display` writes it, without `fmt` for IPv4: a worker
+/// writes one per event, twice, and `fmt` made that a seventh of its work.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 /// Why an event was flagged as invalid traffic (see `ivt`); stored in
@@ -184,6 +219,29 @@ impl EventError {
         Self {
             code,
             message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_text_writes_what_display_writes() {
+        let octets = [0u8, 1, 9, 10, 42, 99, 100, 109, 110, 199, 200, 255];
+        for a in octets {
+            for b in octets {
+                let ip = IpAddr::V4(Ipv4Addr::new(a, b, 255 - a, b / 2));
+                assert_eq!(super::ip_text(ip), ip.to_string());
+            }
+        }
+        for ip in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:192.0.2.1".parse().unwrap(),
+        ] {
+            assert_eq!(super::ip_text(ip), ip.to_string());
         }
     }
 }

@@ -140,7 +140,7 @@ impl<'a> BatchColumns<'a> {
             c.campaigns.push(e.campaign_id.as_ref().map(|v| v.as_str()));
             c.screens.push(e.screen_id.as_ref().map(|v| v.as_str()));
             c.users.push(e.user_id.as_deref());
-            c.ips.push(e.ip_address.map(|ip| ip.to_string()));
+            c.ips.push(e.ip_text());
             c.times.push(e.timestamp);
             c.received.push(e.received_at);
             c.playback.push(e.video_playback_time);

@@ -156,7 +156,9 @@ impl Worker {
 
         let mut failures = Vec::new();
         let mut events: Vec<(&str, Event)> = Vec::with_capacity(items.len());
-        let mut seen = HashSet::with_capacity(items.len());
+        // foldhash: see `Ops::add_events`; a batch bounds what collisions cost.
+        let mut seen =
+            HashSet::with_capacity_and_hasher(items.len(), foldhash::fast::RandomState::default());
         let mut duplicates = 0usize;
         for raw in items.iter() {
             match serde_json::from_str::<Event>(raw) {
@@ -196,16 +198,20 @@ impl Worker {
         let mut acked = false;
         for (i, (batch, ids)) in committed.iter().enumerate() {
             inserted += ids.len();
-            let ids: HashSet<(&str, &Uuid)> = ids.iter().map(|(t, id)| (t.as_str(), id)).collect();
-            let new: Vec<&Event> = events
-                .iter()
-                .map(|(_, e)| e)
-                .filter(|e| ids.contains(&(e.tenant_id.as_str(), &e.event_id)))
-                .collect();
-            let ips: Vec<Option<String>> = new
-                .iter()
-                .map(|e| e.ip_address.map(|ip| ip.to_string()))
-                .collect();
+            let new: Vec<&Event> = if ids.len() == events.len() {
+                // One sub-batch that stored every event (keys are unique in
+                // `events`): the usual batch, with no lookup per event.
+                events.iter().map(|(_, e)| e).collect()
+            } else {
+                let ids: HashSet<(&str, &Uuid)> =
+                    ids.iter().map(|(t, id)| (t.as_str(), id)).collect();
+                events
+                    .iter()
+                    .map(|(_, e)| e)
+                    .filter(|e| ids.contains(&(e.tenant_id.as_str(), &e.event_id)))
+                    .collect()
+            };
+            let ips: Vec<Option<String>> = new.iter().map(|e| e.ip_text()).collect();
             let counted: Vec<Counted> = new
                 .iter()
                 .zip(&ips)
