@@ -130,6 +130,9 @@ impl Application {
         let keys = settings.keys();
         let queues = Queues::new(&settings.redis_prefix, settings.queue_shards);
         queues.check_shard_count(&mut redis.clone()).await?;
+        if role.runs_workers() {
+            queues.check_reservation_allowed(&mut redis.clone()).await?;
+        }
         let counters = Counters::new(keys.clone()).confirmed_by(settings.replication());
         let shutdown = CancellationToken::new();
 

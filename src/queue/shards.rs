@@ -78,6 +78,35 @@ impl Queues {
         }
     }
 
+    /// Refuses a Redis user that may not run `SORT` (Redis files it under
+    /// `@dangerous`, which restricted users often lack): the reservation
+    /// script needs it, and without it every round would fail with `NOPERM`
+    /// and the workers would back off forever as on an outage. A
+    /// `SORT … LIMIT 0 0` of each queue reads nothing and changes nothing.
+    pub async fn check_reservation_allowed(&self, conn: &mut RedisConn) -> anyhow::Result<()> {
+        for shard in &self.shards {
+            let sorted: redis::RedisResult<Vec<String>> = redis::cmd("SORT")
+                .arg(shard.keys().queue())
+                .arg("BY")
+                .arg("nosort")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(0)
+                .query_async(conn)
+                .await;
+            match sorted {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("NOPERM") => bail!(
+                    "the Redis user may not run SORT, which the workers' reservation \
+                     script needs (grant it with `ACL SETUSER <user> +sort`, or run this \
+                     process with --role api): {e}"
+                ),
+                Err(e) => return Err(e).context("checking that the Redis user may reserve"),
+            }
+        }
+        Ok(())
+    }
+
     /// Queued and processing items over every shard.
     pub async fn depths(&self, conn: &mut RedisConn) -> anyhow::Result<(u64, u64)> {
         let (mut queued, mut processing) = (0, 0);

@@ -126,6 +126,58 @@ async fn a_process_with_another_shard_count_refuses_to_start() {
     app.stop().await;
 }
 
+/// A Redis user that may not run `SORT` (Redis files it under `@dangerous`,
+/// often withheld from restricted users) could never reserve a batch: a
+/// process with workers refuses to start and names the grant, where it
+/// would otherwise back off forever; an API-only process, which never
+/// reserves, starts.
+#[tokio::test]
+async fn workers_refuse_to_start_as_a_redis_user_that_may_not_sort() {
+    let mut settings = test_settings();
+    let mut admin = settings
+        .redis_target()
+        .unwrap()
+        .connect(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let user = format!("adtrack-nosort-{}", uuid::Uuid::new_v4().simple());
+    let password = "nosort-password";
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-sort")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    settings.redis_url =
+        settings
+            .redis_url
+            .replacen("redis://", &format!("redis://{user}:{password}@"), 1);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = match Application::build_with_listener(settings.clone(), Role::All, listener).await {
+        Ok(_) => panic!("a process with workers started as a user that may not SORT"),
+        Err(e) => format!("{e:#}"),
+    };
+    let mut api_only = settings.clone();
+    api_only.spool_dir = settings.spool_dir.join("api");
+    let api = start(api_only, Role::Api).await;
+    api.stop().await;
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(err.contains("may not run SORT"), "{err}");
+    assert!(err.contains("+sort"), "{err}");
+}
+
 async fn admin_get(app: &crate::helpers::TestApp, path: &str) -> (StatusCode, serde_json::Value) {
     let res = app
         .client
