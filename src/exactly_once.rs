@@ -8,70 +8,80 @@
 //! A worker's round, for each committed sub-batch:
 //!
 //! 1. **Commit** ([`commit`]): one Postgres statement inserts the new raw
-//!    rows, their rollups and an outbox row naming them.
+//!    rows, their rollups and an outbox row naming them, and deletes the
+//!    outbox rows of batches this worker counted earlier (their step 4).
 //!    *Crash after:* the rows and the outbox row are committed; the items
 //!    are still in the worker's processing list. *Repair:* the reaper
 //!    returns the items to the queue and re-processing inserts nothing
 //!    (dedup); recovery (step R) applies the outbox row.
-//! 2. **Claim** ([`apply_committed`]): in a transaction, delete the batch's
-//!    outbox row (it stays locked until step 4). No row means recovery or
-//!    reconcile took it: the list is only acknowledged (step 3's `DEL`).
-//!    *Crash after:* the transaction rolls back and the row is back: as
-//!    after step 1.
-//! 3. **Apply and acknowledge** (`lua/apply.lua` in `counters`): one script
-//!    sets the batch's marker `{P}:applied:<batch>`, applies every update
-//!    and deletes the processing list. (With counter slots, one script per
-//!    slot, each with its own marker `{P.c<s>}:applied:<batch>` and pause
-//!    flag; the `{P}` call, with the acknowledgement, runs last. A crash
-//!    between two slots is repaired as a crash after step 2: the claim
-//!    rolls back, and recovery finds the applied slots' markers.) With
-//!    `REDIS_MIN_REPLICAS`, each call is followed by `WAIT` in the same
-//!    pipeline, and an unconfirmed call fails the step: the claim rolls
-//!    back, so a failover that loses the update loses no outbox row. If the marker was already set it
-//!    changes nothing but the list (`seen`); while reconcile's pause flag
-//!    is set it changes nothing but the list (`paused`) and the claim is
-//!    rolled back, so the row waits for recovery.
-//!    *Crash after:* Redis has counted the batch and the list is gone, but
-//!    the claim rolls back. *Repair:* recovery claims the row, APPLY finds
-//!    the marker (`seen`) and the row is deleted: counted once.
-//! 4. **Commit the claim**: the outbox row is gone for good.
-//!    *Crash after:* the marker stays. *Repair:* its TTL
-//!    ([`MARKER_TTL_SECS`]); nothing applies the batch again, since its
-//!    row and its items are gone.
-//! 5. **Forget the marker**. A failure here is left to the TTL too.
+//! 2. **Apply and acknowledge** ([`apply_committed`], `lua/apply.lua` in
+//!    `counters`): one script sets the batch's marker
+//!    `{P}:applied:<batch>`, applies every update and deletes the
+//!    processing list. (With counter slots, one script per slot, each with
+//!    its own marker `{P.c<s>}:applied:<batch>` and pause flag; the `{P}`
+//!    call, with the acknowledgement, runs last. A crash between two slots
+//!    is repaired as a crash after step 1: recovery finds the applied
+//!    slots' markers.) With `REDIS_MIN_REPLICAS`, each call is followed by
+//!    `WAIT` in the same pipeline, and an unconfirmed call fails the step:
+//!    the outbox row stays, so a failover that loses the update loses no
+//!    outbox row. If the marker was already set it changes nothing but the
+//!    list (`seen`); while reconcile's pause flag is set it changes nothing
+//!    but the list (`paused`), and the row waits for recovery.
+//!    *Crash after:* Redis has counted the batch and the list is gone; the
+//!    outbox row stays. *Repair:* recovery claims the row, APPLY finds the
+//!    marker (`seen`) and the row is deleted: counted once.
+//! 3. **Remember** ([`Unsettled`]): a batch applied (or found `seen`)
+//!    joins the worker's unsettled batches; a `paused` one does not.
+//! 4. **Delete the row**: the worker's next batch statement (step 1 of its
+//!    next batch) deletes the unsettled batches' rows; a worker with
+//!    nothing to commit (its queue is empty, or it stops) deletes them alone
+//!    ([`Unsettled::settle`]). *Crash before:* as after step 2.
+//! 5. **Forget the marker**, once the deletion committed. A failure here is
+//!    left to the marker's TTL ([`MARKER_TTL_SECS`]); nothing applies the
+//!    batch again, since its row and its items are gone.
+//!
+//! No transaction spans steps 1 to 5: the marker alone decides, atomically
+//! in Redis, whether a batch's update has run. A row is deleted only after
+//! its update ran (step 4, or recovery), and a marker is forgotten only by
+//! the worker that applied it, after its row is gone and with no APPLY of
+//! its own in flight. Recovery and reconcile leave the markers they set or
+//! find to their TTL: a worker stalled between its commit and its APPLY may
+//! still send that APPLY, which must answer `seen`.
 //!
 //! A round that committed nothing (every event a duplicate) acknowledges
 //! its list with [`acknowledge`]. *Crash before:* the reaper requeues the
 //! items; they are duplicates again.
 //!
 //! **R. Recovery** ([`recover`], run by the maintenance loop): claims outbox
-//! rows older than a grace period (so it never races step 2 of a live
-//! worker; `SKIP LOCKED` skips rows being claimed), reads their events from
-//! Postgres and runs step 3 without a list, then steps 4 and 5. A `paused`
-//! answer stops it; only the applied rows are deleted. *Crash after
-//! APPLY:* the rows come back, their markers answer `seen`, the next
-//! recovery deletes them.
+//! rows older than a grace period (`SKIP LOCKED` skips rows a live
+//! worker's statement is deleting), reads their events from Postgres, runs
+//! step 2 without a list and deletes the rows applied. A `paused` answer
+//! stops it; only the applied rows are deleted. *Crash after APPLY:* the
+//! rows come back and their markers answer `seen`.
 //!
 //! **Reconcile** (`counters::reconcile`) rebuilds every counter from
 //! Postgres:
 //! - P1. [`pause`]: set the pause flag (with a TTL). From now on APPLY
 //!   answers `paused` and outbox rows stay. *Crash after:* the flag
 //!   expires and recovery applies the rows left meanwhile.
-//! - P2. Under [`lock_outbox`] (EXCLUSIVE, in a REPEATABLE READ snapshot):
-//!   read the rollups and [`take_outbox`] (delete every row; the snapshot
+//! - P2. Under [`lock_outbox`] (EXCLUSIVE, in a REPEATABLE READ snapshot:
+//!   no batch statement can commit until the end): read the rollups and
+//!   [`take_outbox`] (delete every row, applied or not; the snapshot
 //!   already counts their batches). *Crash after:* the transaction rolls
 //!   back, nothing changed in Redis but staging keys, which expire.
 //! - P3. Swap the staged keys in and set the taken batches' markers
 //!   ([`marker_keys`], one script), then [`resume`]. *Crash after:* the
 //!   transaction rolls back and the rows are back, but their markers say
 //!   `seen`, so recovery only deletes them.
-//! - P4. Commit; forget the markers ([`forget_markers`]).
+//! - P4. Commit. The markers live out their TTL.
 //!
 //! **Rebuild skip lists** (`counters::rebuild`, an ad's or a campaign's
 //! all-time figures rebuilt on a read): under [`lock_outbox`], the batches
-//! still in the outbox ([`pending_batches`]) are written with the figures
-//! into the key's skip list (`ax:`/`cx:`, TTL [`MARKER_TTL_SECS`]); APPLY
-//! skips that key for those batches, which the snapshot already counts.
+//! still in the outbox ([`pending_batches`]: not applied yet, or applied
+//! and not deleted yet) are written with the figures into the key's skip
+//! list (`ax:`/`cx:`, TTL [`MARKER_TTL_SECS`]); APPLY skips that key for
+//! those batches, which the snapshot already counts. An APPLY that runs
+//! before the figures are written is overwritten by figures that hold it.
 //! *Crash after:* the skip list only names batches counted in the figures;
 //! it expires with them or by its TTL.
 
@@ -104,51 +114,71 @@ pub enum Applied {
     Paused,
 }
 
-/// Step 1: commits `events` as batch `batch` with its outbox row. Returns
-/// the keys that were new.
+/// Step 1: commits `events` as batch `batch` with its outbox row, and
+/// deletes the rows of `settled` (step 4 of earlier batches). Returns the
+/// keys that were new.
 pub async fn commit(
     pool: &PgPool,
     events: &[&Event],
     batch: Uuid,
+    settled: &[Uuid],
 ) -> anyhow::Result<Vec<store::EventKey>> {
-    store::insert_batch(pool, events, batch).await
+    store::insert_batch(pool, events, batch, settled).await
 }
 
-/// Steps 2 to 5 for one committed batch. With `processing`, its
-/// acknowledgement runs in step 3 (or alone, when the row is gone).
+/// Step 2 for one committed batch. With `processing`, its acknowledgement
+/// runs in the same script. The caller remembers an `Applied` or
+/// `AlreadyApplied` batch in its [`Unsettled`] (step 3).
 pub async fn apply_committed(
-    pool: &PgPool,
     conn: &mut RedisConn,
     counters: &Counters,
     batch: &Uuid,
     counted: &[Counted<'_>],
     processing: Option<&str>,
-) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await.context("starting the counter claim")?;
-    let claimed = store::outbox::claim(&mut *tx, batch).await?;
-    if claimed == 0 {
-        // Recovery or reconcile already accounted for this batch.
-        drop(tx);
-        if let Some(p) = processing {
-            acknowledge(conn, p).await?;
-        }
-        return Ok(());
-    }
+) -> anyhow::Result<Applied> {
     let ops = counters.ops_for(counted, Utc::now());
-    match apply_batch(conn, counters, batch, &ops, processing).await? {
-        Applied::Paused => {
-            // Reconcile is running; recovery applies this row later.
-            tx.rollback().await.context("releasing the counter claim")?;
-        }
-        Applied::Applied | Applied::AlreadyApplied => {
-            tx.commit().await.context("committing the counter claim")?;
-            forget_markers_later(conn, counters.keys(), &[*batch]).await;
-        }
-    }
-    Ok(())
+    apply_batch(conn, counters, batch, &ops, processing).await
 }
 
-/// Step 3: applies a committed batch's updates once (guarded by its
+/// Steps 3 to 5 of one worker: the batches it counted whose outbox rows
+/// still stand.
+#[derive(Debug, Default)]
+pub struct Unsettled(Vec<Uuid>);
+
+impl Unsettled {
+    /// Step 3: `batch` was applied (or found applied).
+    pub fn counted(&mut self, batch: Uuid) {
+        self.0.push(batch);
+    }
+
+    /// The batches whose rows the worker's next [`commit`] deletes.
+    pub fn batches(&self) -> &[Uuid] {
+        &self.0
+    }
+
+    /// Step 5, once a [`commit`] that carried [`Self::batches`] committed.
+    pub async fn deleted(&mut self, conn: &mut RedisConn, keys: &Keys) {
+        forget_markers_later(conn, keys, &self.0).await;
+        self.0.clear();
+    }
+
+    /// Steps 4 and 5 alone, for a worker with nothing to commit.
+    pub async fn settle(
+        &mut self,
+        pool: &PgPool,
+        conn: &mut RedisConn,
+        keys: &Keys,
+    ) -> anyhow::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        store::outbox::delete(pool, &self.0).await?;
+        self.deleted(conn, keys).await;
+        Ok(())
+    }
+}
+
+/// Step 2: applies a committed batch's updates once (guarded by its
 /// marker and the pause flag) and, with `processing`, acknowledges that
 /// list in the same script.
 ///
@@ -156,9 +186,9 @@ pub async fn apply_committed(
 /// each with the marker and pause flag of its own slot
 /// (`{P.c<s>}:applied:<batch>`); the acknowledgement goes with the `{P}`
 /// call, which always runs (last). A crash between two slots leaves some
-/// markers set and the claim rolled back: recovery applies the batch again,
-/// the slots already applied answer `seen`, the others apply. The answer is
-/// `Paused` if any slot was paused (the claim must roll back), else
+/// markers set and the outbox row in place: recovery applies the batch
+/// again, the slots already applied answer `seen`, the others apply. The
+/// answer is `Paused` if any slot was paused (the row must stay), else
 /// `Applied` if any slot applied, else `AlreadyApplied`.
 pub async fn apply_batch(
     conn: &mut RedisConn,
@@ -275,7 +305,8 @@ pub async fn recover(
     } else {
         tx.commit().await.context("committing outbox recovery")?;
     }
-    forget_markers_later(conn, counters.keys(), &applied).await;
+    // The markers stay until their TTL: a worker stalled between its commit
+    // and its APPLY of one of these batches must find it `seen`.
     Ok(applied.len())
 }
 
@@ -352,13 +383,9 @@ pub fn marker_keys(keys: &Keys, batches: &[Uuid]) -> Vec<String> {
         .collect()
 }
 
-/// Step 5 and P4: drops applied-batch markers once their outbox rows are
-/// gone (one `DEL` per counter slot).
-pub async fn forget_markers(
-    conn: &mut RedisConn,
-    keys: &Keys,
-    batches: &[Uuid],
-) -> anyhow::Result<()> {
+/// Step 5: drops applied-batch markers once their outbox rows are gone
+/// (one `DEL` per counter slot).
+async fn forget_markers(conn: &mut RedisConn, keys: &Keys, batches: &[Uuid]) -> anyhow::Result<()> {
     if batches.is_empty() {
         return Ok(());
     }
@@ -373,7 +400,6 @@ pub async fn forget_markers(
     Ok(())
 }
 
-/// [`forget_markers`], where a failure only means the TTL removes them.
 async fn forget_markers_later(conn: &mut RedisConn, keys: &Keys, batches: &[Uuid]) {
     if let Err(e) = forget_markers(conn, keys, batches).await {
         tracing::debug!(

@@ -5,10 +5,10 @@
 //! (`cz`): one batch knows only its own events. A read that finds them
 //! missing rebuilds them here, exactly, while workers keep committing:
 //! 1. In one REPEATABLE READ transaction, take the `counter_outbox` table
-//!    lock (as `reconcile` does). It waits for every worker that claimed an
-//!    outbox row to apply and commit, and holds back new batches (their
-//!    commit writes an outbox row) and new claims until this transaction
-//!    ends. So while it is held no counter application runs at all.
+//!    lock (as `reconcile` does). It waits for every batch statement in
+//!    flight and holds back new ones (each writes an outbox row) until this
+//!    transaction ends, so no batch commits meanwhile; workers may still
+//!    apply the counters of batches committed before.
 //! 2. Read the figures from that snapshot: the rollups (`rollup_hour` for
 //!    counts, `rollup_minute` for screens) and the raw clicks' IPs (raw
 //!    events older than `EVENT_RETENTION` are gone, so after a rebuild the
@@ -16,10 +16,11 @@
 //!    of the outbox rows: batches the snapshot holds whose counter update
 //!    has not run yet.
 //! 3. Write the keys, and put those batch ids in the key's exclusion set
-//!    (`ax:<ad>`, `cx:<campaign>`), which the counter script consults: when
-//!    those batches are applied after the lock is released, they skip the
-//!    rebuilt figure that already holds them. Batches committed later are
-//!    not in the snapshot and count normally.
+//!    (`ax:<ad>`, `cx:<campaign>`), one script, which the counter script
+//!    consults: when those batches are applied after the keys are written,
+//!    they skip the rebuilt figure that already holds them; one applied
+//!    before is overwritten by figures that hold it. Batches committed
+//!    later are not in the snapshot and count normally.
 //! 4. Commit, releasing the lock.
 //!
 //! A crash after 3 and before 4 leaves keys that equal the snapshot and

@@ -12,7 +12,9 @@
 //! 3. Build the counters under a staging root, then swap them in, set the
 //!    applied-markers of the deleted outbox batches and clear the pause flag.
 //! 4. Commit. Should the commit fail, the outbox rows come back, but their
-//!    markers say they are applied, so recovery only deletes them.
+//!    markers say they are applied, so recovery only deletes them. The
+//!    markers live out their TTL: a worker that committed one of those
+//!    batches and has not sent its update yet finds it applied.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -252,8 +254,8 @@ async fn rebuild(
     }
     exactly_once::resume(conn, keys).await?;
 
+    // The taken batches' markers live out their TTL (see `exactly_once`).
     tx.commit().await.context("committing the reconcile")?;
-    exactly_once::forget_markers(conn, keys, &outbox).await?;
 
     Ok(ReconcileReport {
         keys_written: renames.len(),

@@ -160,18 +160,21 @@ impl<'a> BatchColumns<'a> {
 }
 
 /// Inserts a batch in one statement: new raw rows, their rollups, and an
-/// outbox row (`batch_id`) naming them. Returns the keys that were new.
+/// outbox row (`batch_id`) naming them; it also deletes the outbox rows of
+/// `settled`, batches whose counters this worker has applied (see
+/// [`crate::exactly_once`]). Returns the keys that were new.
 pub async fn insert_batch(
     pool: &PgPool,
     events: &[&Event],
     batch_id: Uuid,
+    settled: &[Uuid],
 ) -> anyhow::Result<Vec<EventKey>> {
     let n = events.len();
     let c = BatchColumns::of(events)?;
     // Every time has a partition: its day's, or the default one (see
     // `partitions`), so no insert ever creates a table.
     //
-    // The binds follow the placeholders $1..$18. sqlx's check knows text[]
+    // The binds follow the placeholders $1..$19. sqlx's check knows text[]
     // only as `&[String]`, so the arrays of borrowed or optional values name
     // their Rust type with `as`; the statement, its arity and the columns it
     // returns are still checked against the schema.
@@ -213,6 +216,10 @@ pub async fn insert_batch(
             INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
             SELECT $16, array_agg(event_id), array_agg(tenant_id)
             FROM ins HAVING count(*) > 0
+        ),
+        -- Step 4 of the exactly-once protocol for batches counted earlier.
+        settled AS (
+            DELETE FROM counter_outbox WHERE batch_id = ANY($19::uuid[])
         ),
         -- One aggregation feeds both rollups. They are written last, in key order
         -- (so concurrent workers lock shared rollup rows in the same order): a hot
@@ -311,6 +318,7 @@ pub async fn insert_batch(
         batch_id,
         &c.error_codes as &[Option<i16>],
         &c.invalid as &[Option<&str>],
+        settled,
     )
     .fetch_all(pool)
     .await

@@ -8,9 +8,9 @@
 //!    rollups and an outbox row naming them (see [`crate::exactly_once`]). Events that fail
 //!    on their own are isolated by splitting the batch, and sent to the retry
 //!    set or, after `MAX_ATTEMPTS`, the dead-letter list; the rest commit.
-//! 3. Apply the counters and acknowledge the processing list, exactly once:
-//!    the steps, and what a crash after each leaves, are in
-//!    [`crate::exactly_once`].
+//! 3. Apply the counters and acknowledge the processing list, exactly once;
+//!    the next batch's statement deletes the batch's outbox row. The steps,
+//!    and what a crash after each leaves, are in [`crate::exactly_once`].
 //! Outages never count as attempts ([`crate::fault`] decides what is one):
 //! the round fails as a whole, the items stay where they are, and the worker
 //! backs off.
@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::counters::{Counted, Counters};
 use crate::domain::{Event, Kind};
-use crate::exactly_once;
+use crate::exactly_once::{self, Applied, Unsettled};
 use crate::fault::{Fault, OutageError};
 use crate::metrics::Metrics;
 use crate::queue::{Divert, Queue, Queues};
@@ -77,7 +77,12 @@ pub struct Worker {
     ctx: Arc<WorkerContext>,
     /// The queue shard this worker takes from.
     queue: Queue,
+    /// Batches counted whose outbox rows the next commit deletes.
+    unsettled: Unsettled,
 }
+
+/// [`Worker::commit_isolating`]'s answer.
+type CommitOutcome = (Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>, bool);
 
 struct Failure {
     raw: String,
@@ -96,6 +101,7 @@ impl Worker {
             conn,
             ctx,
             queue,
+            unsettled: Unsettled::default(),
         }
     }
 
@@ -128,6 +134,15 @@ impl Worker {
                 }
             }
         }
+        // What a last round counted; left to recovery if this fails.
+        let ctx = self.ctx.clone();
+        if let Err(e) = self
+            .unsettled
+            .settle(&ctx.pool, &mut self.conn, ctx.counters.keys())
+            .await
+        {
+            tracing::warn!(worker = %self.id, error = format!("{e:#}"), "outbox rows left to recovery");
+        }
         tracing::info!(worker = %self.id, "worker stopped");
     }
 
@@ -145,6 +160,10 @@ impl Worker {
             .reserve(&mut self.conn, &self.id, ctx.batch_size, RESERVE_WAIT)
             .await?;
         if items.is_empty() {
+            // Nothing to commit: delete the counted batches' rows alone.
+            self.unsettled
+                .settle(&ctx.pool, &mut self.conn, ctx.counters.keys())
+                .await?;
             return Ok(StepOutcome::Idle);
         }
         let started = Instant::now();
@@ -185,7 +204,12 @@ impl Worker {
             }
         }
 
-        let (committed, failed_here) = self.commit_isolating(&events).await?;
+        let (committed, failed_here, settled) = self.commit_isolating(&events).await?;
+        if settled {
+            self.unsettled
+                .deleted(&mut self.conn, ctx.counters.keys())
+                .await;
+        }
         let failed_to_store = failed_here.len();
         failures.extend(failed_here);
         let failed = failures.len();
@@ -234,15 +258,12 @@ impl Worker {
             }
             // The last apply also acknowledges the processing list.
             let ack = (i == last && ack_in_script).then_some(processing.as_str());
-            exactly_once::apply_committed(
-                &ctx.pool,
-                &mut self.conn,
-                &ctx.counters,
-                batch,
-                &counted,
-                ack,
-            )
-            .await?;
+            let applied =
+                exactly_once::apply_committed(&mut self.conn, &ctx.counters, batch, &counted, ack)
+                    .await?;
+            if applied != Applied::Paused {
+                self.unsettled.counted(*batch);
+            }
             acked |= ack.is_some();
         }
         if !acked {
@@ -269,13 +290,15 @@ impl Worker {
     }
 
     /// Commits `events`, splitting the batch to isolate events that fail on
-    /// their own. Returns the committed sub-batches (batch id, new eventIds)
-    /// and the failed events. Only [`Fault::Poison`] splits a batch: any
-    /// other error fails the whole round as an outage.
+    /// their own. Returns the committed sub-batches (batch id, new eventIds),
+    /// the failed events, and whether a commit deleted the unsettled
+    /// batches' rows (the first that succeeds carries them). Only
+    /// [`Fault::Poison`] splits a batch: any other error fails the whole
+    /// round as an outage.
     async fn commit_isolating(
         &self,
         events: &[(&str, Event)],
-    ) -> Result<(Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>), OutageError> {
+    ) -> Result<CommitOutcome, OutageError> {
         let mut committed = Vec::new();
         let mut failures = Vec::new();
         let mut pending: Vec<&[(&str, Event)]> = if events.is_empty() {
@@ -283,11 +306,18 @@ impl Worker {
         } else {
             vec![events]
         };
+        let mut settled = false;
         while let Some(part) = pending.pop() {
             let batch = Uuid::now_v7();
             let refs: Vec<&Event> = part.iter().map(|(_, e)| e).collect();
-            let err = match exactly_once::commit(&self.ctx.pool, &refs, batch).await {
+            let carried = if settled {
+                &[][..]
+            } else {
+                self.unsettled.batches()
+            };
+            let err = match exactly_once::commit(&self.ctx.pool, &refs, batch, carried).await {
                 Ok(ids) => {
+                    settled = true;
                     if !ids.is_empty() {
                         committed.push((batch, ids));
                     }
@@ -311,7 +341,11 @@ impl Worker {
                 pending.push(a);
             }
         }
-        Ok((committed, failures))
+        Ok((
+            committed,
+            failures,
+            settled && !self.unsettled.batches().is_empty(),
+        ))
     }
 
     /// Sends failed events to the retry set with backoff, or to the

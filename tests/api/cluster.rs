@@ -786,7 +786,7 @@ async fn noscript_after_a_failover_is_answered_with_the_dead_node_still_down() {
 
 /// A batch touching two counter slots whose application stops after the
 /// first (the second slot is paused, as if the process died between the
-/// two calls): the claim rolls back, the outbox row stays, and recovery
+/// two calls): the outbox row stays, and recovery
 /// applies the batch again: the first slot answers `seen` through its own
 /// marker, the second applies. Each event is counted once, and a second
 /// recovery changes nothing.
@@ -810,7 +810,7 @@ async fn a_crash_between_two_counter_slots_neither_loses_nor_doubles() {
         })
         .collect();
     let refs: Vec<&_> = events.iter().collect();
-    adtrack::exactly_once::commit(&app.pool, &refs, Uuid::now_v7())
+    adtrack::exactly_once::commit(&app.pool, &refs, Uuid::now_v7(), &[])
         .await
         .unwrap();
 

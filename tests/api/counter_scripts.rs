@@ -62,8 +62,9 @@ async fn apply_counts_a_batch_once_even_when_run_again() {
     assert!(s.exists(&marker).await, "the marker is set with the counts");
     assert!(!s.exists(&processing).await, "the list is acknowledged");
 
-    // The claim's commit was lost: recovery applies the same batch again
-    // (without a list), and the marker makes it a no-op.
+    // The worker died before its next statement deleted the outbox row:
+    // recovery applies the same batch again (without a list), and the
+    // marker makes it a no-op.
     assert_eq!(apply(&mut s, "m", &batch, &op_keys, &ops).await, "seen");
     assert_eq!(hget(&mut s, &hash, "c:1").await, Some(2));
 

@@ -181,7 +181,7 @@ async fn the_whole_pipeline_runs_on_redis_in_cluster_mode() {
         })
         .collect();
     let refs: Vec<&_> = events.iter().collect();
-    adtrack::store::insert_batch(&app.pool, &refs, Uuid::now_v7())
+    adtrack::store::insert_batch(&app.pool, &refs, Uuid::now_v7(), &[])
         .await
         .unwrap();
     let counters = adtrack::counters::Counters::new(app.keys.clone());

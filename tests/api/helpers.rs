@@ -331,10 +331,11 @@ pub async fn block_commits(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Po
     tx
 }
 
-/// Stops every worker between committing a batch and applying its
-/// counters, until [`CountStall::release`]: a trigger makes the claim of an
-/// outbox row wait for an advisory lock this session holds. Each stalled
-/// worker holds an outbox row and its processing list.
+/// Stops every worker in the statement that deletes the outbox rows of the
+/// batches it counted, until [`CountStall::release`]: a trigger makes each
+/// deletion wait for an advisory lock this session holds. Each stalled
+/// worker has a counted batch's outbox row still standing and the next
+/// batch's items, not committed, in its processing list.
 pub struct CountStall {
     session: sqlx::pool::PoolConnection<sqlx::Postgres>,
 }

@@ -160,7 +160,7 @@ async fn counters_of_a_batch_committed_before_a_crash_are_applied_once() {
         .collect();
     let refs: Vec<&_> = events.iter().collect();
     let batch = uuid::Uuid::now_v7();
-    let inserted = adtrack::store::insert_batch(&app.pool, &refs, batch)
+    let inserted = adtrack::store::insert_batch(&app.pool, &refs, batch, &[])
         .await
         .unwrap();
     assert_eq!(inserted.len(), 4);
@@ -171,7 +171,7 @@ async fn counters_of_a_batch_committed_before_a_crash_are_applied_once() {
     assert_eq!(app.analytics("ad-outbox", "all").await["impressions"], 4);
 
     // Re-processing the same items (the reaper put them back) adds nothing.
-    let again = adtrack::store::insert_batch(&app.pool, &refs, uuid::Uuid::now_v7())
+    let again = adtrack::store::insert_batch(&app.pool, &refs, uuid::Uuid::now_v7(), &[])
         .await
         .unwrap();
     assert!(again.is_empty());
@@ -189,6 +189,88 @@ async fn counters_of_a_batch_committed_before_a_crash_are_applied_once() {
     assert_eq!(app.analytics("ad-outbox", "1h").await["impressions"], 4);
     assert_eq!(app.analytics("ad-outbox", "all").await["impressions"], 4);
     assert_eq!(app.outbox_len().await, 0);
+    app.stop().await;
+}
+
+/// A worker that committed a batch and stalled before its APPLY ran may
+/// still send that APPLY after recovery or reconcile took the batch's
+/// outbox row: the marker they leave to its TTL answers `seen`, and the
+/// batch is counted once.
+#[tokio::test]
+async fn an_apply_sent_after_recovery_or_reconcile_took_its_batch_counts_nothing() {
+    let app = spawn_app_with(|s| s.worker_count = 1).await;
+    let counters = Counters::new(app.keys.clone());
+    let mut conn = app.redis.clone();
+    for (round, ad) in ["ad-late-recovered", "ad-late-reconciled"]
+        .into_iter()
+        .enumerate()
+    {
+        let events: Vec<_> = (0..3)
+            .map(|i| {
+                envelope(
+                    json!({"type": "click", "adId": ad, "ipAddress": format!("10.9.{round}.{i}")}),
+                )
+            })
+            .collect();
+        let refs: Vec<&_> = events.iter().collect();
+        let batch = uuid::Uuid::now_v7();
+        exactly_once::commit(&app.pool, &refs, batch, &[])
+            .await
+            .unwrap();
+        if round == 0 {
+            let recovered =
+                adtrack::worker::recover_outbox(&app.pool, &mut conn, &counters, Duration::ZERO)
+                    .await
+                    .unwrap();
+            assert_eq!(recovered, 1);
+        } else {
+            adtrack::counters::reconcile(&app.pool, &mut conn, &app.keys, Utc::now())
+                .await
+                .unwrap();
+        }
+        assert_eq!(app.outbox_len().await, 0);
+        assert_eq!(app.analytics(ad, "1h").await["totalClicks"], 3, "{ad}");
+
+        let views: Vec<CountedEvent> = events.iter().map(CountedEvent::from).collect();
+        let counted: Vec<_> = views.iter().map(|c| c.view()).collect();
+        let late = exactly_once::apply_committed(&mut conn, &counters, &batch, &counted, None)
+            .await
+            .unwrap();
+        assert_eq!(late, Applied::AlreadyApplied, "{ad}");
+        assert_eq!(app.analytics(ad, "1h").await["totalClicks"], 3, "{ad}");
+    }
+    app.stop().await;
+}
+
+/// The outbox row of a batch the worker counted goes with its next batch
+/// statement or, when the queue is empty, on its own: well before
+/// recovery's grace, and without recovery.
+#[tokio::test]
+async fn a_worker_deletes_the_outbox_rows_of_the_batches_it_counted() {
+    let app = spawn_app_with(|s| s.worker_count = 1).await;
+    for i in 0..3 {
+        let body =
+            json!({"type": "click", "adId": "ad-settle", "ipAddress": format!("10.9.9.{i}")});
+        let (status, _) = app.post("/events", &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    wait_until(
+        "the clicks are counted",
+        Duration::from_secs(10),
+        || async { app.analytics("ad-settle", "1h").await["totalClicks"] == 3 },
+    )
+    .await;
+    wait_until(
+        "the counted batch's outbox row is gone",
+        Duration::from_secs(5),
+        || async { app.outbox_len().await == 0 },
+    )
+    .await;
+    assert_eq!(
+        app.metric("adtrack_counter_outbox_recovered_total").await,
+        0.0,
+        "recovery, not the worker, deleted the row"
+    );
     app.stop().await;
 }
 

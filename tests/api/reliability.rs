@@ -145,13 +145,14 @@ async fn the_binary_killed_mid_batch_and_restarted_counts_exactly() {
         let base = base.clone();
         async move { send_clicks(&base, "ad-kill9", 4000, 8).await }
     });
-    // Workers stop between committing a batch and counting it, so at the
-    // kill a batch is in Postgres, its outbox row pending and its items
-    // still in a processing list.
+    // Workers stop in the statement that would delete the outbox rows of
+    // the batches they counted, so at the kill a counted batch's row is
+    // still there and the next batch's items, not committed, are in a
+    // processing list.
     let stall = CountStall::start(&b.pool).await;
     let b_ref = &b;
     wait_until(
-        "a committed batch waits to be counted",
+        "a counted batch's outbox row waits to be deleted",
         Duration::from_secs(30),
         || async move { b_ref.outbox_len().await > 0 && b_ref.processing_len().await > 0 },
     )
@@ -172,9 +173,9 @@ async fn the_binary_killed_mid_batch_and_restarted_counts_exactly() {
     assert_exactly_once(&b, "ad-kill9", &outcome, &server.address).await;
     assert!(
         metric_at(&server.address, "adtrack_counter_outbox_recovered_total").await >= 1.0,
-        "the killed process's committed batch was not counted by recovery"
+        "recovery did not settle the killed process's outbox rows"
     );
-    eprintln!("[kill -9] the killed process held {held} items and {pending} uncounted batches");
+    eprintln!("[kill -9] the killed process held {held} items and {pending} outbox rows");
     log_fault("binary kill -9", &outcome, recovery);
     drop(server);
     b.cleanup().await;
