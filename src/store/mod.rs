@@ -6,6 +6,7 @@
 //! rollups count only the rows that statement inserted, so a duplicate
 //! eventId can never be counted twice.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -298,7 +299,11 @@ pub async fn insert_batch(
                           users = r.users + EXCLUDED.users,
                           converted_users = r.converted_users + EXCLUDED.converted_users
         )
-        SELECT tenant_id AS "tenant_id!", event_id AS "event_id!" FROM ins
+        -- The keys it did not store (already known): usually none, so the
+        -- answer stays small.
+        SELECT tenant_id AS "tenant_id!", event_id AS "event_id!" FROM input i
+        WHERE NOT EXISTS (SELECT 1 FROM claimed c
+                          WHERE c.tenant_id = i.tenant_id AND c.event_id = i.event_id)
         "#,
         &c.ids,
         &c.kinds as &[&str],
@@ -323,9 +328,14 @@ pub async fn insert_batch(
     .fetch_all(pool)
     .await
     .with_context(|| format!("inserting a batch of {n} events"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.tenant_id, r.event_id))
+    let known: HashSet<(&str, Uuid)> = rows
+        .iter()
+        .map(|r| (r.tenant_id.as_str(), r.event_id))
+        .collect();
+    Ok(events
+        .iter()
+        .filter(|e| known.is_empty() || !known.contains(&(e.tenant_id.as_str(), e.event_id)))
+        .map(|e| (e.tenant_id.clone(), e.event_id))
         .collect())
 }
 
