@@ -9,12 +9,14 @@
 //!    flight and holds back new ones (each writes an outbox row) until this
 //!    transaction ends, so no batch commits meanwhile; workers may still
 //!    apply the counters of batches committed before.
-//! 2. Read the figures from that snapshot: the rollups (`rollup_hour` for
-//!    counts, `rollup_minute` for screens) and the raw clicks' IPs (raw
-//!    events older than `EVENT_RETENTION` are gone, so after a rebuild the
-//!    all-time unique count covers the retained clicks only), plus the ids
-//!    of the outbox rows: batches the snapshot holds whose counter update
-//!    has not run yet.
+//! 2. Read the figures from that snapshot, which starts once the lock is
+//!    held (so it holds every batch the lock waited for): the rollups
+//!    (`rollup_hour` for counts, `rollup_minute` for screens) and the raw
+//!    clicks' IPs (raw events older than `EVENT_RETENTION` are gone, so
+//!    after a rebuild the all-time unique count covers the retained clicks
+//!    only), plus the ids of the outbox rows: batches the snapshot holds
+//!    whose rows still stand (their update has not run, or has run and the
+//!    worker's next statement has not deleted the row yet).
 //! 3. Write the keys, and put those batch ids in the key's exclusion set
 //!    (`ax:<ad>`, `cx:<campaign>`), one script, which the counter script
 //!    consults: when those batches are applied after the keys are written,
@@ -46,7 +48,7 @@ use crate::redis_client::RedisConn;
 use crate::store;
 
 /// How long a rebuild waits for the outbox lock.
-const LOCK_WAIT: &str = "250ms";
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Outbox rows past which a rebuild does not cache (its exclusion sets
 /// would grow with the backlog).
 const MAX_PENDING: i64 = 1000;
@@ -102,7 +104,7 @@ async fn locked_snapshot(pool: &PgPool) -> anyhow::Result<Option<Transaction<'st
     Ok(exactly_once::lock_outbox(&mut tx).await?.then_some(tx))
 }
 
-/// Batches committed in the snapshot whose counter update has not run;
+/// Batches committed in the snapshot whose outbox rows still stand;
 /// `None` when there are more than [`MAX_PENDING`].
 async fn pending_batches(
     tx: &mut Transaction<'static, Postgres>,

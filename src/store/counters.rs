@@ -9,19 +9,25 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 
-/// Makes `tx` a REPEATABLE READ snapshot, waiting at most `lock_wait` (a
-/// Postgres interval such as `250ms`, or `None` for no limit) for locks.
+/// Makes `tx` a REPEATABLE READ transaction that waits at most `lock_wait`
+/// (`None`: no limit) for locks. It takes no snapshot: the snapshot is that
+/// of the first query after it, so a caller that first takes a lock (`LOCK
+/// TABLE` takes no snapshot either) sees everything committed by the
+/// transactions the lock waited for.
 pub async fn begin_snapshot(
     tx: &mut Transaction<'static, Postgres>,
-    lock_wait: Option<&str>,
+    lock_wait: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut **tx)
         .await
         .context("setting the isolation level")?;
     if let Some(wait) = lock_wait {
-        sqlx::query_scalar!("SELECT set_config('lock_timeout', $1, true)", wait)
-            .fetch_one(&mut **tx)
+        // `SET` takes no snapshot, where `SELECT set_config(…)` would; it
+        // takes no parameter either, and the value is a whole number.
+        let set = format!("SET LOCAL lock_timeout = '{}ms'", wait.as_millis().max(1));
+        sqlx::query(&set)
+            .execute(&mut **tx)
             .await
             .context("bounding the lock wait")?;
     }

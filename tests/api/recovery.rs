@@ -358,3 +358,58 @@ async fn concurrent_rebuilds_while_events_flow_count_each_event_once() {
     eprintln!("[two rebuilds] {rounds} rounds of two concurrent rebuilds");
     app.stop().await;
 }
+
+/// A rebuild's snapshot starts once it holds the outbox lock, so it holds
+/// every batch the lock waited for. Taken before the lock, it would miss a
+/// batch that committed while the rebuild waited, and that batch's counter
+/// update would skip the all-time key the rebuild had not written yet: a
+/// count lost.
+#[tokio::test]
+async fn a_rebuild_snapshot_holds_the_batches_its_lock_waited_for() {
+    let app = start(test_settings(), adtrack::app::Role::Api).await;
+    // A batch statement in flight: it has written its outbox row.
+    let mut batch = app.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO counter_outbox (batch_id, event_ids) VALUES ($1, '{}')")
+        .bind(uuid::Uuid::now_v7())
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    let pool = app.pool.clone();
+    let rebuild = tokio::spawn(async move {
+        let mut tx = pool.begin().await.unwrap();
+        adtrack::store::counters::begin_snapshot(&mut tx, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert!(adtrack::exactly_once::lock_outbox(&mut tx).await.unwrap());
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM counter_outbox")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    });
+    let pool = app.pool.clone();
+    wait_until(
+        "the rebuild waits for the outbox lock",
+        Duration::from_secs(10),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'
+                       AND query LIKE 'LOCK TABLE counter_outbox%')",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+    batch.commit().await.unwrap();
+    assert_eq!(
+        rebuild.await.unwrap(),
+        1,
+        "the snapshot missed the batch its lock waited for"
+    );
+    app.stop().await;
+}
