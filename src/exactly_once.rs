@@ -43,10 +43,11 @@
 //! No transaction spans steps 1 to 5: the marker alone decides, atomically
 //! in Redis, whether a batch's update has run. A row is deleted only after
 //! its update ran (step 4, or recovery), and a marker is forgotten only by
-//! the worker that applied it, after its row is gone and with no APPLY of
-//! its own in flight. Recovery and reconcile leave the markers they set or
-//! find to their TTL: a worker stalled between its commit and its APPLY may
-//! still send that APPLY, which must answer `seen`.
+//! the worker whose batch it is (after an `Applied` or a `seen` answer),
+//! once the row is gone and its own APPLY has returned: nothing else
+//! applies that batch again. Recovery and reconcile leave the markers they
+//! set or find to their TTL: a worker stalled between its commit and its
+//! APPLY may still send that APPLY, which must answer `seen`.
 //!
 //! A round that committed nothing (every event a duplicate) acknowledges
 //! its list with [`acknowledge`]. *Crash before:* the reaper requeues the
@@ -76,7 +77,9 @@
 //! - P4. Commit. The markers live out their TTL.
 //!
 //! **Rebuild skip lists** (`counters::rebuild`, an ad's or a campaign's
-//! all-time figures rebuilt on a read): under [`lock_outbox`], the batches
+//! all-time figures rebuilt on a read): under [`lock_outbox`] (its snapshot
+//! starts once the lock is held, see `store::counters::begin_snapshot`),
+//! the batches
 //! still in the outbox ([`pending_batches`]: not applied yet, or applied
 //! and not deleted yet) are written with the figures into the key's skip
 //! list (`ax:`/`cx:`, TTL [`MARKER_TTL_SECS`]); APPLY skips that key for
@@ -103,7 +106,7 @@ use crate::store;
 /// its cleanup did not happen.
 pub const MARKER_TTL_SECS: u64 = 7 * 86_400;
 
-/// What step 3 did.
+/// What step 2 did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The updates are in Redis now.
@@ -310,12 +313,13 @@ pub async fn recover(
     Ok(applied.len())
 }
 
-/// How many outbox rows wait to be applied.
+/// How many outbox rows wait to be applied or deleted.
 pub async fn outbox_depth(pool: &PgPool) -> anyhow::Result<i64> {
     store::outbox::depth(pool).await
 }
 
-/// Whether any outbox row waits (a batch committed, not yet counted).
+/// Whether any outbox row waits (a batch committed, not yet counted or not
+/// yet confirmed counted).
 pub async fn outbox_pending(pool: &PgPool) -> anyhow::Result<bool> {
     store::outbox::any(pool).await
 }
@@ -360,8 +364,8 @@ pub async fn lock_outbox(tx: &mut Transaction<'static, Postgres>) -> anyhow::Res
     store::outbox::lock(&mut **tx).await
 }
 
-/// The rebuild: batches committed in the snapshot whose counter update has
-/// not run, at most `limit` of them.
+/// The rebuild: batches committed in the snapshot whose outbox rows still
+/// stand, at most `limit` of them.
 pub async fn pending_batches(
     tx: &mut Transaction<'static, Postgres>,
     limit: i64,

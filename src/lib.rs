@@ -14,7 +14,7 @@ pub mod config;
 pub mod counters;
 /// The event model, parsed at the edge.
 pub mod domain;
-/// The exactly-once commit protocol: outbox, claim, marker, acknowledgement, recovery, pause.
+/// The exactly-once commit protocol: outbox, marker, acknowledgement, deferred deletion, recovery, pause.
 pub mod exactly_once;
 /// Outage or the event's own fault: how every failure is classified.
 pub mod fault;

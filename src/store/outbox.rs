@@ -1,6 +1,8 @@
-//! The `counter_outbox` table's statements: the claim of a batch's row after
-//! its commit, the claim of rows an interrupted worker left behind, the
-//! table lock and reads of a snapshot, and the outbox depth. Only
+//! The `counter_outbox` table's statements (the batch statement writes a
+//! row and deletes the rows its worker counted; see `insert_batch`): the
+//! deletion of counted rows on their own, the claim of rows an interrupted
+//! worker left behind, the table lock and reads of a snapshot, and the
+//! outbox depth. Only
 //! [`crate::exactly_once`], which holds the protocol, calls them; the SQL
 //! lives here.
 
@@ -11,25 +13,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// An outbox row: the events one committed batch inserted, whose counter
-/// updates are still to be applied.
+/// updates are still to be applied or to be confirmed applied.
 #[derive(Debug)]
 pub struct OutboxRow {
     pub batch_id: Uuid,
     pub event_ids: Vec<Uuid>,
     /// `None` for a row written before tenants existed (the tenant `""`).
     pub tenant_ids: Option<Vec<String>>,
-}
-
-/// Claims (deletes, inside the caller's transaction) the outbox row of
-/// `batch`. Returns 0 when recovery or reconcile already took it.
-pub async fn claim<'e>(executor: impl sqlx::PgExecutor<'e>, batch: &Uuid) -> anyhow::Result<u64> {
-    Ok(
-        sqlx::query!("DELETE FROM counter_outbox WHERE batch_id = $1", batch)
-            .execute(executor)
-            .await
-            .context("claiming the counter outbox row")?
-            .rows_affected(),
-    )
 }
 
 /// Claims (deletes, inside the caller's transaction) up to 20 outbox rows
@@ -80,7 +70,7 @@ pub async fn any(pool: &PgPool) -> anyhow::Result<bool> {
         .context("looking for outbox rows")
 }
 
-/// Locks the table (EXCLUSIVE: claims and new rows wait) until the caller's
+/// Locks the table (EXCLUSIVE: batch statements and deletions wait) until the caller's
 /// transaction ends. `false` when its `lock_timeout` ran out first.
 pub async fn lock<'e>(executor: impl sqlx::PgExecutor<'e>) -> anyhow::Result<bool> {
     match sqlx::query!("LOCK TABLE counter_outbox IN EXCLUSIVE MODE")

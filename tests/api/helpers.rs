@@ -351,15 +351,15 @@ impl CountStall {
             .await
             .expect("take the stall lock");
         sqlx::query(&format!(
-            "CREATE FUNCTION stall_outbox_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+            "CREATE FUNCTION stall_outbox_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN PERFORM pg_advisory_xact_lock({COUNT_STALL_LOCK}); RETURN OLD; END $$"
         ))
         .execute(pool)
         .await
         .expect("create the stall function");
         sqlx::query(
-            "CREATE TRIGGER stall_outbox_claims BEFORE DELETE ON counter_outbox
-             FOR EACH ROW EXECUTE FUNCTION stall_outbox_claims()",
+            "CREATE TRIGGER stall_outbox_deletes BEFORE DELETE ON counter_outbox
+             FOR EACH ROW EXECUTE FUNCTION stall_outbox_deletes()",
         )
         .execute(pool)
         .await
@@ -367,7 +367,7 @@ impl CountStall {
         Self { session }
     }
 
-    /// Lets the stalled claims go on, then removes the trigger.
+    /// Lets the stalled deletions go on, then removes the trigger.
     pub async fn release(mut self, pool: &PgPool) {
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(COUNT_STALL_LOCK)
@@ -375,7 +375,7 @@ impl CountStall {
             .await
             .expect("release the stall lock");
         drop(self.session);
-        sqlx::query("DROP TRIGGER stall_outbox_claims ON counter_outbox")
+        sqlx::query("DROP TRIGGER stall_outbox_deletes ON counter_outbox")
             .execute(pool)
             .await
             .expect("drop the stall trigger");

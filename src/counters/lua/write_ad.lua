@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  the ad's counts hash ({P}:c:[t:<tenant>:]ad:<adId>)
 -- KEYS[2]  its exclusion set (…ax:<adId>): batches the snapshot already
---          counts whose counter update has not run yet
+--          counts whose outbox rows still stand (update not run yet, or
+--          run and its row not deleted yet)
 -- KEYS[3]  its unique-click HyperLogLog (…ua:<adId>)
 -- ARGV[1]  the TTL of the figures, seconds
 -- ARGV[2]  the TTL of the exclusion set, seconds (the marker TTL)
