@@ -119,13 +119,13 @@ pub enum Applied {
 
 /// Step 1: commits `events` as batch `batch` with its outbox row, and
 /// deletes the rows of `settled` (step 4 of earlier batches). Returns the
-/// keys that were new.
-pub async fn commit(
+/// events that were new.
+pub async fn commit<'e>(
     pool: &PgPool,
-    events: &[&Event],
+    events: &[&'e Event],
     batch: Uuid,
     settled: &[Uuid],
-) -> anyhow::Result<Vec<store::EventKey>> {
+) -> anyhow::Result<Vec<&'e Event>> {
     store::insert_batch(pool, events, batch, settled).await
 }
 

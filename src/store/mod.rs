@@ -82,9 +82,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running migrations")
 }
 
-/// An event's identity: its tenant (`""` unless `TENANTS=on`) and eventId.
-pub type EventKey = (String, Uuid);
-
 /// A batch's columns as the arrays the batch statement unnests: one entry
 /// per event, in the order of the events. The floor measurement of
 /// `bench/run` binds the same arrays, so both pay the same client path.
@@ -163,13 +160,13 @@ impl<'a> BatchColumns<'a> {
 /// Inserts a batch in one statement: new raw rows, their rollups, and an
 /// outbox row (`batch_id`) naming them; it also deletes the outbox rows of
 /// `settled`, batches whose counters this worker has applied (see
-/// [`crate::exactly_once`]). Returns the keys that were new.
-pub async fn insert_batch(
+/// [`crate::exactly_once`]). Returns the events that were new.
+pub async fn insert_batch<'e>(
     pool: &PgPool,
-    events: &[&Event],
+    events: &[&'e Event],
     batch_id: Uuid,
     settled: &[Uuid],
-) -> anyhow::Result<Vec<EventKey>> {
+) -> anyhow::Result<Vec<&'e Event>> {
     let n = events.len();
     let c = BatchColumns::of(events)?;
     // Every time has a partition: its day's, or the default one (see
@@ -335,7 +332,7 @@ pub async fn insert_batch(
     Ok(events
         .iter()
         .filter(|e| known.is_empty() || !known.contains(&(e.tenant_id.as_str(), e.event_id)))
-        .map(|e| (e.tenant_id.clone(), e.event_id))
+        .copied()
         .collect())
 }
 

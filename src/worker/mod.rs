@@ -39,7 +39,6 @@ use crate::fault::{Fault, OutageError};
 use crate::metrics::Metrics;
 use crate::queue::{Divert, Queue, Queues};
 use crate::redis_client::RedisConn;
-use crate::store;
 
 /// How long a reservation blocks on an empty queue.
 const RESERVE_WAIT: Duration = Duration::from_secs(1);
@@ -82,7 +81,7 @@ pub struct Worker {
 }
 
 /// [`Worker::commit_isolating`]'s answer.
-type CommitOutcome = (Vec<(Uuid, Vec<store::EventKey>)>, Vec<Failure>, bool);
+type CommitOutcome<'e> = (Vec<(Uuid, Vec<&'e Event>)>, Vec<Failure>, bool);
 
 struct Failure {
     raw: String,
@@ -220,21 +219,8 @@ impl Worker {
         let mut inserted = 0;
         let last = committed.len().saturating_sub(1);
         let mut acked = false;
-        for (i, (batch, ids)) in committed.iter().enumerate() {
-            inserted += ids.len();
-            let new: Vec<&Event> = if ids.len() == events.len() {
-                // One sub-batch that stored every event (keys are unique in
-                // `events`): the usual batch, with no lookup per event.
-                events.iter().map(|(_, e)| e).collect()
-            } else {
-                let ids: HashSet<(&str, &Uuid)> =
-                    ids.iter().map(|(t, id)| (t.as_str(), id)).collect();
-                events
-                    .iter()
-                    .map(|(_, e)| e)
-                    .filter(|e| ids.contains(&(e.tenant_id.as_str(), &e.event_id)))
-                    .collect()
-            };
+        for (i, (batch, new)) in committed.iter().enumerate() {
+            inserted += new.len();
             let ips: Vec<Option<String>> = new.iter().map(|e| e.ip_text()).collect();
             let counted: Vec<Counted> = new
                 .iter()
@@ -243,7 +229,7 @@ impl Worker {
                 .collect();
             let now = Utc::now();
             let mut per_kind = [0u64; Kind::ALL.len()];
-            for e in &new {
+            for e in new {
                 per_kind[e.kind as usize] += 1;
                 let lag = (now - e.received_at).num_milliseconds().max(0) as f64 / 1000.0;
                 ctx.metrics.ingest_to_commit.observe(lag);
@@ -290,15 +276,15 @@ impl Worker {
     }
 
     /// Commits `events`, splitting the batch to isolate events that fail on
-    /// their own. Returns the committed sub-batches (batch id, new eventIds),
+    /// their own. Returns the committed sub-batches (batch id, new events),
     /// the failed events, and whether a commit deleted the unsettled
     /// batches' rows (the first that succeeds carries them). Only
     /// [`Fault::Poison`] splits a batch: any other error fails the whole
     /// round as an outage.
-    async fn commit_isolating(
+    async fn commit_isolating<'e>(
         &self,
-        events: &[(&str, Event)],
-    ) -> Result<CommitOutcome, OutageError> {
+        events: &'e [(&str, Event)],
+    ) -> Result<CommitOutcome<'e>, OutageError> {
         let mut committed = Vec::new();
         let mut failures = Vec::new();
         let mut pending: Vec<&[(&str, Event)]> = if events.is_empty() {
@@ -316,10 +302,10 @@ impl Worker {
                 self.unsettled.batches()
             };
             let err = match exactly_once::commit(&self.ctx.pool, &refs, batch, carried).await {
-                Ok(ids) => {
+                Ok(new) => {
                     settled = true;
-                    if !ids.is_empty() {
-                        committed.push((batch, ids));
+                    if !new.is_empty() {
+                        committed.push((batch, new));
                     }
                     continue;
                 }
