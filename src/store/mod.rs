@@ -157,6 +157,76 @@ impl<'a> BatchColumns<'a> {
     }
 }
 
+/// A batch's minute rollup rows, grouped by the worker: `rollup_minute`'s
+/// key and its two sums over the batch's valid events (invalid traffic is in
+/// no rollup). The statement writes them only when it stored every event of
+/// the batch, which is the usual case; otherwise it groups the rows it did
+/// store. `usable` is false when an amount sum overflows, so that the
+/// statement's own sum fails the batch as it always did.
+struct MinuteGroups<'a> {
+    tenants: Vec<&'a str>,
+    minutes: Vec<chrono::DateTime<chrono::Utc>>,
+    kinds: Vec<&'a str>,
+    ads: Vec<&'a str>,
+    campaigns: Vec<&'a str>,
+    screens: Vec<&'a str>,
+    events: Vec<i64>,
+    amounts: Vec<i64>,
+    usable: bool,
+}
+
+impl<'a> MinuteGroups<'a> {
+    fn of(events: &[&'a Event]) -> Self {
+        type Key<'a> = (&'a str, i64, Kind, &'a str, &'a str, &'a str);
+        // foldhash: see `Ops::add_events`.
+        let mut groups: std::collections::HashMap<
+            Key<'a>,
+            (i64, Option<i64>),
+            foldhash::fast::RandomState,
+        > = Default::default();
+        for e in events.iter().filter(|e| e.invalid.is_none()) {
+            let key = (
+                e.tenant_id.as_str(),
+                e.timestamp.timestamp().div_euclid(60),
+                e.kind,
+                e.ad_id.as_ref().map_or("", |v| v.as_str()),
+                e.campaign_id.as_ref().map_or("", |v| v.as_str()),
+                e.screen_id.as_ref().map_or("", |v| v.as_str()),
+            );
+            let (n, amount) = groups.entry(key).or_insert((0, Some(0)));
+            *n += 1;
+            *amount = amount.and_then(|a| a.checked_add(e.amount.unwrap_or(0)));
+        }
+        let mut g = Self {
+            tenants: Vec::with_capacity(groups.len()),
+            minutes: Vec::with_capacity(groups.len()),
+            kinds: Vec::with_capacity(groups.len()),
+            ads: Vec::with_capacity(groups.len()),
+            campaigns: Vec::with_capacity(groups.len()),
+            screens: Vec::with_capacity(groups.len()),
+            events: Vec::with_capacity(groups.len()),
+            amounts: Vec::with_capacity(groups.len()),
+            usable: true,
+        };
+        for ((tenant, minute, kind, ad, campaign, screen), (n, amount)) in groups {
+            let Some(at) = chrono::DateTime::from_timestamp(minute * 60, 0) else {
+                g.usable = false;
+                continue;
+            };
+            g.usable &= amount.is_some();
+            g.tenants.push(tenant);
+            g.minutes.push(at);
+            g.kinds.push(kind.as_str());
+            g.ads.push(ad);
+            g.campaigns.push(campaign);
+            g.screens.push(screen);
+            g.events.push(n);
+            g.amounts.push(amount.unwrap_or(0));
+        }
+        g
+    }
+}
+
 /// Inserts a batch in one statement: new raw rows, their rollups, and an
 /// outbox row (`batch_id`) naming them; it also deletes the outbox rows of
 /// `settled`, batches whose counters this worker has applied (see
@@ -169,10 +239,16 @@ pub async fn insert_batch<'e>(
 ) -> anyhow::Result<Vec<&'e Event>> {
     let n = events.len();
     let c = BatchColumns::of(events)?;
+    let g = MinuteGroups::of(events);
+    // Which of the batch-wide rollups can have rows at all: a statement
+    // skips what no event of its batch could feed.
+    let valid = || events.iter().filter(|e| e.invalid.is_none());
+    let errors = valid().any(|e| e.kind == Kind::Error && e.ad_id.is_some());
+    let experiments = valid().any(|e| e.experiment_id.is_some());
     // Every time has a partition: its day's, or the default one (see
     // `partitions`), so no insert ever creates a table.
     //
-    // The binds follow the placeholders $1..$19. sqlx's check knows text[]
+    // The binds follow the placeholders $1..$30. sqlx's check knows text[]
     // only as `&[String]`, so the arrays of borrowed or optional values name
     // their Rust type with `as`; the statement, its arity and the columns it
     // returns are still checked against the schema.
@@ -201,33 +277,41 @@ pub async fn insert_batch<'e>(
                    received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
                    error_code, invalid_reason
             FROM input JOIN claimed USING (tenant_id, event_id)
-            RETURNING tenant_id, event_id, kind, ad_id, campaign_id, screen_id, event_time, amount,
-                      experiment_id, variant, coalesce(user_id, host(ip)) AS user_key, error_code,
-                      invalid_reason
+            RETURNING 1
         ),
-        -- Invalid traffic (IVT_FILTER=flag) is stored and counted by the
-        -- outbox, but no rollup or experiment figure includes it.
+        -- Whether every event of the batch is new. Reading `ins` here makes
+        -- the final SELECT run the raw inserts first; the data-modifying
+        -- CTEs it does not read run after it, the last-listed first (see
+        -- `rolled` and `outbox`).
+        all_new AS (
+            SELECT count(*) = cardinality($1::uuid[]) AS yes FROM ins
+        ),
+        -- The stored rows that rollups count: invalid traffic (IVT_FILTER=flag)
+        -- is stored and counted by the outbox, but no rollup or experiment
+        -- figure includes it. Read only where the worker's grouping cannot
+        -- serve (a batch with known events) and by the rare rollups below.
         valid AS (
-            SELECT * FROM ins WHERE invalid_reason IS NULL
+            SELECT i.*, coalesce(i.user_id, host(i.ip::inet)) AS user_key
+            FROM input i JOIN claimed USING (tenant_id, event_id)
+            WHERE i.invalid_reason IS NULL
         ),
-        outbox AS (
-            INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
-            SELECT $16, array_agg(event_id), array_agg(tenant_id)
-            FROM ins HAVING count(*) > 0
-        ),
-        -- Step 4 of the exactly-once protocol for batches counted earlier.
-        settled AS (
-            DELETE FROM counter_outbox WHERE batch_id = ANY($19::uuid[])
-        ),
-        -- One aggregation feeds both rollups. They are written last, in key order
-        -- (so concurrent workers lock shared rollup rows in the same order): a hot
-        -- rollup row is locked only from here to the commit.
+        -- One aggregation feeds both rollups: the worker's ($20..$27) when
+        -- every event is new and its sums fit ($28), else the stored rows'.
+        -- Rollups are written last, in key order (so concurrent workers lock
+        -- shared rollup rows in the same order): a hot rollup row is locked
+        -- only from here to the commit.
         grouped AS (
-            SELECT tenant_id, date_trunc('minute', event_time) AS minute, kind,
+            SELECT * FROM UNNEST($20::text[], $21::timestamptz[], $22::text[], $23::text[],
+                                 $24::text[], $25::text[], $26::int8[], $27::int8[])
+                AS g(tenant_id, minute, kind, ad_id, campaign_id, screen_id, events, amount)
+            WHERE $28 AND (SELECT yes FROM all_new)
+            UNION ALL
+            SELECT tenant_id, date_trunc('minute', event_time, 'UTC') AS minute, kind,
                    coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
                    coalesce(screen_id, '') AS screen_id, count(*) AS events,
-                   coalesce(sum(amount), 0) AS amount
+                   coalesce(sum(amount), 0)::int8 AS amount
             FROM valid
+            WHERE NOT ($28 AND (SELECT yes FROM all_new))
             GROUP BY 1, 2, 3, 4, 5, 6
         ),
         rolled AS (
@@ -247,26 +331,28 @@ pub async fn insert_batch<'e>(
             ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
             DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
         ),
-        -- Error events by VAST code (migration 0010; 0 when none was given).
+        -- Error events by VAST code (migration 0010; 0 when none was given),
+        -- when the batch has any ($29).
         rolled_error AS (
             INSERT INTO rollup_error_minute AS r (tenant_id, ad_id, bucket, error_code, events)
             SELECT tenant_id, ad_id, date_trunc('minute', event_time), coalesce(error_code, 0),
                    count(*)
             FROM valid
-            WHERE kind = 'error' AND ad_id IS NOT NULL
+            WHERE $29 AND kind = 'error' AND ad_id IS NOT NULL
             GROUP BY 1, 2, 3, 4
             ORDER BY 1, 2, 3, 4
             ON CONFLICT (tenant_id, ad_id, bucket, error_code)
             DO UPDATE SET events = r.events + EXCLUDED.events
         ),
-        -- Experiment rollups (migration 0009). A user row is inserted (a new user)
-        -- or turned converted at most once, whatever races it; RETURNING yields
-        -- only those changes, and `batch_id = $16` tells an insert from an update.
+        -- Experiment rollups (migration 0009), when the batch has experiment
+        -- events ($30). A user row is inserted (a new user) or turned
+        -- converted at most once, whatever races it; RETURNING yields only
+        -- those changes, and `batch_id = $16` tells an insert from an update.
         experiment_batch AS (
             SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
                    bool_or(kind = 'conversion') AS converted
             FROM valid
-            WHERE experiment_id IS NOT NULL AND user_key IS NOT NULL
+            WHERE $30 AND experiment_id IS NOT NULL AND user_key IS NOT NULL
             GROUP BY 1, 2, 3, 4
         ),
         users_changed AS (
@@ -284,7 +370,7 @@ pub async fn insert_batch<'e>(
                    coalesce(c.users, 0), coalesce(c.converted_users, 0)
             FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
                          count(*) FILTER (WHERE kind = 'conversion') AS conversions
-                  FROM valid WHERE experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
+                  FROM valid WHERE $30 AND experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
             LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
                               count(*) FILTER (WHERE converted) AS converted_users
                        FROM users_changed GROUP BY 1, 2, 3) c
@@ -295,11 +381,23 @@ pub async fn insert_batch<'e>(
                           conversions = r.conversions + EXCLUDED.conversions,
                           users = r.users + EXCLUDED.users,
                           converted_users = r.converted_users + EXCLUDED.converted_users
+        ),
+        -- Listed after the rollups, so that they run before them: Postgres
+        -- finishes the CTEs the final SELECT does not read in reverse order.
+        outbox AS (
+            INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
+            SELECT $16, array_agg(event_id), array_agg(tenant_id)
+            FROM claimed HAVING count(*) > 0
+        ),
+        -- Step 4 of the exactly-once protocol for batches counted earlier.
+        settled AS (
+            DELETE FROM counter_outbox WHERE batch_id = ANY($19::uuid[])
         )
-        -- The keys it did not store (already known): usually none, so the
-        -- answer stays small.
+        -- The keys it did not store (already known): none when every event
+        -- is new, so the answer is usually empty.
         SELECT tenant_id AS "tenant_id!", event_id AS "event_id!" FROM input i
-        WHERE NOT EXISTS (SELECT 1 FROM claimed c
+        WHERE NOT (SELECT yes FROM all_new)
+          AND NOT EXISTS (SELECT 1 FROM claimed c
                           WHERE c.tenant_id = i.tenant_id AND c.event_id = i.event_id)
         "#,
         &c.ids,
@@ -321,6 +419,17 @@ pub async fn insert_batch<'e>(
         &c.error_codes as &[Option<i16>],
         &c.invalid as &[Option<&str>],
         settled,
+        &g.tenants as &[&str],
+        &g.minutes,
+        &g.kinds as &[&str],
+        &g.ads as &[&str],
+        &g.campaigns as &[&str],
+        &g.screens as &[&str],
+        &g.events,
+        &g.amounts,
+        g.usable,
+        errors,
+        experiments,
     )
     .fetch_all(pool)
     .await

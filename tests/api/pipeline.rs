@@ -475,3 +475,113 @@ async fn workers_that_stop_cleanly_are_no_longer_listed() {
     assert_eq!(workers().await, Vec::<String>::new());
     crate::helpers::cleanup(&app.settings, &app.pool, &app.redis).await;
 }
+
+/// The rollups a batch writes equal the rows it stored, whether the
+/// worker's own grouping served (every event of the batch new) or the
+/// statement grouped what it stored (some events already known): per
+/// tenant, kind, minute, hour, dimension and amount, error code and
+/// experiment, with invalid traffic in none of them.
+#[tokio::test]
+async fn the_rollups_equal_the_stored_rows_whether_or_not_every_event_was_new() {
+    let app = spawn_app().await;
+    let kinds = [
+        "impression",
+        "click",
+        "conversion",
+        "play",
+        "error",
+        "complete",
+    ];
+    let now = Utc::now();
+    let events: Vec<_> = (0..90)
+        .map(|i: i64| {
+            let at = now - chrono::Duration::seconds(i * 53);
+            let kind = kinds[i as usize % kinds.len()];
+            let mut body = json!({
+                "type": kind,
+                "adId": format!("ad-roll-{}", i % 3),
+                "timestamp": at.to_rfc3339(),
+                "ipAddress": format!("10.7.0.{i}"),
+            });
+            // Plays name their campaign.
+            if i % 2 == 0 || kind == "play" {
+                body["campaignId"] = json!(format!("camp-{}", i % 4));
+            }
+            if i % 5 == 0 {
+                body["screenId"] = json!("screen-1");
+            }
+            if kind == "conversion" {
+                body["amount"] = json!(i * 1000 + 7);
+            }
+            if kind == "error" && i % 4 != 0 {
+                body["errorCode"] = json!(400 + i % 3);
+            }
+            if i % 4 == 0 {
+                body["experimentId"] = json!("exp-roll");
+                body["variant"] = json!(if i % 8 == 0 { "A" } else { "B" });
+                body["userId"] = json!(format!("user-{}", i % 6));
+            }
+            let mut event = envelope(body);
+            if i % 3 == 0 {
+                event.tenant_id = "tenant-roll".into();
+            }
+            if i % 7 == 0 {
+                event.invalid = Some(adtrack::domain::InvalidReason::BotUserAgent);
+            }
+            event
+        })
+        .collect();
+    let refs: Vec<&_> = events.iter().collect();
+    // Every event new, then a batch that overlaps it by 20 events.
+    let first = adtrack::store::insert_batch(&app.pool, &refs[..60], uuid::Uuid::now_v7(), &[])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 60);
+    let second = adtrack::store::insert_batch(&app.pool, &refs[40..], uuid::Uuid::now_v7(), &[])
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 30);
+
+    let pairs = [
+        (
+            "SELECT tenant_id, bucket::text, kind, ad_id, campaign_id, screen_id, events, amount
+             FROM rollup_minute",
+            "SELECT tenant_id, date_trunc('minute', event_time, 'UTC')::text, kind, ad_id,
+                    coalesce(campaign_id, ''), coalesce(screen_id, ''), count(*),
+                    coalesce(sum(amount), 0)::int8
+             FROM events WHERE invalid_reason IS NULL GROUP BY 1, 2, 3, 4, 5, 6",
+        ),
+        (
+            "SELECT tenant_id, bucket::text, kind, ad_id, campaign_id, '', events, amount
+             FROM rollup_hour",
+            "SELECT tenant_id, date_trunc('hour', event_time, 'UTC')::text, kind, ad_id,
+                    coalesce(campaign_id, ''), '', count(*), coalesce(sum(amount), 0)::int8
+             FROM events WHERE invalid_reason IS NULL GROUP BY 1, 2, 3, 4, 5",
+        ),
+        (
+            "SELECT tenant_id, bucket::text, error_code::text, ad_id, '', '', events, 0::int8
+             FROM rollup_error_minute",
+            "SELECT tenant_id, date_trunc('minute', event_time, 'UTC')::text,
+                    coalesce(error_code, 0)::text, ad_id, '', '', count(*), 0::int8
+             FROM events WHERE invalid_reason IS NULL AND kind = 'error' GROUP BY 1, 2, 3, 4",
+        ),
+        (
+            "SELECT tenant_id, experiment_id, variant, '', '', '', events, conversions
+             FROM rollup_experiment",
+            "SELECT tenant_id, experiment_id, variant, '', '', '', count(*),
+                    count(*) FILTER (WHERE kind = 'conversion')
+             FROM events WHERE invalid_reason IS NULL AND experiment_id IS NOT NULL
+             GROUP BY 1, 2, 3",
+        ),
+    ];
+    type Row = (String, String, String, String, String, String, i64, i64);
+    for (rolled, stored) in pairs {
+        let mut a: Vec<Row> = sqlx::query_as(rolled).fetch_all(&app.pool).await.unwrap();
+        let mut b: Vec<Row> = sqlx::query_as(stored).fetch_all(&app.pool).await.unwrap();
+        a.sort();
+        b.sort();
+        assert!(b.len() > 1, "{stored} found too little to compare");
+        assert_eq!(a, b, "{rolled}");
+    }
+    app.stop().await;
+}
