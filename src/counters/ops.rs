@@ -40,10 +40,11 @@ pub struct Ops {
     /// Plays per (tenant layout root, campaign, screen or "").
     plays: BTreeMap<(String, String, String), i64>,
     /// HyperLogLog members by the keys they all go to: the clicks of one ad
-    /// in one minute go to its hour and minute keys, so each IP is sent once
-    /// for both.
-    uniques: BTreeMap<Vec<String>, BTreeSet<String>>,
-    /// All-time unique-click keys (updated only where they exist).
+    /// in one minute go to its hour and minute keys and, where it exists,
+    /// its all-time key, so each IP is sent once for all three.
+    uniques: BTreeMap<UniqueKeys, BTreeSet<String>>,
+    /// All-time unique-click keys of a rebuild (written whole, empty ones
+    /// too).
     uniques_all: BTreeMap<String, BTreeSet<String>>,
     /// All-time keys whose TTL an update refreshes: an ad's counts and its
     /// unique clicks live and expire together.
@@ -244,10 +245,17 @@ impl Ops {
         let hour = ts.div_euclid(HOUR);
         let minute = ts.div_euclid(MINUTE);
         let layout = self.layout.tenant(tenant);
-        self.uniques_all
-            .entry(layout.uniques_all(ad))
-            .or_default()
-            .extend(ips.iter().map(|ip| (*ip).to_owned()));
+        // A batch updates the all-time key only where it exists, with the
+        // same members as the windows'; a rebuild writes it whole.
+        let if_exists = if self.mode == Mode::Rebuild {
+            self.uniques_all
+                .entry(layout.uniques_all(ad))
+                .or_default()
+                .extend(ips.iter().map(|ip| (*ip).to_owned()));
+            None
+        } else {
+            Some(layout.uniques_all(ad))
+        };
         let mut keys = Vec::new();
         let expiry = hour_hll_expiry(hour);
         if expiry > self.now {
@@ -261,9 +269,10 @@ impl Ops {
             self.expire.insert(key.clone(), expiry);
             keys.push(key);
         }
-        if !keys.is_empty() {
+        if !keys.is_empty() || if_exists.is_some() {
+            let always = keys;
             self.uniques
-                .entry(keys)
+                .entry(UniqueKeys { always, if_exists })
                 .or_default()
                 .extend(ips.iter().map(|ip| (*ip).to_owned()));
         }
@@ -286,7 +295,12 @@ impl Ops {
             .keys()
             .map(|(k, _)| k.clone())
             .chain(self.all_time.keys().map(|(k, _, _)| k.clone()))
-            .chain(self.uniques.keys().flatten().cloned())
+            .chain(
+                self.uniques
+                    .keys()
+                    .flat_map(|k| k.always.iter().chain(&k.if_exists))
+                    .cloned(),
+            )
             .chain(self.uniques_all.keys().cloned())
             .collect();
         for (root, campaign, screen) in self.plays.keys() {
@@ -359,8 +373,10 @@ impl Ops {
         for (keys, members) in &self.uniques {
             let members: Vec<&String> = members.iter().collect();
             for part in members.chunks(1000) {
-                let mut args = vec![op("P"), V(keys.len().to_string())];
-                args.extend(keys.iter().cloned().map(K));
+                let code = if keys.if_exists.is_some() { "Q" } else { "P" };
+                let mut args = vec![op(code), V(keys.always.len().to_string())];
+                args.extend(keys.always.iter().cloned().map(K));
+                args.extend(keys.if_exists.iter().cloned().map(K));
                 args.push(V(part.len().to_string()));
                 args.extend(part.iter().map(|m| V((*m).clone())));
                 push(args);
@@ -375,11 +391,7 @@ impl Ops {
                 members.chunks(1000).collect()
             };
             for part in parts {
-                let mut args = if rebuild {
-                    vec![op("P"), V("1".into()), K(key.clone())]
-                } else {
-                    vec![op("U"), K(key.clone())]
-                };
+                let mut args = vec![op("P"), V("1".into()), K(key.clone())];
                 args.push(V(part.len().to_string()));
                 args.extend(part.iter().map(|m| V((*m).clone())));
                 push(args);
@@ -471,6 +483,14 @@ impl Ops {
 }
 
 /// One argument of an op: a key (declared in KEYS) or a value.
+/// The keys one set of HyperLogLog members goes to: every key of `always`,
+/// and `if_exists` only where it exists (the all-time key, in a batch).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct UniqueKeys {
+    always: Vec<String>,
+    if_exists: Option<String>,
+}
+
 enum Arg {
     K(String),
     V(String),
@@ -613,13 +633,14 @@ mod tests {
             ops.plays[&("{t}:c:".to_string(), "camp".to_string(), "scr".to_string())],
             1
         );
-        // Both IPs go once to the hour and minute keys together, and once
-        // to the all-time key.
+        // Both IPs go once to the hour and minute keys and the all-time key
+        // together (the last only where it exists).
         let (keys, ips) = ops.uniques.iter().next().unwrap();
         assert_eq!(ops.uniques.len(), 1);
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.always.len(), 2);
+        assert_eq!(keys.if_exists.as_deref(), Some("{t}:c:ua:ad"));
         assert_eq!(ips.len(), 2);
-        assert_eq!(ops.uniques_all["{t}:c:ua:ad"].len(), 2);
+        assert!(ops.uniques_all.is_empty());
     }
 
     #[test]
@@ -660,7 +681,7 @@ mod tests {
         for c in &chunks {
             assert!(matches!(
                 c.args[0].as_str(),
-                "H" | "A" | "P" | "U" | "G" | "C" | "Z" | "L" | "T" | "X"
+                "H" | "A" | "P" | "Q" | "G" | "C" | "Z" | "L" | "T" | "X"
             ));
         }
     }

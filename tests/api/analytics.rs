@@ -531,3 +531,29 @@ async fn a_reconcile_whose_swap_no_replica_confirms_fails_and_counting_stays_exa
         .unwrap();
     assert_eq!(app.analytics("ad-wait", "1h").await["totalClicks"], 6);
 }
+
+/// Once an ad's all-time figures are in Redis (its first all-time read
+/// builds them from Postgres), each batch adds its clicks' IPs to the
+/// all-time unique-click estimate, as to the windows'.
+#[tokio::test]
+async fn batches_add_their_clicks_to_an_existing_all_time_unique_estimate() {
+    let app = spawn_app().await;
+    let ad = "ad-unique-all";
+    for ip in ["10.3.0.1", "10.3.0.2"] {
+        app.click(json!({"adId": ad, "ipAddress": ip})).await;
+    }
+    app.wait_drained().await;
+    let all = app.analytics(ad, "all").await;
+    assert_eq!(all["uniqueClicks"], 2, "{all}");
+    // One known IP, two new ones, one of them twice.
+    for ip in ["10.3.0.1", "10.3.0.3", "10.3.0.4", "10.3.0.4"] {
+        app.click(json!({"adId": ad, "ipAddress": ip})).await;
+    }
+    app.wait_drained().await;
+    for timeframe in ["1h", "all"] {
+        let a = app.analytics(ad, timeframe).await;
+        assert_eq!(a["totalClicks"], 6, "{timeframe}: {a}");
+        assert_eq!(a["uniqueClicks"], 4, "{timeframe}: {a}");
+    }
+    app.stop().await;
+}

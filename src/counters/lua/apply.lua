@@ -21,8 +21,10 @@
 --                      already counted it)
 --   P nkeys #key… count member…
 --                      PFADD of the members to every key
---   U #key count member…
---                      PFADD to an all-time key, only if it exists
+--   Q nkeys #key… #key count member…
+--                      PFADD of the members to every key of the first
+--                      nkeys, and to the last (an all-time key) only if it
+--                      exists
 --   G #ranking #seen #pending #screens #excluded campaign screen n now ttl
 --                      plays of a ranked campaign (skipped when `excluded`
 --                      holds the batch); a campaign absent from the ranking
@@ -80,13 +82,18 @@ while i <= #ARGV do
       redis.call('PFADD', key(i + 1 + j), unpack(ARGV, i + 3 + k, i + 2 + k + n))
     end
     i = i + 3 + k + n
-  elseif op == 'U' then
-    local k = key(i + 1)
-    local n = tonumber(ARGV[i + 2])
-    if redis.call('EXISTS', k) == 1 then
-      redis.call('PFADD', k, unpack(ARGV, i + 3, i + 2 + n))
+  elseif op == 'Q' then
+    local k = tonumber(ARGV[i + 1])
+    local n = tonumber(ARGV[i + 3 + k])
+    local first, last = i + 4 + k, i + 3 + k + n
+    for j = 1, k do
+      redis.call('PFADD', key(i + 1 + j), unpack(ARGV, first, last))
     end
-    i = i + 3 + n
+    local all = key(i + 2 + k)
+    if redis.call('EXISTS', all) == 1 then
+      redis.call('PFADD', all, unpack(ARGV, first, last))
+    end
+    i = last + 1
   elseif op == 'G' then
     local ranking, seen, pending, screens = key(i + 1), key(i + 2), key(i + 3), key(i + 4)
     local campaign, screen, n, now, ttl = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10]
