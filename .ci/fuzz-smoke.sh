@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 export RUSTC_BOOTSTRAP=1
-for target in parse_event spool_segment; do
+for target in parse_event spool_segment envelope; do
   scratch=$(mktemp -d)
   cargo fuzz run --sanitizer none "$target" "$scratch" "fuzz/regressions/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 2>&1 | tail -n 12

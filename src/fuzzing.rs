@@ -54,10 +54,25 @@ pub fn parse_event_holds(data: &[u8]) {
         let envelope = serde_json::to_string(&event).expect("an accepted event serializes");
         let back: Event = serde_json::from_str(&envelope).expect("its envelope parses");
         assert_eq!(back, event, "the envelope changed the event");
+        let back = Event::from_envelope(&envelope).expect("its envelope decodes");
+        assert_eq!(back, event, "the worker's decoder changed the event");
         assert!(
             decode_line(envelope.as_bytes()).is_ok(),
             "its spool line is refused"
         );
+    }
+}
+
+/// For any text: what the worker's fast envelope decoder accepts, serde
+/// decodes to the same event.
+pub fn envelope_holds(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(fast) = crate::domain::envelope::read(text) {
+        let slow: Event =
+            serde_json::from_str(text).expect("serde refuses what the fast path took");
+        assert_eq!(fast, slow, "the two decoders disagree");
     }
 }
 
@@ -109,6 +124,14 @@ mod tests {
         out.sort();
         assert!(!out.is_empty(), "no inputs in {}", dir.display());
         out
+    }
+
+    #[test]
+    fn kept_envelope_inputs_hold() {
+        for (name, data) in kept("envelope") {
+            let r = std::panic::catch_unwind(|| envelope_holds(&data));
+            assert!(r.is_ok(), "{name}");
+        }
     }
 
     #[test]

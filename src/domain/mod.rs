@@ -1,6 +1,7 @@
 //! The event model. Requests are parsed into these types at the HTTP edge;
 //! past that point the code never sees an invalid event.
 
+pub(crate) mod envelope;
 mod event;
 mod ident;
 mod parse;

@@ -85,7 +85,7 @@ pub(super) fn from_rfc3339<'de, D: serde::Deserializer<'de>>(
 }
 
 /// A time in exactly the form [`rfc3339`] writes, else `None`.
-fn parse_written(b: &[u8]) -> Option<DateTime<Utc>> {
+pub(super) fn parse_written(b: &[u8]) -> Option<DateTime<Utc>> {
     let digits = match b.len() {
         20 => 0,
         24 | 27 | 30 => b.len() - 21,

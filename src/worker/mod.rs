@@ -179,7 +179,7 @@ impl Worker {
             HashSet::with_capacity_and_hasher(items.len(), foldhash::fast::RandomState::default());
         let mut duplicates = 0usize;
         for raw in items.iter() {
-            match serde_json::from_str::<Event>(raw) {
+            match Event::from_envelope(raw) {
                 Ok(event) if ctx.simulate_failures && event.simulate_failure => {
                     failures.push(Failure {
                         raw: raw.clone(),
