@@ -482,7 +482,6 @@ impl Ops {
     }
 }
 
-/// One argument of an op: a key (declared in KEYS) or a value.
 /// The keys one set of HyperLogLog members goes to: every key of `always`,
 /// and `if_exists` only where it exists (the all-time key, in a batch).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -491,6 +490,7 @@ struct UniqueKeys {
     if_exists: Option<String>,
 }
 
+/// One argument of an op: a key (declared in KEYS) or a value.
 enum Arg {
     K(String),
     V(String),
