@@ -92,8 +92,11 @@ impl<'a> Cursor<'a> {
         Some((self.text.get(start..self.at)?, fraction))
     }
 
+    /// An integer. `-0` is left to serde, which reads it as a float (a
+    /// negative zero) and so refuses it for an integer member.
     fn integer<T: std::str::FromStr>(&mut self) -> Option<T> {
         match self.number()? {
+            ("-0", _) => None,
             (text, false) => text.parse().ok(),
             _ => None,
         }
@@ -414,6 +417,7 @@ mod tests {
             (r#","videoPlaybackTime":1e2"#, "exponent"),
             (r#","videoPlaybackTime":0.1234567890123456"#, "16 digits"),
             (r#","amount":01"#, "leading zero"),
+            (r#","amount":-0"#, "negative zero, a float to serde"),
             (r#", "adId":"a""#, "whitespace"),
         ] {
             let raw = format!("{{{base}{extra}}}");
