@@ -28,24 +28,43 @@ impl Event {
     }
 }
 
-/// The members the fast path knows, as bits of a "seen" mask.
-const EVENT_ID: u32 = 1;
-const KIND: u32 = 1 << 1;
-const TIMESTAMP: u32 = 1 << 2;
-const RECEIVED_AT: u32 = 1 << 3;
-const REQUIRED: u32 = EVENT_ID | KIND | TIMESTAMP | RECEIVED_AT;
+/// The members the fast path reads; a member's index is its bit in the
+/// mask that refuses a member written twice (serde refuses it too).
+const MEMBERS: [&str; 18] = [
+    "eventId",
+    "type",
+    "timestamp",
+    "receivedAt",
+    "adId",
+    "campaignId",
+    "screenId",
+    "userId",
+    "ipAddress",
+    "videoPlaybackTime",
+    "amount",
+    "errorCode",
+    "variant",
+    "experimentId",
+    "simulateFailure",
+    "attempts",
+    "tenantId",
+    "invalid",
+];
 
 struct Cursor<'a> {
-    /// The envelope: its bytes are `text`'s, so that a slice between two
-    /// ASCII bytes is text without validating it again.
+    /// The envelope, sliced between ASCII bytes, so that a slice is text
+    /// without validating it again.
     text: &'a str,
-    b: &'a [u8],
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
+    fn byte(&self, at: usize) -> Option<u8> {
+        self.text.as_bytes().get(at).copied()
+    }
+
     fn eat(&mut self, c: u8) -> Option<()> {
-        (self.b.get(self.at) == Some(&c)).then(|| self.at += 1)
+        (self.byte(self.at) == Some(c)).then(|| self.at += 1)
     }
 
     /// A string without escapes or control characters, as written.
@@ -53,7 +72,7 @@ impl<'a> Cursor<'a> {
         self.eat(b'"')?;
         let start = self.at;
         loop {
-            match *self.b.get(self.at)? {
+            match self.byte(self.at)? {
                 b'"' => break,
                 b'\\' => return None,
                 c if c < 0x20 => return None,
@@ -71,7 +90,7 @@ impl<'a> Cursor<'a> {
         let start = self.at;
         let digits = |c: &mut Self| {
             let from = c.at;
-            while c.b.get(c.at).is_some_and(u8::is_ascii_digit) {
+            while c.byte(c.at).is_some_and(|b| b.is_ascii_digit()) {
                 c.at += 1;
             }
             c.at - from
@@ -79,14 +98,14 @@ impl<'a> Cursor<'a> {
         let _ = self.eat(b'-');
         let int_from = self.at;
         let int = digits(self);
-        if int == 0 || (int > 1 && self.b[int_from] == b'0') {
+        if int == 0 || (int > 1 && self.byte(int_from) == Some(b'0')) {
             return None;
         }
         let fraction = self.eat(b'.').is_some();
         if fraction && digits(self) == 0 {
             return None;
         }
-        if matches!(self.b.get(self.at), Some(b'e' | b'E')) {
+        if matches!(self.byte(self.at), Some(b'e' | b'E')) {
             return None;
         }
         Some((self.text.get(start..self.at)?, fraction))
@@ -118,7 +137,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn boolean(&mut self) -> Option<bool> {
-        let rest = &self.b[self.at..];
+        let rest = self.text.as_bytes().get(self.at..)?;
         if rest.starts_with(b"true") {
             self.at += 4;
             Some(true)
@@ -133,11 +152,9 @@ impl<'a> Cursor<'a> {
 
 /// The fast path: `None` whenever the text is not in the written form.
 pub(crate) fn read(text: &str) -> Option<Event> {
-    let b = text.as_bytes();
-    let mut c = Cursor { text, b, at: 0 };
+    let mut c = Cursor { text, at: 0 };
     c.eat(b'{')?;
     let mut seen = 0u32;
-    let mut once = |bit: u32| -> Option<()> { (seen & bit == 0).then(|| seen |= bit) };
     let (mut event_id, mut kind, mut timestamp, mut received_at) = (None, None, None, None);
     let mut e = Event {
         event_id: Uuid::nil(),
@@ -163,82 +180,70 @@ pub(crate) fn read(text: &str) -> Option<Event> {
     if c.eat(b'}').is_none() {
         loop {
             let name = c.string()?;
+            // `properties`, and members this release does not know, go to
+            // serde.
+            let bit = 1u32 << MEMBERS.iter().position(|m| *m == name)?;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
             c.eat(b':')?;
             let ident = |c: &mut Cursor| c.string().and_then(|s| Ident::parse(s).ok());
             match name {
                 "eventId" => {
-                    once(EVENT_ID)?;
                     event_id = Some(Uuid::try_parse(c.string()?).ok()?);
                 }
                 "type" => {
-                    once(KIND)?;
                     kind = Some(Kind::parse(c.string()?)?);
                 }
                 "timestamp" => {
-                    once(TIMESTAMP)?;
                     timestamp = Some(parse_written(c.string()?.as_bytes())?);
                 }
                 "receivedAt" => {
-                    once(RECEIVED_AT)?;
                     received_at = Some(parse_written(c.string()?.as_bytes())?);
                 }
                 "adId" => {
-                    once(1 << 4)?;
                     e.ad_id = Some(ident(&mut c)?);
                 }
                 "campaignId" => {
-                    once(1 << 5)?;
                     e.campaign_id = Some(ident(&mut c)?);
                 }
                 "screenId" => {
-                    once(1 << 6)?;
                     e.screen_id = Some(ident(&mut c)?);
                 }
                 "userId" => {
-                    once(1 << 7)?;
                     e.user_id = Some(c.string()?.to_owned());
                 }
                 "ipAddress" => {
-                    once(1 << 8)?;
                     e.ip_address = Some(c.string()?.parse::<IpAddr>().ok()?);
                 }
                 "videoPlaybackTime" => {
-                    once(1 << 9)?;
                     e.video_playback_time = Some(c.float()?);
                 }
                 "amount" => {
-                    once(1 << 10)?;
                     e.amount = Some(c.integer()?);
                 }
                 "errorCode" => {
-                    once(1 << 11)?;
                     e.error_code = Some(c.integer()?);
                 }
                 "variant" => {
-                    once(1 << 12)?;
                     e.variant = Some(c.string()?.to_owned());
                 }
                 "experimentId" => {
-                    once(1 << 13)?;
                     e.experiment_id = Some(c.string()?.to_owned());
                 }
                 "simulateFailure" => {
-                    once(1 << 14)?;
                     e.simulate_failure = c.boolean()?;
                 }
                 "attempts" => {
-                    once(1 << 15)?;
                     e.attempts = c.integer()?;
                 }
                 "tenantId" => {
-                    once(1 << 16)?;
                     e.tenant_id = c.string()?.to_owned();
                 }
                 "invalid" => {
-                    once(1 << 17)?;
                     e.invalid = Some(InvalidReason::parse(c.string()?)?);
                 }
-                // `properties`, and members this release does not know.
                 _ => return None,
             }
             if c.eat(b'}').is_some() {
@@ -247,7 +252,7 @@ pub(crate) fn read(text: &str) -> Option<Event> {
             c.eat(b',')?;
         }
     }
-    if c.at != b.len() || seen & REQUIRED != REQUIRED {
+    if c.at != text.len() {
         return None;
     }
     e.event_id = event_id?;
