@@ -1,10 +1,10 @@
 //! The one error type of the HTTP edge. Every error leaves as JSON
 //! `{"error": "<code>", "message": "<sentence>"}` with its status.
 
+use actix_web::body::EitherBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
@@ -175,19 +175,19 @@ fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
-/// Error-handler middleware body: an error answer that is not JSON yet (an
-/// actix extractor's refusal, say a path segment that is not UTF-8) gets the
-/// SPEC's `{"error","message"}` shape; `ApiError` answers pass unchanged.
-pub fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+/// An error answer that is not JSON yet (an actix extractor's refusal, say
+/// a path segment that is not UTF-8) gets the SPEC's `{"error","message"}`
+/// shape; `ApiError` answers and every other answer pass unchanged.
+pub(super) fn json_errors<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    let status = res.status();
     let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res.map_into_left_body();
     }
-    let status = res.status();
     let message = match res.response().error() {
         Some(e) if status.is_client_error() && !e.to_string().is_empty() => e.to_string(),
         _ => status.canonical_reason().unwrap_or("error").to_string(),
@@ -198,15 +198,14 @@ pub fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let res = ServiceResponse::new(req, res.set_body(body))
+    ServiceResponse::new(req, res.set_body(body))
         .map_into_boxed_body()
-        .map_into_right_body();
-    Ok(ErrorHandlerResponse::Response(res))
+        .map_into_right_body()
 }
 
 #[cfg(test)]
 mod tests {
-    use actix_web::middleware::ErrorHandlers;
+    use actix_web::dev::Service;
     use actix_web::{test, web, App, HttpResponse};
     use serde_json::Value;
 
@@ -229,7 +228,10 @@ mod tests {
     async fn errors_actix_produces_get_the_json_shape() {
         let app = test::init_service(
             App::new()
-                .wrap(ErrorHandlers::new().default_handler(json_error_body))
+                .wrap_fn(|req, srv| {
+                    let answer = srv.call(req);
+                    async move { Ok(json_errors(answer.await?)) }
+                })
                 .route("/typed", web::post().to(typed))
                 .route("/ours", web::get().to(ours)),
         )

@@ -20,10 +20,6 @@ use crate::queue::LocalPusher;
 use crate::ratelimit::Decision;
 use crate::spool::FailureCause;
 
-/// A 202 is a few dozen bytes sent at load-test rates: `Compress` leaves an
-/// answer that names its encoding, so ingest answers say `identity`.
-pub(super) const UNCOMPRESSED: header::ContentEncoding = header::ContentEncoding::Identity;
-
 /// Largest single-event body.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// Largest batch body and item count.
@@ -117,12 +113,25 @@ async fn ingest_one(
     limit(state, &ctx, 1, ad.as_slice()).await?;
     let mut event = parsed.map_err(|e| rejected(state, e))?;
     enqueue(req, state, std::slice::from_mut(&mut event)).await?;
-    Ok(HttpResponse::Accepted()
-        .insert_header(UNCOMPRESSED)
-        .json(Accepted {
-            status: "accepted",
-            event_id: event.event_id,
-        }))
+    Ok(accepted(event.event_id))
+}
+
+/// The 202 of one event: the JSON of [`Accepted`], written directly (it
+/// is the answer of every single-event request).
+fn accepted(event_id: Uuid) -> HttpResponse {
+    const HEAD: &[u8] = br#"{"status":"accepted","eventId":""#;
+    let mut body = Vec::with_capacity(HEAD.len() + uuid::fmt::Hyphenated::LENGTH + 2);
+    body.extend_from_slice(HEAD);
+    body.extend_from_slice(
+        event_id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    body.extend_from_slice(br#""}"#);
+    HttpResponse::Accepted()
+        .content_type(header::ContentType::json())
+        .body(body)
 }
 
 #[derive(Deserialize)]
@@ -217,13 +226,11 @@ pub async fn batch(
     let cost = u32::try_from(items.len()).unwrap_or(u32::MAX);
     limit(&state, &base, cost, &per_ad).await?;
     enqueue(&req, &state, &mut accepted).await?;
-    Ok(HttpResponse::Accepted()
-        .insert_header(UNCOMPRESSED)
-        .json(BatchAccepted {
-            accepted: accepted.len(),
-            event_ids: accepted.iter().map(|e| e.event_id).collect(),
-            rejected,
-        }))
+    Ok(HttpResponse::Accepted().json(BatchAccepted {
+        accepted: accepted.len(),
+        event_ids: accepted.iter().map(|e| e.event_id).collect(),
+        rejected,
+    }))
 }
 
 /// Flags invalid traffic (`IVT_FILTER=flag`), then queues events through
@@ -401,19 +408,32 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
             "the Content-Type header is not printable ASCII; send application/json".into(),
         ));
     };
-    let mime = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json" | "text/plain" | "" => Ok(BodyKind::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyKind::Ndjson),
-        m if m.starts_with("application/") && m.ends_with("+json") => Ok(BodyKind::Json),
-        other => Err(ApiError::UnsupportedMediaType(format!(
-            "content type {other:?} is not accepted; send application/json"
-        ))),
+    let mime = value.split(';').next().unwrap_or("").trim();
+    let is = |names: &[&str]| names.iter().any(|n| mime.eq_ignore_ascii_case(n));
+    let starts = |prefix: &str| {
+        mime.get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    let ends = |suffix: &str| {
+        mime.len()
+            .checked_sub(suffix.len())
+            .and_then(|at| mime.get(at..))
+            .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+    };
+    let suffixed = starts("application/") && ends("+json");
+    if is(&["application/json", "text/plain", ""]) || suffixed {
+        Ok(BodyKind::Json)
+    } else if is(&[
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+    ]) {
+        Ok(BodyKind::Ndjson)
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "content type {:?} is not accepted; send application/json",
+            mime.to_ascii_lowercase()
+        )))
     }
 }
 
@@ -437,11 +457,12 @@ async fn read_body(
             return Err(too_large());
         }
     }
-    let deadline = req
-        .app_data::<web::Data<AppState>>()
-        .map_or(crate::config::Settings::default().body_timeout, |s| {
-            s.settings.body_timeout
-        });
+    // `map_or_else`: a default `Settings` is dozens of allocations, and
+    // every request that has its state would build one for nothing.
+    let deadline = req.app_data::<web::Data<AppState>>().map_or_else(
+        || crate::config::Settings::default().body_timeout,
+        |s| s.settings.body_timeout,
+    );
     let read = async {
         // A small body arrives in one chunk: keep it as it is, copy only
         // when a second one follows.
@@ -468,12 +489,18 @@ async fn read_body(
         }
         Ok(first.unwrap_or_else(|| joined.freeze()))
     };
-    let raw = tokio::time::timeout(deadline, read).await.map_err(|_| {
-        ApiError::RequestTimeout(format!(
-            "the request body did not arrive within {} s",
-            deadline.as_secs()
-        ))
-    })??;
+    // A small body has usually arrived with its headers: read it without
+    // arming a timer, and arm one only when the body is still on its way.
+    let mut read = std::pin::pin!(read);
+    let raw = match futures_util::FutureExt::now_or_never(read.as_mut()) {
+        Some(raw) => raw?,
+        None => tokio::time::timeout(deadline, read).await.map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ))
+        })??,
+    };
     decode_body(req, raw, limit)
 }
 
@@ -519,4 +546,62 @@ fn decode_body(req: &HttpRequest, raw: web::Bytes, limit: usize) -> Result<web::
         )));
     }
     Ok(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    #[test]
+    fn the_written_answer_is_the_json_of_accepted() {
+        let id = Uuid::now_v7();
+        let res = accepted(id);
+        assert_eq!(res.status(), actix_web::http::StatusCode::ACCEPTED);
+        assert_eq!(
+            res.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+        let body = res.into_body().try_into_bytes().unwrap();
+        let expected = serde_json::to_vec(&Accepted {
+            status: "accepted",
+            event_id: id,
+        })
+        .unwrap();
+        assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn content_types_are_read_without_regard_to_case() {
+        let kind = |value: &str| {
+            body_kind(
+                &TestRequest::default()
+                    .insert_header((header::CONTENT_TYPE, value))
+                    .to_http_request(),
+            )
+            .ok()
+        };
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/plain;charset=UTF-8",
+            "application/vnd.api+json",
+            "APPLICATION/LD+JSON",
+            "",
+        ] {
+            assert_eq!(kind(json), Some(BodyKind::Json), "{json}");
+        }
+        for ndjson in ["application/x-ndjson", "Application/JSONL"] {
+            assert_eq!(kind(ndjson), Some(BodyKind::Ndjson), "{ndjson}");
+        }
+        for refused in ["text/csv", "application/xml", "application/json5", "+json"] {
+            assert_eq!(kind(refused), None, "{refused}");
+        }
+        assert_eq!(
+            body_kind(&TestRequest::default().to_http_request()).ok(),
+            Some(BodyKind::Json)
+        );
+    }
 }

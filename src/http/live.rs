@@ -144,7 +144,7 @@ pub async fn live(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         // An event must never wait in a compressor's buffer.
-        .insert_header(super::ingest::UNCOMPRESSED)
+        .insert_header(actix_web::http::header::ContentEncoding::Identity)
         .streaming(stream))
 }
 

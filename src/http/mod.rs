@@ -5,6 +5,7 @@ mod admin;
 mod analytics;
 mod client;
 mod cors;
+mod edge;
 mod error;
 mod health;
 mod ingest;
@@ -18,11 +19,13 @@ mod vast;
 pub use error::ApiError;
 pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::Service;
 use actix_web::http::Method;
+use actix_web::middleware::Compress;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
 use sqlx::PgPool;
 
@@ -149,16 +152,6 @@ fn origin(url: &str) -> &str {
         Some(slash) => &url[..after_scheme + slash],
         None => url,
     }
-}
-
-/// Headers on every answer, pages and API alike; a handler that needs a
-/// different policy sets its own header (actix keeps it).
-fn security_headers(csp: String) -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
-        .add(("Content-Security-Policy", csp))
-        .add(("X-Content-Type-Options", "nosniff"))
-        .add(("X-Frame-Options", "DENY"))
-        .add(("Referrer-Policy", "strict-origin-when-cross-origin"))
 }
 
 /// Which routes a process serves.
@@ -294,6 +287,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
             .name(path)
             .default_service(method_not_allowed(allow));
         for (method, route) in routes {
+            let route = if compresses(&method, path) {
+                route.wrap(Compress::default())
+            } else {
+                route
+            };
             resource = resource.route(if answers_head(&method) {
                 route.guard(guard::Any(guard::Method(method)).or(guard::Head()))
             } else {
@@ -302,7 +300,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
         }
         cfg.service(resource);
     }
-    cfg.default_service(web::to(ui::asset_or_not_found));
+    cfg.default_service(web::to(ui::asset_or_not_found).wrap(Compress::default()));
+}
+
+/// Whether answers of `method` on `path` are gzip-compressed for a client
+/// that asks: reads and documents are. Ingest answers, pixels, redirects,
+/// health checks and the event stream are not: they are a few dozen bytes
+/// or must not wait in a compressor, and the middleware would cost the
+/// hottest routes a layer for nothing.
+fn compresses(method: &Method, path: &str) -> bool {
+    const SMALL_OR_STREAMED: [&str; 5] = [
+        "/health",
+        "/ready",
+        "/live",
+        "/t/{view}/{event}",
+        "/c/{view}",
+    ];
+    *method == Method::GET && !SMALL_OR_STREAMED.contains(&path)
 }
 
 /// Builds the actix `App` for `state`, with request metrics.
@@ -318,33 +332,25 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let metrics = state.metrics.clone();
     // The app factory runs once on each HTTP worker thread: that thread's
-    // pusher (and its Redis connection) stays on it.
+    // pusher (and its Redis connection) and edge state stay on it.
     let pusher = state.pusher.local();
     let cors_origins = state.settings.cors_origins.clone();
     let csp = content_security_policy(state.settings.public_url.as_deref());
+    let edge = Rc::new(edge::Edge::new(csp, state.metrics.clone()));
     actix_web::App::new()
         .app_data(state)
         .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
-        .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(error::json_error_body))
-        .wrap(security_headers(csp))
-        .wrap(actix_web::middleware::Compress::default())
         .wrap(cors::middleware(cors_origins))
         .wrap_fn(move |req, srv| {
             let started = Instant::now();
             let method = req.method().clone();
-            let fut = srv.call(req);
-            let metrics = metrics.clone();
+            let answer = srv.call(req);
+            let edge = edge.clone();
             async move {
-                let res = fut.await?;
-                let route = res.request().match_name().unwrap_or("unmatched");
-                metrics
-                    .http_requests
-                    .with_label_values(&[route, method.as_str(), res.status().as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(res)
+                let res = answer.await?;
+                Ok(edge.finish(res, &method, started.elapsed()))
             }
         })
 }

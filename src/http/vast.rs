@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::ingest::{enqueue, limit, parse_context, rejected, UNCOMPRESSED};
+use super::ingest::{enqueue, limit, parse_context, rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_value, Ident, Kind};
 use crate::domain::{ParseContext, MAX_CLOCK_SKEW};
@@ -228,7 +228,6 @@ pub async fn click(
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, ad.target_url.as_str()))
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(UNCOMPRESSED)
         .finish())
 }
 
@@ -456,7 +455,6 @@ fn gif() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("image/gif")
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(UNCOMPRESSED)
         .body(vast::GIF)
 }
 

@@ -34,8 +34,27 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
         ("/ads/analytics?adId=bad%20id", StatusCode::BAD_REQUEST),
         ("/no/such/path", StatusCode::NOT_FOUND),
     ];
-    for (path, status) in pages {
-        let res = app.client.get(app.url(path)).send().await.unwrap();
+    let click = json!({"adId": "ad-h"});
+    let answers = [
+        (reqwest::Method::POST, "/ads/click", StatusCode::ACCEPTED),
+        (
+            reqwest::Method::PUT,
+            "/ads/click",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    let requests = pages
+        .into_iter()
+        .map(|(path, status)| (reqwest::Method::GET, path, status))
+        .chain(answers);
+    for (method, path, status) in requests {
+        let res = app
+            .client
+            .request(method, app.url(path))
+            .json(&click)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), status, "{path}");
         let csp = header(&res, "content-security-policy").to_owned();
         assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
@@ -98,6 +117,47 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
         });
         assert!(!handler, "{path}: an inline event handler");
     }
+    app.stop().await;
+}
+
+/// The request metrics name the standard methods and label any other one
+/// `other`, so a client inventing methods adds no series; each request is
+/// counted once, in the histogram of its route, method and status.
+#[tokio::test]
+async fn invented_methods_share_one_metric_label() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("INVENT{i}").as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method, app.url("/ads/click"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    for _ in 0..3 {
+        let (status, body) = app.post("/ads/click", &json!({"adId": "ad-m"})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let text = app.metrics_text().await;
+    assert!(!text.contains("INVENT"), "{text}");
+    let count = |method: &'static str, status: &'static str| {
+        let app = &app;
+        async move {
+            app.metric_where(
+                "adtrack_http_request_duration_seconds_count",
+                &[
+                    ("route", "/ads/click"),
+                    ("method", method),
+                    ("status", status),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(count("other", "405").await, 20.0);
+    assert_eq!(count("POST", "202").await, 3.0);
     app.stop().await;
 }
 
