@@ -52,6 +52,13 @@ pub fn parse_event_holds(data: &[u8]) {
             assert!(size <= MAX_PROPERTIES_BYTES, "properties of {size} bytes");
         }
         let envelope = serde_json::to_string(&event).expect("an accepted event serializes");
+        assert_eq!(
+            event
+                .to_envelope()
+                .expect("an accepted event has an envelope"),
+            envelope,
+            "the envelope writer and serde write different text"
+        );
         let back: Event = serde_json::from_str(&envelope).expect("its envelope parses");
         assert_eq!(back, event, "the envelope changed the event");
         let back = Event::from_envelope(&envelope).expect("its envelope decodes");

@@ -49,7 +49,7 @@ impl Enqueue<'_> {
         }
         let mut payloads = Vec::with_capacity(events.len());
         for e in events {
-            payloads.push(serde_json::to_string(e)?);
+            payloads.push(e.to_envelope()?);
         }
         if !self.redis_down.is_down() {
             match self.pusher.push(payloads).await {
@@ -107,10 +107,7 @@ impl Enqueue<'_> {
 
     fn count_enqueued(&self, events: &[Event]) {
         for e in events {
-            self.metrics
-                .events_enqueued
-                .with_label_values(&[e.kind.as_str()])
-                .inc();
+            self.metrics.enqueued(e.kind, 1);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics, one registry per application instance so tests that
 //! run several apps in one process do not collide.
 
+use crate::domain::Kind;
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -10,6 +11,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: HistogramVec,
     pub events_enqueued: IntCounterVec,
+    /// `events_enqueued`'s counter of each kind, by `Kind as usize`: ingest
+    /// counts every event without looking its label up.
+    enqueued_by_kind: Vec<IntCounter>,
     pub events_rejected: IntCounterVec,
     pub events_processed: IntCounterVec,
     pub events_duplicate: IntCounter,
@@ -58,7 +62,8 @@ impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("adtrack".into()), None)?;
         let latency = exponential_buckets(0.0005, 2.0, 16)?;
-        let m = Self {
+        let mut m = Self {
+            enqueued_by_kind: Vec::new(),
             http_requests: HistogramVec::new(
                 HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
                     .buckets(latency.clone()),
@@ -271,6 +276,10 @@ impl Metrics {
             )?,
             registry,
         };
+        m.enqueued_by_kind = Kind::ALL
+            .iter()
+            .map(|k| m.events_enqueued.with_label_values(&[k.as_str()]))
+            .collect();
         m.registry.register(Box::new(m.http_requests.clone()))?;
         m.registry.register(Box::new(m.events_enqueued.clone()))?;
         m.registry.register(Box::new(m.events_rejected.clone()))?;
@@ -335,6 +344,17 @@ impl Metrics {
     }
 
     /// Counts one round of `component` that an outage failed.
+    /// Counts `n` events of `kind` queued.
+    pub fn enqueued(&self, kind: Kind, n: u64) {
+        match self.enqueued_by_kind.get(kind as usize) {
+            Some(counter) => counter.inc_by(n),
+            None => self
+                .events_enqueued
+                .with_label_values(&[kind.as_str()])
+                .inc_by(n),
+        }
+    }
+
     pub fn outage(&self, component: &str, outage: crate::fault::Outage) {
         self.outages
             .with_label_values(&[component, outage.dependency.as_str(), outage.cause.as_str()])

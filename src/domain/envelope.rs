@@ -1,4 +1,11 @@
-//! Decoding an envelope: the JSON text of an [`Event`] on a Redis list.
+//! Writing and reading an envelope: the JSON text of an [`Event`] on a
+//! Redis list.
+//!
+//! Ingest writes one envelope per event, and serde's derived encoder was a
+//! fifteenth of an ingest request. [`Event::to_envelope`] writes the same
+//! text in one pass (the tests hold the two byte for byte equal), and
+//! leaves to serde only what it would write differently: a time chrono
+//! writes, a float or a string that needs escaping.
 //!
 //! A worker decodes one envelope per event, and serde's derived decoder was
 //! over a third of a worker's instructions. [`Event::from_envelope`] reads
@@ -14,11 +21,20 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 
-use super::event::{Event, InvalidReason, Kind};
-use super::time::parse_written;
+use super::event::{push_ip, Event, InvalidReason, Kind};
+use super::time::{parse_written, Written};
 use super::Ident;
 
 impl Event {
+    /// The envelope of this event: exactly what `serde_json::to_string`
+    /// writes for it.
+    pub fn to_envelope(&self) -> serde_json::Result<String> {
+        match write(self) {
+            Some(text) => Ok(text),
+            None => serde_json::to_string(self),
+        }
+    }
+
     /// The event an envelope holds, or serde's error for it.
     pub fn from_envelope(raw: &str) -> serde_json::Result<Event> {
         match read(raw) {
@@ -26,6 +42,109 @@ impl Event {
             None => serde_json::from_str(raw),
         }
     }
+}
+
+/// The envelope of `e`, member by member in the order of `Event`'s fields
+/// (serde's order); `None` for a time [`Written`] leaves to chrono.
+fn write(e: &Event) -> Option<String> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"eventId\":\"");
+    out.extend_from_slice(
+        e.event_id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"type\":\"");
+    out.extend_from_slice(e.kind.as_str().as_bytes());
+    out.push(b'"');
+    for (name, value) in [
+        ("adId", e.ad_id.as_ref().map(Ident::as_str)),
+        ("campaignId", e.campaign_id.as_ref().map(Ident::as_str)),
+        ("screenId", e.screen_id.as_ref().map(Ident::as_str)),
+        ("userId", e.user_id.as_deref()),
+    ] {
+        if let Some(value) = value {
+            member(&mut out, name);
+            string(&mut out, value)?;
+        }
+    }
+    if let Some(ip) = e.ip_address {
+        member(&mut out, "ipAddress");
+        out.push(b'"');
+        push_ip(&mut out, ip);
+        out.push(b'"');
+    }
+    for (name, t) in [("timestamp", &e.timestamp), ("receivedAt", &e.received_at)] {
+        member(&mut out, name);
+        out.push(b'"');
+        out.extend_from_slice(Written::of(t)?.as_bytes());
+        out.push(b'"');
+    }
+    if let Some(t) = e.video_playback_time {
+        member(&mut out, "videoPlaybackTime");
+        serde_json::to_writer(&mut out, &t).ok()?;
+    }
+    if let Some(amount) = e.amount {
+        member(&mut out, "amount");
+        out.extend_from_slice(itoa::Buffer::new().format(amount).as_bytes());
+    }
+    if let Some(code) = e.error_code {
+        member(&mut out, "errorCode");
+        out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    }
+    for (name, value) in [
+        ("variant", e.variant.as_deref()),
+        ("experimentId", e.experiment_id.as_deref()),
+    ] {
+        if let Some(value) = value {
+            member(&mut out, name);
+            string(&mut out, value)?;
+        }
+    }
+    if let Some(properties) = &e.properties {
+        member(&mut out, "properties");
+        serde_json::to_writer(&mut out, properties).ok()?;
+    }
+    if e.simulate_failure {
+        out.extend_from_slice(b",\"simulateFailure\":true");
+    }
+    if e.attempts != 0 {
+        member(&mut out, "attempts");
+        out.extend_from_slice(itoa::Buffer::new().format(e.attempts).as_bytes());
+    }
+    if !e.tenant_id.is_empty() {
+        member(&mut out, "tenantId");
+        string(&mut out, &e.tenant_id)?;
+    }
+    if let Some(reason) = e.invalid {
+        member(&mut out, "invalid");
+        out.push(b'"');
+        out.extend_from_slice(reason.as_str().as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
+    String::from_utf8(out).ok()
+}
+
+/// `,"name":`
+fn member(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string as serde_json writes it: as it is between quotes unless
+/// it holds a byte serde_json escapes (a quote, a backslash, a control
+/// character), which serde_json then writes itself.
+fn string(out: &mut Vec<u8>, value: &str) -> Option<()> {
+    if value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        return serde_json::to_writer(out, value).ok();
+    }
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
+    Some(())
 }
 
 /// The members the fast path reads; a member's index is its bit in the
@@ -352,6 +471,51 @@ mod tests {
             e.timestamp = e.received_at;
         }
         e
+    }
+
+    /// The writer and serde write the same text for every event, and the
+    /// writer leaves to serde what it cannot write the same way.
+    #[test]
+    fn the_writer_writes_what_serde_writes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut odd = random_event(&mut rng);
+        let mut events: Vec<Event> = (0..20_000).map(|_| random_event(&mut rng)).collect();
+        for user in ["\u{7f}", "\u{2028}", "nul\u{0}", "\u{1f}", "é\"", "end\\"] {
+            odd.user_id = Some(user.into());
+            events.push(odd.clone());
+        }
+        odd.video_playback_time = Some(f64::NAN);
+        events.push(odd.clone());
+        odd.video_playback_time = Some(1e300);
+        events.push(odd.clone());
+        odd.amount = Some(i64::MIN);
+        odd.error_code = Some(u16::MAX);
+        odd.attempts = u32::MAX;
+        odd.ip_address = Some("::ffff:10.0.0.1".parse().unwrap());
+        events.push(odd.clone());
+        // chrono's years of five digits and its leap seconds.
+        odd.timestamp = "+10000-01-01T00:00:00Z".parse().unwrap();
+        events.push(odd.clone());
+        odd.timestamp = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        events.push(odd.clone());
+        let mut written = 0;
+        for e in &events {
+            let serde = serde_json::to_string(e).unwrap();
+            assert_eq!(e.to_envelope().unwrap(), serde);
+            if let Some(text) = write(e) {
+                assert_eq!(text, serde);
+                written += 1;
+            }
+        }
+        assert_eq!(
+            written,
+            events.len() - 2,
+            "only the two odd times go to serde"
+        );
     }
 
     #[test]

@@ -8,51 +8,77 @@ use serde::Serialize;
 /// queued envelope carries two times, and formatting them was a visible
 /// part of an ingest request.
 pub(super) fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    use chrono::{Datelike, Timelike};
-    let nanos = t.nanosecond();
-    let year = t.year();
-    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+    match Written::of(t) {
+        Some(text) => s.serialize_str(text.as_str()),
         // Outside what four digits hold, or a leap second: chrono's own.
-        return t.serialize(s);
+        None => t.serialize(s),
     }
-    let mut buf = [0u8; 30];
-    let mut put = |at: usize, value: u32, digits: usize| {
-        let mut v = value;
-        for i in (0..digits).rev() {
-            buf[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
+}
+
+/// The text [`rfc3339`] writes for a time whose year has four digits and
+/// that is no leap second; chrono writes the others.
+pub(super) struct Written {
+    buf: [u8; 30],
+    len: usize,
+}
+
+impl Written {
+    pub(super) fn of(t: &DateTime<Utc>) -> Option<Self> {
+        use chrono::{Datelike, Timelike};
+        // The naive time: `DateTime`'s own accessors add the (zero) offset
+        // again for each component.
+        let t = t.naive_utc();
+        let nanos = t.nanosecond();
+        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+        if nanos >= 1_000_000_000 {
+            return None;
         }
-    };
-    put(0, year as u32, 4);
-    put(5, t.month(), 2);
-    put(8, t.day(), 2);
-    put(11, t.hour(), 2);
-    put(14, t.minute(), 2);
-    put(17, t.second(), 2);
-    let (fraction, digits) = if nanos == 0 {
-        (0, 0)
-    } else if nanos.is_multiple_of(1_000_000) {
-        (nanos / 1_000_000, 3)
-    } else if nanos.is_multiple_of(1_000) {
-        (nanos / 1_000, 6)
-    } else {
-        (nanos, 9)
-    };
-    if digits > 0 {
-        put(20, fraction, digits);
+        let mut buf = [0u8; 30];
+        let mut put = |at: usize, value: u32, digits: usize| {
+            let mut v = value;
+            for i in (0..digits).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year, 4);
+        put(5, t.month(), 2);
+        put(8, t.day(), 2);
+        put(11, t.hour(), 2);
+        put(14, t.minute(), 2);
+        put(17, t.second(), 2);
+        let (fraction, digits) = if nanos == 0 {
+            (0, 0)
+        } else if nanos.is_multiple_of(1_000_000) {
+            (nanos / 1_000_000, 3)
+        } else if nanos.is_multiple_of(1_000) {
+            (nanos / 1_000, 6)
+        } else {
+            (nanos, 9)
+        };
+        if digits > 0 {
+            put(20, fraction, digits);
+        }
+        for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+            buf[at] = c;
+        }
+        let mut len = 19;
+        if digits > 0 {
+            buf[19] = b'.';
+            len = 20 + digits;
+        }
+        buf[len] = b'Z';
+        Some(Self { buf, len: len + 1 })
     }
-    for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
-        buf[at] = c;
+
+    /// Only ASCII digits and separators were written.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
-    let mut len = 19;
-    if digits > 0 {
-        buf[19] = b'.';
-        len = 20 + digits;
+
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
-    buf[len] = b'Z';
-    // Only ASCII digits and separators were written.
-    let text = std::str::from_utf8(&buf[..=len]).map_err(serde::ser::Error::custom)?;
-    s.serialize_str(text)
 }
 
 /// Reads a time as chrono's `Deserialize` does, with a fast path for what

@@ -355,7 +355,7 @@ impl Worker {
                         let due = now + retry_delay(event.attempts);
                         Divert::Retry {
                             due,
-                            payload: serde_json::to_string(&event).context("encoding a retry")?,
+                            payload: event.to_envelope().context("encoding a retry")?,
                         }
                     }
                 }
