@@ -343,7 +343,6 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Counts one round of `component` that an outage failed.
     /// Counts `n` events of `kind` queued.
     pub fn enqueued(&self, kind: Kind, n: u64) {
         match self.enqueued_by_kind.get(kind as usize) {
@@ -355,6 +354,7 @@ impl Metrics {
         }
     }
 
+    /// Counts one round of `component` that an outage failed.
     pub fn outage(&self, component: &str, outage: crate::fault::Outage) {
         self.outages
             .with_label_values(&[component, outage.dependency.as_str(), outage.cause.as_str()])
