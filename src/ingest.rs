@@ -107,7 +107,7 @@ impl Enqueue<'_> {
 
     fn count_enqueued(&self, events: &[Event]) {
         for e in events {
-            self.metrics.enqueued(e.kind, 1);
+            self.pusher.count_enqueued(e.kind, 1);
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Prometheus metrics, one registry per application instance so tests that
 //! run several apps in one process do not collide.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::domain::Kind;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -9,11 +13,10 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
-    pub http_requests: HistogramVec,
-    pub events_enqueued: IntCounterVec,
-    /// `events_enqueued`'s counter of each kind, by `Kind as usize`: ingest
-    /// counts every event without looking its label up.
-    enqueued_by_kind: Vec<IntCounter>,
+    /// Updated on every request: each HTTP thread has its own copy.
+    pub http_requests: PerThread<HistogramVec>,
+    /// Updated for every event queued: each HTTP thread has its own copy.
+    pub events_enqueued: PerThread<IntCounterVec>,
     pub events_rejected: IntCounterVec,
     pub events_processed: IntCounterVec,
     pub events_duplicate: IntCounter,
@@ -62,20 +65,29 @@ impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("adtrack".into()), None)?;
         let latency = exponential_buckets(0.0005, 2.0, 16)?;
-        let mut m = Self {
-            enqueued_by_kind: Vec::new(),
-            http_requests: HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                    .buckets(latency.clone()),
-                &["route", "method", "status"],
-            )?,
-            events_enqueued: IntCounterVec::new(
-                Opts::new(
-                    "events_enqueued_total",
-                    "Events accepted and queued, by type",
-                ),
-                &["type"],
-            )?,
+        let request_latency = latency.clone();
+        let m = Self {
+            http_requests: PerThread::new(move || {
+                HistogramVec::new(
+                    HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                        .buckets(request_latency.clone()),
+                    &["route", "method", "status"],
+                )
+            })?,
+            events_enqueued: PerThread::new(|| {
+                let vec = IntCounterVec::new(
+                    Opts::new(
+                        "events_enqueued_total",
+                        "Events accepted and queued, by type",
+                    ),
+                    &["type"],
+                )?;
+                // Every kind's series exists from 0.
+                for kind in Kind::ALL {
+                    vec.with_label_values(&[kind.as_str()]);
+                }
+                Ok(vec)
+            })?,
             events_rejected: IntCounterVec::new(
                 Opts::new(
                     "events_rejected_total",
@@ -276,12 +288,8 @@ impl Metrics {
             )?,
             registry,
         };
-        m.enqueued_by_kind = Kind::ALL
-            .iter()
-            .map(|k| m.events_enqueued.with_label_values(&[k.as_str()]))
-            .collect();
-        m.registry.register(Box::new(m.http_requests.clone()))?;
-        m.registry.register(Box::new(m.events_enqueued.clone()))?;
+        m.registry.register(m.http_requests.collector())?;
+        m.registry.register(m.events_enqueued.collector())?;
         m.registry.register(Box::new(m.events_rejected.clone()))?;
         m.registry.register(Box::new(m.events_processed.clone()))?;
         m.registry.register(Box::new(m.events_duplicate.clone()))?;
@@ -343,17 +351,6 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Counts `n` events of `kind` queued.
-    pub fn enqueued(&self, kind: Kind, n: u64) {
-        match self.enqueued_by_kind.get(kind as usize) {
-            Some(counter) => counter.inc_by(n),
-            None => self
-                .events_enqueued
-                .with_label_values(&[kind.as_str()])
-                .inc_by(n),
-        }
-    }
-
     /// Counts one round of `component` that an outage failed.
     pub fn outage(&self, component: &str, outage: crate::fault::Outage) {
         self.outages
@@ -369,5 +366,210 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A metric that each thread updates in a copy of its own (a shard), summed
+/// when it is scraped. The metrics that every request updates are kept so:
+/// a shared one is a few atomic writes to memory that both HTTP threads
+/// write, and the cache lines moving between the cores cost the ingest path
+/// more than a microsecond per request under `wrk` (`bench/run`). A shard
+/// is made by the thread's long-lived state (the edge, the pusher) when the
+/// thread starts, so their number is bounded by the threads.
+pub struct PerThread<V> {
+    inner: Arc<Shards<V>>,
+}
+
+struct Shards<V> {
+    make: Box<dyn Fn() -> prometheus::Result<V> + Send + Sync>,
+    /// Never updated directly unless a shard could not be made; it
+    /// describes the metric and is summed with the others.
+    first: V,
+    all: Mutex<Vec<V>>,
+}
+
+impl<V> PerThread<V>
+where
+    V: Collector + Clone + 'static,
+{
+    fn new(
+        make: impl Fn() -> prometheus::Result<V> + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        let first = make()?;
+        Ok(Self {
+            inner: Arc::new(Shards {
+                make: Box::new(make),
+                all: Mutex::new(vec![first.clone()]),
+                first,
+            }),
+        })
+    }
+
+    /// A new shard, for the calling thread to update (and keep).
+    pub fn shard(&self) -> V {
+        // `make` worked once with the same options, so it cannot fail; if
+        // it did, the shared first copy still counts.
+        let shard = (self.inner.make)().unwrap_or_else(|_| self.inner.first.clone());
+        self.inner
+            .all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(shard.clone());
+        shard
+    }
+
+    /// What registers the metric: it describes it and, when scraped, sums
+    /// the shards.
+    fn collector(&self) -> Box<dyn Collector> {
+        Box::new(Summed {
+            inner: self.inner.clone(),
+        })
+    }
+}
+
+struct Summed<V> {
+    inner: Arc<Shards<V>>,
+}
+
+impl<V> Collector for Summed<V>
+where
+    V: Collector + Clone + 'static,
+{
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.first.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let shards = self
+            .inner
+            .all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut families: Vec<MetricFamily> = Vec::new();
+        for family in shards.iter().flat_map(Collector::collect) {
+            match families.iter_mut().find(|f| f.name() == family.name()) {
+                Some(sum) => add_family(sum, family),
+                None => families.push(family),
+            }
+        }
+        families
+    }
+}
+
+/// Adds `family`'s series to `sum`'s: a counter's values, a histogram's
+/// counts, sums and buckets (the shards share their bucket bounds).
+fn add_family(sum: &mut MetricFamily, mut family: MetricFamily) {
+    let kind = sum.get_field_type();
+    for metric in family.take_metric() {
+        let same = sum
+            .mut_metric()
+            .iter_mut()
+            .find(|m| m.get_label() == metric.get_label());
+        match same {
+            Some(total) => add_metric(kind, total, &metric),
+            None => sum.mut_metric().push(metric),
+        }
+    }
+}
+
+fn add_metric(kind: MetricType, total: &mut Metric, more: &Metric) {
+    match kind {
+        MetricType::COUNTER => {
+            let mut counter = total.get_counter().clone();
+            counter.set_value(counter.get_value() + more.get_counter().get_value());
+            total.set_counter(counter);
+        }
+        MetricType::HISTOGRAM => {
+            let mut histogram = total.get_histogram().clone();
+            let add = more.get_histogram();
+            histogram.set_sample_count(histogram.get_sample_count() + add.get_sample_count());
+            histogram.set_sample_sum(histogram.get_sample_sum() + add.get_sample_sum());
+            let buckets = histogram
+                .get_bucket()
+                .iter()
+                .zip(add.get_bucket())
+                .map(|(a, b)| {
+                    let mut bucket = a.clone();
+                    bucket.set_cumulative_count(a.cumulative_count() + b.cumulative_count());
+                    bucket
+                })
+                .collect();
+            histogram.set_bucket(buckets);
+            total.set_histogram(histogram);
+        }
+        // Only counters and histograms are kept per thread.
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scraped(m: &Metrics, prefix: &str) -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_shards_of_a_metric_are_scraped_as_their_sum() {
+        let m = Metrics::new().unwrap();
+        let (a, b) = (m.events_enqueued.shard(), m.events_enqueued.shard());
+        a.with_label_values(&["click"]).inc_by(3);
+        b.with_label_values(&["click"]).inc_by(4);
+        b.with_label_values(&["play"]).inc();
+        let lines = scraped(&m, "adtrack_events_enqueued_total{");
+        assert!(
+            lines.contains(&r#"adtrack_events_enqueued_total{type="click"} 7"#.to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&r#"adtrack_events_enqueued_total{type="play"} 1"#.to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&r#"adtrack_events_enqueued_total{type="skip"} 0"#.to_owned()),
+            "{lines:?}"
+        );
+        // One series per label set, however many shards have it.
+        assert_eq!(lines.len(), Kind::ALL.len(), "{lines:?}");
+
+        let (a, b) = (m.http_requests.shard(), m.http_requests.shard());
+        a.with_label_values(&["/ads/click", "POST", "202"])
+            .observe(0.0001);
+        b.with_label_values(&["/ads/click", "POST", "202"])
+            .observe(0.002);
+        b.with_label_values(&["/ads/click", "POST", "202"])
+            .observe(100.0);
+        a.with_label_values(&["/health", "GET", "200"])
+            .observe(0.0001);
+        let click = r#"{method="POST",route="/ads/click",status="202"}"#;
+        let lines = scraped(&m, "adtrack_http_request_duration_seconds");
+        let value = |name: &str, le: Option<&str>| -> f64 {
+            let series = match le {
+                Some(le) => format!(
+                    "adtrack_http_request_duration_seconds_bucket{{method=\"POST\",route=\"/ads/click\",status=\"202\",le=\"{le}\"}} "
+                ),
+                None => format!("adtrack_http_request_duration_seconds_{name}{click} "),
+            };
+            let line = lines.iter().find(|l| l.starts_with(&series));
+            line.unwrap_or_else(|| panic!("no {series} in {lines:?}"))[series.len()..]
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(value("count", None), 3.0);
+        assert!((value("sum", None) - 100.0021).abs() < 1e-9);
+        assert_eq!(value("bucket", Some("0.0005")), 1.0);
+        assert_eq!(value("bucket", Some("0.002")), 2.0);
+        assert_eq!(value("bucket", Some("+Inf")), 3.0);
+        let health = lines
+            .iter()
+            .filter(|l| l.starts_with("adtrack_http_request_duration_seconds_count{method=\"GET\""))
+            .collect::<Vec<_>>();
+        assert_eq!(health.len(), 1, "{lines:?}");
+        assert!(health[0].ends_with(" 1"), "{health:?}");
     }
 }

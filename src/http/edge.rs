@@ -9,29 +9,29 @@
 //! worth compressing (`super::configure`).
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::EitherBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::Method;
-use prometheus::Histogram;
+use prometheus::{Histogram, HistogramVec};
 
 use super::error;
 use crate::metrics::Metrics;
 
 /// Most (route, method, status) histograms a thread keeps at hand; past it,
-/// each request looks its histogram up in the registry as before.
+/// each request looks its histogram up in the thread's shard.
 const MAX_TIMERS: usize = 256;
 
 /// The per-thread state of the middleware (the app factory, and so this,
 /// runs once on each HTTP worker thread).
 pub(super) struct Edge {
     headers: [(HeaderName, HeaderValue); 4],
-    metrics: Arc<Metrics>,
+    /// This thread's shard of the request histograms.
+    requests: HistogramVec,
     /// The request histograms this thread has used, so that a request does
-    /// not hash its three labels and lock the registry's map to find its
+    /// not hash its three labels and lock the shard's map to find its
     /// own. The hot routes come first, as they are the first ones used.
     timers: RefCell<Vec<Timer>>,
 }
@@ -46,7 +46,7 @@ struct Timer {
 impl Edge {
     /// `csp` is the Content-Security-Policy of every answer
     /// (`super::content_security_policy`).
-    pub(super) fn new(csp: String, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(csp: String, metrics: &Metrics) -> Self {
         // The policy is ASCII built from a checked `PUBLIC_URL`; should it
         // not be a valid header value, the policy without that origin is.
         let csp = HeaderValue::try_from(csp).unwrap_or_else(|_| {
@@ -66,7 +66,7 @@ impl Edge {
                     HeaderValue::from_static("strict-origin-when-cross-origin"),
                 ),
             ],
-            metrics,
+            requests: metrics.http_requests.shard(),
             timers: RefCell::new(Vec::new()),
         }
     }
@@ -102,10 +102,9 @@ impl Edge {
             return;
         }
         let status_text = status.to_string();
-        let histogram =
-            self.metrics
-                .http_requests
-                .with_label_values(&[route, method, status_text.as_str()]);
+        let histogram = self
+            .requests
+            .with_label_values(&[route, method, status_text.as_str()]);
         histogram.observe(secs);
         if timers.len() < MAX_TIMERS {
             timers.push(Timer {

@@ -337,7 +337,7 @@ pub fn app(
     let pusher = state.pusher.local();
     let cors_origins = state.settings.cors_origins.clone();
     let csp = content_security_policy(state.settings.public_url.as_deref());
-    let edge = Rc::new(edge::Edge::new(csp, state.metrics.clone()));
+    let edge = Rc::new(edge::Edge::new(csp, &state.metrics));
     actix_web::App::new()
         .app_data(state)
         .app_data(pusher)

@@ -20,9 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::redis_client::{RedisConn, RedisTarget, Replication};
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::{oneshot, OnceCell};
 
 use super::Keys;
+use crate::domain::Kind;
 use crate::fault::{Cause, Dependency, Outage};
 use crate::keys::fields;
 use crate::metrics::Metrics;
@@ -106,12 +108,18 @@ impl Pusher {
     /// The pusher of the calling thread. Its flush task and connection live
     /// on this thread, which must run a tokio `LocalSet` (actix workers do).
     pub fn local(&self) -> LocalPusher {
+        let counters = self.shared.metrics.events_enqueued.shard();
         LocalPusher {
             inner: Rc::new(Local {
                 shared: self.shared.clone(),
                 pending: RefCell::new(Vec::new()),
                 flushing: Cell::new(false),
                 conn: OnceCell::new(),
+                enqueued: Kind::ALL
+                    .iter()
+                    .map(|k| counters.with_label_values(&[k.as_str()]))
+                    .collect(),
+                enqueued_by_name: counters,
             }),
         }
     }
@@ -130,9 +138,26 @@ struct Local {
     flushing: Cell<bool>,
     /// Connected on the first push, on this thread, so its driver runs here.
     conn: OnceCell<RedisConn>,
+    /// This thread's shard of `events_enqueued_total`, each kind's counter
+    /// at `kind as usize`, so that counting an event looks no label up.
+    enqueued: Vec<IntCounter>,
+    enqueued_by_name: IntCounterVec,
 }
 
 impl LocalPusher {
+    /// Counts `n` events of `kind` queued by this thread (in Redis or the
+    /// spool) in `events_enqueued_total`.
+    pub fn count_enqueued(&self, kind: Kind, n: u64) {
+        match self.inner.enqueued.get(kind as usize) {
+            Some(counter) => counter.inc_by(n),
+            None => self
+                .inner
+                .enqueued_by_name
+                .with_label_values(&[kind.as_str()])
+                .inc_by(n),
+        }
+    }
+
     /// Pushes envelopes; returns once Redis has them all (one `LPUSH`, so
     /// all or none). On failure the envelopes come back with the error.
     pub async fn push(&self, payloads: Vec<String>) -> Result<(), PushFailure> {
