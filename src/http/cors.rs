@@ -9,6 +9,8 @@
 //! page; `curl` and same-origin pages are unaffected. The browser SDK
 //! (`/sdk.js`, `/sdk.mjs`) may be fetched by any page whatever the setting:
 //! a module script is always fetched in CORS mode, and the SDK is public.
+//! A request without an `Origin` header never reaches this middleware
+//! (`super::edge`).
 
 use std::rc::Rc;
 

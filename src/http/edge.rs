@@ -1,20 +1,35 @@
-//! What every answer gets on its way out, in one middleware: a JSON body
-//! for the errors actix answered by itself, the security headers, and the
-//! request metrics.
+//! What every request meets first and every answer gets on its way out, in
+//! one middleware: CORS for the requests that carry an `Origin`, a JSON
+//! body for the errors actix answered by itself, the security headers, and
+//! the request metrics.
 //!
-//! One layer instead of three because every layer costs every request a
+//! One layer instead of four because every layer costs every request a
 //! boxed future and a poll of its own, and at ingest rates that cost shows:
 //! `bench/run` compares the ingest path with a bare actix server. For the
 //! same reason compression is not here but on the routes whose answers are
-//! worth compressing (`super::configure`).
+//! worth compressing (`super::configure`), and a request without an
+//! `Origin` header does not pass through actix-cors at all: no browser sent
+//! it as a cross-origin request, so CORS has nothing to check or grant, and
+//! actix-cors would only add `Access-Control-Expose-Headers`, which no
+//! client reads outside CORS, and `Vary`. The edge adds `Vary: Origin`
+//! itself to such an answer to a `GET` or `HEAD`, the answers a cache may
+//! keep; the ingest `POST`s' answers are not cacheable.
 
 use std::cell::RefCell;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
-use actix_web::body::EitherBody;
-use actix_web::dev::ServiceResponse;
+use actix_cors::{Cors, CorsMiddleware};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::Method;
+use actix_web::Error;
+use futures_util::future::LocalBoxFuture;
+use pin_project_lite::pin_project;
 use prometheus::{Histogram, HistogramVec};
 
 use super::error;
@@ -86,6 +101,10 @@ impl Edge {
                 headers.insert(name.clone(), value.clone());
             }
         }
+        // actix-cors set its own on the requests it saw.
+        if matches!(*method, Method::GET | Method::HEAD) && !headers.contains_key(header::VARY) {
+            headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
         let route = res.request().match_name().unwrap_or("unmatched");
         self.observe(route, method_label(method), res.status().as_u16(), took);
         res
@@ -114,6 +133,128 @@ impl Edge {
                 histogram,
             });
         }
+    }
+}
+
+/// The edge as actix middleware: the outermost layer of the app.
+pub(super) struct Layer {
+    edge: Rc<Edge>,
+    cors: Cors,
+}
+
+impl Layer {
+    pub(super) fn new(edge: Edge, cors: Cors) -> Self {
+        Self {
+            edge: Rc::new(edge),
+            cors,
+        }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Layer
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<EitherBody<B>>>;
+    type Error = Error;
+    type InitError = ();
+    type Transform = EdgeService<S>;
+    type Future = LocalBoxFuture<'static, Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        let routes = Rc::new(service);
+        let cors = self.cors.new_transform(routes.clone());
+        let edge = self.edge.clone();
+        Box::pin(async move {
+            Ok(EdgeService {
+                cors: cors.await?,
+                routes,
+                edge,
+            })
+        })
+    }
+}
+
+/// The routes, reached through actix-cors when a request has an `Origin`
+/// and directly when it has none.
+pub(super) struct EdgeService<S> {
+    cors: CorsMiddleware<Rc<S>>,
+    routes: Rc<S>,
+    edge: Rc<Edge>,
+}
+
+impl<S, B> Service<ServiceRequest> for EdgeService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<EitherBody<B>>>;
+    type Error = Error;
+    type Future = Answer<S::Future, B>;
+
+    actix_web::dev::forward_ready!(routes);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let pending = if req.headers().contains_key(header::ORIGIN) {
+            Pending::Cors {
+                answer: self.cors.call(req),
+            }
+        } else {
+            Pending::Direct {
+                answer: self.routes.call(req),
+            }
+        };
+        Answer {
+            pending,
+            edge: self.edge.clone(),
+            method,
+            started,
+        }
+    }
+}
+
+pin_project! {
+    /// An answer on its way out through the edge.
+    pub(super) struct Answer<F, B> {
+        #[pin]
+        pending: Pending<F, B>,
+        edge: Rc<Edge>,
+        method: Method,
+        started: Instant,
+    }
+}
+
+type CorsAnswer<B> = LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, Error>>;
+
+pin_project! {
+    #[project = PendingProj]
+    enum Pending<F, B> {
+        Direct { #[pin] answer: F },
+        Cors { answer: CorsAnswer<B> },
+    }
+}
+
+impl<F, B> Future for Answer<F, B>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody,
+{
+    type Output = Result<ServiceResponse<EitherBody<EitherBody<B>>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = match this.pending.project() {
+            PendingProj::Direct { answer } => ready!(answer.poll(cx))?.map_into_left_body(),
+            PendingProj::Cors { answer } => ready!(answer.as_mut().poll(cx))?,
+        };
+        Poll::Ready(Ok(this.edge.finish(
+            res,
+            this.method,
+            this.started.elapsed(),
+        )))
     }
 }
 

@@ -19,11 +19,8 @@ mod vast;
 pub use error::ApiError;
 pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
 
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
-use actix_web::dev::Service;
 use actix_web::http::Method;
 use actix_web::middleware::Compress;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
@@ -337,20 +334,10 @@ pub fn app(
     let pusher = state.pusher.local();
     let cors_origins = state.settings.cors_origins.clone();
     let csp = content_security_policy(state.settings.public_url.as_deref());
-    let edge = Rc::new(edge::Edge::new(csp, &state.metrics));
+    let edge = edge::Edge::new(csp, &state.metrics);
     actix_web::App::new()
         .app_data(state)
         .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
-        .wrap(cors::middleware(cors_origins))
-        .wrap_fn(move |req, srv| {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let answer = srv.call(req);
-            let edge = edge.clone();
-            async move {
-                let res = answer.await?;
-                Ok(edge.finish(res, &method, started.elapsed()))
-            }
-        })
+        .wrap(edge::Layer::new(edge, cors::middleware(cors_origins)))
 }

@@ -101,6 +101,56 @@ async fn any_page_may_send_events_but_reads_stay_same_origin() {
     app.stop().await;
 }
 
+/// A request without an `Origin` is not a cross-origin request: it gets no
+/// `Access-Control-*` header, and an answer a cache may keep (a GET's)
+/// says that it would differ for a request with an `Origin`.
+#[tokio::test]
+async fn requests_without_an_origin_get_no_cors_headers() {
+    let app = spawn_app().await;
+    let access_control = |res: &reqwest::Response| {
+        res.headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .map(|k| k.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let vary = |res: &reqwest::Response| {
+        res.headers()
+            .get("vary")
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+    for path in ["/ads", "/vast/ad-none", "/sdk.js", "/health"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert!(
+            access_control(&res).is_empty(),
+            "{path}: {:?}",
+            res.headers()
+        );
+        let vary = vary(&res).unwrap_or_default();
+        assert!(vary.contains("origin"), "{path}: Vary {vary:?}");
+    }
+    let res = app
+        .client
+        .post(app.url("/ads/click"))
+        .json(&json!({"adId": "ad-no-origin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert!(access_control(&res).is_empty(), "{:?}", res.headers());
+    // The same GET from a page on another origin still gets CORS's answer.
+    let res = app
+        .client
+        .get(app.url("/vast/ad-none"))
+        .header("Origin", PAGE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed_origin(&res).as_deref(), Some(PAGE));
+    assert!(vary(&res).unwrap_or_default().contains("origin"));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn listed_origins_may_use_every_route_and_no_other_origin_may() {
     let app = spawn_app_with(|s| s.cors_origins = Some(vec![PAGE.to_owned()])).await;
