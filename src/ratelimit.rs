@@ -123,8 +123,12 @@ impl RateLimiter {
                 .arg(*cost);
         }
         let mut conn = self.redis.clone();
-        let answer: Result<Result<(i64, i64, usize), redis::RedisError>, _> =
-            tokio::time::timeout(LIMITER_TIMEOUT, call.invoke_async(&mut conn)).await;
+        // Boxed: a limiter that is off never reaches here, and the script
+        // call's future would otherwise be part of every ingest request's.
+        let answer: Result<Result<(i64, i64, usize), redis::RedisError>, _> = Box::pin(
+            tokio::time::timeout(LIMITER_TIMEOUT, call.invoke_async(&mut conn)),
+        )
+        .await;
         match answer {
             Ok(Ok((1, _, _))) => Decision::Allowed,
             Ok(Ok((_, wait_ms, short))) => {

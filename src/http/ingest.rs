@@ -3,7 +3,10 @@
 //! rate-limited here, then queued by [`crate::ingest`] (Redis, or the spool
 //! while Redis is down), and answered 202 only once one of them holds it.
 
-use actix_web::http::header;
+use std::future::Future;
+use std::task::Poll;
+
+use actix_web::http::header::{self, HeaderName};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -41,12 +44,8 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6164_7472_6163_6b2d_6964_6
         IngestErrors
     )
 )]
-pub async fn click(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    ingest_one(&req, body, &state, Some(Kind::Click)).await
+pub async fn click(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    ingest_one(&req, body, Some(Kind::Click)).await
 }
 
 /// An impression.
@@ -60,12 +59,8 @@ pub async fn click(
         IngestErrors
     )
 )]
-pub async fn impression(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    ingest_one(&req, body, &state, Some(Kind::Impression)).await
+pub async fn impression(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    ingest_one(&req, body, Some(Kind::Impression)).await
 }
 
 /// Any event; `type` defaults to `play` (`{\"screen_id\",\"campaign_id\",\"timestamp\"}`).
@@ -79,20 +74,16 @@ pub async fn impression(
         IngestErrors
     )
 )]
-pub async fn event(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    ingest_one(&req, body, &state, None).await
+pub async fn event(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    ingest_one(&req, body, None).await
 }
 
 async fn ingest_one(
     req: &HttpRequest,
     body: web::Payload,
-    state: &AppState,
     fixed_kind: Option<Kind>,
 ) -> Result<HttpResponse, ApiError> {
+    let state = super::state_of(req)?;
     if body_kind(req)? == BodyKind::Ndjson {
         return Err(ApiError::UnsupportedMediaType(
             "send one JSON event as application/json; NDJSON goes to /events/batch".into(),
@@ -374,7 +365,8 @@ fn oldest_accepted(
 /// The `Idempotency-Key` header as an eventId: itself when it is a UUID,
 /// else a UUIDv5 of it.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<Uuid>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else {
+    const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let key = value
@@ -489,10 +481,28 @@ async fn read_body(
         }
         Ok(first.unwrap_or_else(|| joined.freeze()))
     };
-    // A small body has usually arrived with its headers: read it without
-    // arming a timer, and arm one only when the body is still on its way.
+    // A small body has usually arrived with its headers, but actix calls
+    // the handler as soon as it has parsed them and feeds it the body
+    // after: the first look finds nothing, and the second, in the same
+    // pass of the connection's dispatcher, finds it all. So the deadline's
+    // timer, a registration with the runtime's timer wheel and a removal,
+    // is armed only when the body is still missing at the second look. The
+    // first look registers this task's waker with the body, and actix's
+    // dispatcher looks again right after feeding the body it read (the
+    // test `a_stalled_body_gets_408_within_the_deadline` fails if it ever
+    // stops doing so).
     let mut read = std::pin::pin!(read);
-    let raw = match futures_util::FutureExt::now_or_never(read.as_mut()) {
+    let mut looked = false;
+    let early = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(raw) => Poll::Ready(Some(raw)),
+        Poll::Pending if !looked => {
+            looked = true;
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    let raw = match early {
         Some(raw) => raw?,
         None => tokio::time::timeout(deadline, read).await.map_err(|_| {
             ApiError::RequestTimeout(format!(

@@ -161,6 +161,52 @@ async fn invented_methods_share_one_metric_label() {
     app.stop().await;
 }
 
+/// A body that never comes: the headers promise one and the client sends
+/// nothing more. Nothing wakes the handler but its deadline, which ingest
+/// arms only when the body is still missing at its second look.
+#[tokio::test]
+async fn a_stalled_body_gets_408_within_the_deadline() {
+    let app = spawn_app_with(|s| s.body_timeout = Duration::from_secs(1)).await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    for path in ["/ads/click", "/events/batch"] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: adtrack\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&answer);
+                if text.contains("\r\n\r\n") && text.contains('}') {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "{path}: no answer to a stalled body within 20 s"
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(text.contains("\"request_timeout\""), "{path}: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path}: {text}"
+        );
+    }
+    assert_eq!(app.queue_len().await, 0);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_trickled_body_gets_408_within_the_deadline() {
     let app = spawn_app_with(|s| s.body_timeout = Duration::from_secs(1)).await;
