@@ -161,6 +161,29 @@ async fn invented_methods_share_one_metric_label() {
     app.stop().await;
 }
 
+/// What the server answers on a raw connection, read until the end of a
+/// JSON body or of the connection; `None` if nothing complete comes within
+/// 20 s.
+async fn json_answer<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) -> Option<String> {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if text.contains("\r\n\r\n") && text.contains('}') {
+                break;
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&answer).into_owned())
+}
+
 /// A body that never comes: the headers promise one and the client sends
 /// nothing more. Nothing wakes the handler but its deadline, which ingest
 /// arms only when the body is still missing at its second look.
@@ -176,26 +199,9 @@ async fn a_stalled_body_gets_408_within_the_deadline() {
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         let started = Instant::now();
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(20), async {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => answer.extend_from_slice(&buf[..n]),
-                }
-                let text = String::from_utf8_lossy(&answer);
-                if text.contains("\r\n\r\n") && text.contains('}') {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(
-            read.is_ok(),
-            "{path}: no answer to a stalled body within 20 s"
-        );
-        let text = String::from_utf8_lossy(&answer);
+        let text = json_answer(&mut stream)
+            .await
+            .unwrap_or_else(|| panic!("{path}: no answer to a stalled body within 20 s"));
         assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
         assert!(text.contains("\"request_timeout\""), "{path}: {text}");
         assert!(
@@ -234,25 +240,10 @@ async fn a_trickled_body_gets_408_within_the_deadline() {
         }
     });
     let started = Instant::now();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            let text = String::from_utf8_lossy(&answer);
-            if text.contains("\r\n\r\n") && text.contains('}') {
-                break;
-            }
-        }
-    })
-    .await;
+    let answer = json_answer(&mut rd).await;
     let _ = stop_tx.send(());
     let _ = trickle.await;
-    assert!(read.is_ok(), "no answer to a trickled body within 20 s");
-    let text = String::from_utf8_lossy(&answer);
+    let text = answer.expect("no answer to a trickled body within 20 s");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"request_timeout\""), "{text}");
     assert!(started.elapsed() < Duration::from_secs(10), "{text}");
