@@ -91,7 +91,7 @@ impl Edge {
     pub(super) fn finish<B>(
         &self,
         res: ServiceResponse<B>,
-        method: &Method,
+        asked: Asked,
         took: Duration,
     ) -> ServiceResponse<EitherBody<B>> {
         let mut res = error::json_errors(res);
@@ -102,11 +102,11 @@ impl Edge {
             }
         }
         // actix-cors set its own on the requests it saw.
-        if matches!(*method, Method::GET | Method::HEAD) && !headers.contains_key(header::VARY) {
+        if asked.cacheable && !headers.contains_key(header::VARY) {
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
         let route = res.request().match_name().unwrap_or("unmatched");
-        self.observe(route, method_label(method), res.status().as_u16(), took);
+        self.observe(route, asked.method, res.status().as_u16(), took);
         res
     }
 
@@ -197,7 +197,7 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
-        let method = req.method().clone();
+        let asked = Asked::of(req.method());
         let pending = if req.headers().contains_key(header::ORIGIN) {
             Pending::Cors {
                 answer: self.cors.call(req),
@@ -210,7 +210,7 @@ where
         Answer {
             pending,
             edge: self.edge.clone(),
-            method,
+            asked,
             started,
         }
     }
@@ -222,8 +222,27 @@ pin_project! {
         #[pin]
         pending: Pending<F, B>,
         edge: Rc<Edge>,
-        method: Method,
+        asked: Asked,
         started: Instant,
+    }
+}
+
+/// What the edge needs to know of a request's method once it is answered,
+/// worked out before the request moves on.
+#[derive(Clone, Copy)]
+pub(super) struct Asked {
+    /// The `method` label of the request metrics.
+    method: &'static str,
+    /// A GET or HEAD, whose answer a cache may keep.
+    cacheable: bool,
+}
+
+impl Asked {
+    fn of(method: &Method) -> Self {
+        Self {
+            method: method_label(method),
+            cacheable: matches!(*method, Method::GET | Method::HEAD),
+        }
     }
 }
 
@@ -252,7 +271,7 @@ where
         };
         Poll::Ready(Ok(this.edge.finish(
             res,
-            this.method,
+            *this.asked,
             this.started.elapsed(),
         )))
     }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::task::Poll;
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -90,7 +91,7 @@ async fn ingest_one(
         ));
     }
     let tenant = super::tenant_of(req, state).await?;
-    let bytes = read_body(body, req, MAX_EVENT_BYTES).await?;
+    let bytes = read_body(body, req, MAX_EVENT_BYTES, state.settings.body_timeout).await?;
     let mut ctx = parse_context(req, state, fixed_kind, idempotency_key(req)?)?;
     ctx.tenant = tenant;
     let parsed = parse_event(&bytes, &ctx);
@@ -150,7 +151,7 @@ pub async fn batch(
 ) -> Result<HttpResponse, ApiError> {
     let kind = body_kind(&req)?;
     let tenant = super::tenant_of(&req, &state).await?;
-    let bytes = read_body(body, &req, MAX_BATCH_BYTES).await?;
+    let bytes = read_body(body, &req, MAX_BATCH_BYTES, state.settings.body_timeout).await?;
     let key = idempotency_key(&req)?;
     let items: Vec<&[u8]> = match kind {
         BodyKind::Json => {
@@ -430,13 +431,16 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
 }
 
 /// Reads the body, refusing it as soon as it passes `limit` bytes, or
-/// with 408 when it has not all arrived within `BODY_TIMEOUT` (actix's own
+/// with 408 when it has not all arrived within `deadline` (`BODY_TIMEOUT`;
+/// the caller has the state at hand, so the body does not look it up again)
+/// (actix's own
 /// client timeout covers only the headers; a body trickled a byte at a time
 /// would otherwise hold its connection for as long as the client likes).
 async fn read_body(
     mut body: web::Payload,
     req: &HttpRequest,
     limit: usize,
+    deadline: Duration,
 ) -> Result<web::Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
     if let Some(len) = req
@@ -449,12 +453,6 @@ async fn read_body(
             return Err(too_large());
         }
     }
-    // `map_or_else`: a default `Settings` is dozens of allocations, and
-    // every request that has its state would build one for nothing.
-    let deadline = req.app_data::<web::Data<AppState>>().map_or_else(
-        || crate::config::Settings::default().body_timeout,
-        |s| s.settings.body_timeout,
-    );
     let read = async {
         // A small body arrives in one chunk: keep it as it is, copy only
         // when a second one follows.
