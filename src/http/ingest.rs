@@ -431,11 +431,10 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
 }
 
 /// Reads the body, refusing it as soon as it passes `limit` bytes, or
-/// with 408 when it has not all arrived within `deadline` (`BODY_TIMEOUT`;
-/// the caller has the state at hand, so the body does not look it up again)
-/// (actix's own
-/// client timeout covers only the headers; a body trickled a byte at a time
-/// would otherwise hold its connection for as long as the client likes).
+/// with 408 when it has not all arrived within `deadline`, the caller's
+/// `BODY_TIMEOUT` (actix's own client timeout covers only the headers; a
+/// body trickled a byte at a time would otherwise hold its connection for
+/// as long as the client likes).
 async fn read_body(
     mut body: web::Payload,
     req: &HttpRequest,
