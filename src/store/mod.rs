@@ -240,204 +240,224 @@ pub async fn insert_batch<'e>(
     let n = events.len();
     let c = BatchColumns::of(events)?;
     let g = MinuteGroups::of(events);
-    // Which of the batch-wide rollups can have rows at all: a statement
-    // skips what no event of its batch could feed.
+    // Which of the rare rollups can have rows at all. A batch that feeds
+    // none (the usual case) runs the statement without them: their plan
+    // nodes, locks and relations cost Postgres about half a microsecond per
+    // event even when they write nothing.
     let valid = || events.iter().filter(|e| e.invalid.is_none());
     let errors = valid().any(|e| e.kind == Kind::Error && e.ad_id.is_some());
     let experiments = valid().any(|e| e.experiment_id.is_some());
     // Every time has a partition: its day's, or the default one (see
     // `partitions`), so no insert ever creates a table.
     //
-    // The binds follow the placeholders $1..$30. sqlx's check knows text[]
-    // only as `&[String]`, so the arrays of borrowed or optional values name
-    // their Rust type with `as`; the statement, its arity and the columns it
-    // returns are still checked against the schema.
-    let rows = sqlx::query!(
-        r#"
-        WITH input AS (
-            SELECT * FROM UNNEST(
-                $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
-                $12::text[], $13::text[], $14::text[], $15::text[], $17::int2[], $18::text[]
-            ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
-                   received_at, playback_time, amount, variant, experiment_id, properties, tenant_id,
-                   error_code, invalid_reason)
-        ),
-        claimed AS (
-            INSERT INTO event_keys (tenant_id, event_id, event_time)
-            SELECT tenant_id, event_id, event_time FROM input
-            ON CONFLICT (tenant_id, event_id) DO NOTHING
-            RETURNING tenant_id, event_id
-        ),
-        ins AS (
-            INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
-                                event_time, received_at, playback_time, amount, variant,
-                                experiment_id, properties, error_code, invalid_reason)
-            SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
-                   received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
-                   error_code, invalid_reason
-            FROM input JOIN claimed USING (tenant_id, event_id)
-            RETURNING 1
-        ),
-        -- Whether every event of the batch is new. Reading `ins` here makes
-        -- the final SELECT run the raw inserts first; the data-modifying
-        -- CTEs it does not read run after it, the last-listed first (see
-        -- `rolled` and `outbox`).
-        all_new AS (
-            SELECT count(*) = cardinality($1::uuid[]) AS yes FROM ins
-        ),
-        -- The stored rows that rollups count: invalid traffic (IVT_FILTER=flag)
-        -- is stored and counted by the outbox, but no rollup or experiment
-        -- figure includes it. Read only where the worker's grouping cannot
-        -- serve (a batch with known events) and by the rare rollups below.
-        valid AS (
-            SELECT i.*, coalesce(i.user_id, host(i.ip::inet)) AS user_key
-            FROM input i JOIN claimed USING (tenant_id, event_id)
-            WHERE i.invalid_reason IS NULL
-        ),
-        -- One aggregation feeds both rollups: the worker's ($20..$27) when
-        -- every event is new and its sums fit ($28), else the stored rows'.
-        -- Rollups are written last, in key order (so concurrent workers lock
-        -- shared rollup rows in the same order): a hot rollup row is locked
-        -- only from here to the commit.
-        grouped AS (
-            SELECT * FROM UNNEST($20::text[], $21::timestamptz[], $22::text[], $23::text[],
-                                 $24::text[], $25::text[], $26::int8[], $27::int8[])
-                AS g(tenant_id, minute, kind, ad_id, campaign_id, screen_id, events, amount)
-            WHERE $28 AND (SELECT yes FROM all_new)
-            UNION ALL
-            SELECT tenant_id, date_trunc('minute', event_time, 'UTC') AS minute, kind,
-                   coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
-                   coalesce(screen_id, '') AS screen_id, count(*) AS events,
-                   coalesce(sum(amount), 0)::int8 AS amount
-            FROM valid
-            WHERE NOT ($28 AND (SELECT yes FROM all_new))
-            GROUP BY 1, 2, 3, 4, 5, 6
-        ),
-        rolled AS (
-            INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
-            SELECT * FROM grouped
-            ORDER BY 1, 2, 3, 4, 5, 6
-            ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id, screen_id)
-            DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
-        ),
-        rolled_hour AS (
-            INSERT INTO rollup_hour AS r (tenant_id, bucket, kind, ad_id, campaign_id, events, amount)
-            SELECT tenant_id, date_trunc('hour', minute, 'UTC'), kind, ad_id, campaign_id,
-                   sum(events), sum(amount)
-            FROM grouped
-            GROUP BY 1, 2, 3, 4, 5
-            ORDER BY 1, 2, 3, 4, 5
-            ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
-            DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
-        ),
-        -- Error events by VAST code (migration 0010; 0 when none was given),
-        -- when the batch has any ($29).
-        rolled_error AS (
-            INSERT INTO rollup_error_minute AS r (tenant_id, ad_id, bucket, error_code, events)
-            SELECT tenant_id, ad_id, date_trunc('minute', event_time), coalesce(error_code, 0),
-                   count(*)
-            FROM valid
-            WHERE $29 AND kind = 'error' AND ad_id IS NOT NULL
-            GROUP BY 1, 2, 3, 4
-            ORDER BY 1, 2, 3, 4
-            ON CONFLICT (tenant_id, ad_id, bucket, error_code)
-            DO UPDATE SET events = r.events + EXCLUDED.events
-        ),
-        -- Experiment rollups (migration 0009), when the batch has experiment
-        -- events ($30). A user row is inserted (a new user) or turned
-        -- converted at most once, whatever races it; RETURNING yields only
-        -- those changes, and `batch_id = $16` tells an insert from an update.
-        experiment_batch AS (
-            SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
-                   bool_or(kind = 'conversion') AS converted
-            FROM valid
-            WHERE $30 AND experiment_id IS NOT NULL AND user_key IS NOT NULL
-            GROUP BY 1, 2, 3, 4
-        ),
-        users_changed AS (
-            INSERT INTO experiment_users AS u (tenant_id, experiment_id, variant, user_key, converted, batch_id)
-            SELECT tenant_id, experiment_id, variant, user_key, converted, $16 FROM experiment_batch
-            ORDER BY 1, 2, 3, 4
-            ON CONFLICT (tenant_id, experiment_id, variant, user_key)
-            DO UPDATE SET converted = true WHERE NOT u.converted AND EXCLUDED.converted
-            RETURNING tenant_id, experiment_id, variant, batch_id = $16 AS is_new, converted
-        ),
-        rolled_experiment AS (
-            INSERT INTO rollup_experiment AS r (tenant_id, experiment_id, variant, events, conversions,
-                                                users, converted_users)
-            SELECT e.tenant_id, e.experiment_id, e.variant, e.events, e.conversions,
-                   coalesce(c.users, 0), coalesce(c.converted_users, 0)
-            FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
-                         count(*) FILTER (WHERE kind = 'conversion') AS conversions
-                  FROM valid WHERE $30 AND experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
-            LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
-                              count(*) FILTER (WHERE converted) AS converted_users
-                       FROM users_changed GROUP BY 1, 2, 3) c
-                   USING (tenant_id, experiment_id, variant)
-            ORDER BY 1, 2, 3
-            ON CONFLICT (tenant_id, experiment_id, variant)
-            DO UPDATE SET events = r.events + EXCLUDED.events,
-                          conversions = r.conversions + EXCLUDED.conversions,
-                          users = r.users + EXCLUDED.users,
-                          converted_users = r.converted_users + EXCLUDED.converted_users
-        ),
-        -- Listed after the rollups, so that they run before them: Postgres
-        -- finishes the CTEs the final SELECT does not read in reverse order.
-        outbox AS (
-            INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
-            SELECT $16, array_agg(event_id), array_agg(tenant_id)
-            FROM claimed HAVING count(*) > 0
-        ),
-        -- Step 4 of the exactly-once protocol for batches counted earlier.
-        settled AS (
-            DELETE FROM counter_outbox WHERE batch_id = ANY($19::uuid[])
+    // One statement in two texts: `$rare` holds the rare rollups' CTEs (or
+    // nothing), and their flags follow the common binds ($1..$28) as $29
+    // and $30. sqlx's check knows text[] only as `&[String]`, so the arrays
+    // of borrowed or optional values name their Rust type with `as`; each
+    // text, its arity and the columns it returns are checked against the
+    // schema.
+    macro_rules! batch_statement {
+        ($rare:tt $(, $flag:expr)*) => {
+            sqlx::query!(
+                r#"
+                WITH input AS (
+                    SELECT * FROM UNNEST(
+                        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                        $7::text[], $8::timestamptz[], $9::timestamptz[], $10::float8[], $11::int8[],
+                        $12::text[], $13::text[], $14::text[], $15::text[], $17::int2[], $18::text[]
+                    ) AS t(event_id, kind, ad_id, campaign_id, screen_id, user_id, ip, event_time,
+                           received_at, playback_time, amount, variant, experiment_id, properties, tenant_id,
+                           error_code, invalid_reason)
+                ),
+                claimed AS (
+                    INSERT INTO event_keys (tenant_id, event_id, event_time)
+                    SELECT tenant_id, event_id, event_time FROM input
+                    ON CONFLICT (tenant_id, event_id) DO NOTHING
+                    RETURNING tenant_id, event_id
+                ),
+                ins AS (
+                    INSERT INTO events (tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip,
+                                        event_time, received_at, playback_time, amount, variant,
+                                        experiment_id, properties, error_code, invalid_reason)
+                    SELECT tenant_id, event_id, kind, ad_id, campaign_id, screen_id, user_id, ip::inet, event_time,
+                           received_at, playback_time, amount, variant, experiment_id, properties::jsonb,
+                           error_code, invalid_reason
+                    FROM input JOIN claimed USING (tenant_id, event_id)
+                    RETURNING 1
+                ),
+                -- Whether every event of the batch is new. Reading `ins` here makes
+                -- the final SELECT run the raw inserts first; the data-modifying
+                -- CTEs it does not read run after it, the last-listed first (see
+                -- `rolled` and `outbox`).
+                all_new AS (
+                    SELECT count(*) = cardinality($1::uuid[]) AS yes FROM ins
+                ),
+                -- The stored rows that rollups count: invalid traffic (IVT_FILTER=flag)
+                -- is stored and counted by the outbox, but no rollup or experiment
+                -- figure includes it. Read only where the worker's grouping cannot
+                -- serve (a batch with known events) and by the rare rollups, when spliced in.
+                valid AS (
+                    SELECT i.*, coalesce(i.user_id, host(i.ip::inet)) AS user_key
+                    FROM input i JOIN claimed USING (tenant_id, event_id)
+                    WHERE i.invalid_reason IS NULL
+                ),
+                -- One aggregation feeds both rollups: the worker's ($20..$27) when
+                -- every event is new and its sums fit ($28), else the stored rows'.
+                -- Rollups are written last, in key order (so concurrent workers lock
+                -- shared rollup rows in the same order): a hot rollup row is locked
+                -- only from here to the commit.
+                grouped AS (
+                    SELECT * FROM UNNEST($20::text[], $21::timestamptz[], $22::text[], $23::text[],
+                                         $24::text[], $25::text[], $26::int8[], $27::int8[])
+                        AS g(tenant_id, minute, kind, ad_id, campaign_id, screen_id, events, amount)
+                    WHERE $28 AND (SELECT yes FROM all_new)
+                    UNION ALL
+                    SELECT tenant_id, date_trunc('minute', event_time, 'UTC') AS minute, kind,
+                           coalesce(ad_id, '') AS ad_id, coalesce(campaign_id, '') AS campaign_id,
+                           coalesce(screen_id, '') AS screen_id, count(*) AS events,
+                           coalesce(sum(amount), 0)::int8 AS amount
+                    FROM valid
+                    WHERE NOT ($28 AND (SELECT yes FROM all_new))
+                    GROUP BY 1, 2, 3, 4, 5, 6
+                ),
+                rolled AS (
+                    INSERT INTO rollup_minute AS r (tenant_id, bucket, kind, ad_id, campaign_id, screen_id, events, amount)
+                    SELECT * FROM grouped
+                    ORDER BY 1, 2, 3, 4, 5, 6
+                    ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id, screen_id)
+                    DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+                ),
+                rolled_hour AS (
+                    INSERT INTO rollup_hour AS r (tenant_id, bucket, kind, ad_id, campaign_id, events, amount)
+                    SELECT tenant_id, date_trunc('hour', minute, 'UTC'), kind, ad_id, campaign_id,
+                           sum(events), sum(amount)
+                    FROM grouped
+                    GROUP BY 1, 2, 3, 4, 5
+                    ORDER BY 1, 2, 3, 4, 5
+                    ON CONFLICT (tenant_id, bucket, kind, ad_id, campaign_id)
+                    DO UPDATE SET events = r.events + EXCLUDED.events, amount = r.amount + EXCLUDED.amount
+                ),
+                "# + $rare + r#"
+                -- Listed after the rollups, so that they run before them: Postgres
+                -- finishes the CTEs the final SELECT does not read in reverse order.
+                outbox AS (
+                    INSERT INTO counter_outbox (batch_id, event_ids, tenant_ids)
+                    SELECT $16, array_agg(event_id), array_agg(tenant_id)
+                    FROM claimed HAVING count(*) > 0
+                ),
+                -- Step 4 of the exactly-once protocol for batches counted earlier.
+                settled AS (
+                    DELETE FROM counter_outbox WHERE batch_id = ANY($19::uuid[])
+                )
+                -- The keys it did not store (already known): none when every event
+                -- is new, so the answer is usually empty.
+                SELECT tenant_id AS "tenant_id!", event_id AS "event_id!" FROM input i
+                WHERE NOT (SELECT yes FROM all_new)
+                  AND NOT EXISTS (SELECT 1 FROM claimed c
+                                  WHERE c.tenant_id = i.tenant_id AND c.event_id = i.event_id)
+                "#,
+                &c.ids,
+                &c.kinds as &[&str],
+                &c.ads as &[Option<&str>],
+                &c.campaigns as &[Option<&str>],
+                &c.screens as &[Option<&str>],
+                &c.users as &[Option<&str>],
+                &c.ips as &[Option<String>],
+                &c.times,
+                &c.received,
+                &c.playback as &[Option<f64>],
+                &c.amounts as &[Option<i64>],
+                &c.variants as &[Option<&str>],
+                &c.experiments as &[Option<&str>],
+                &c.properties as &[Option<String>],
+                &c.tenants as &[&str],
+                batch_id,
+                &c.error_codes as &[Option<i16>],
+                &c.invalid as &[Option<&str>],
+                settled,
+                &g.tenants as &[&str],
+                &g.minutes,
+                &g.kinds as &[&str],
+                &g.ads as &[&str],
+                &g.campaigns as &[&str],
+                &g.screens as &[&str],
+                &g.events,
+                &g.amounts,
+                g.usable,
+                $($flag,)*
+            )
+            .fetch_all(pool)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|r| (r.tenant_id, r.event_id))
+                    .collect::<Vec<(String, Uuid)>>()
+            })
+        };
+    }
+    let rows = if errors || experiments {
+        batch_statement!(
+            r#"
+                -- Error events by VAST code (migration 0010; 0 when none was given),
+                -- when the batch has any ($29).
+                rolled_error AS (
+                    INSERT INTO rollup_error_minute AS r (tenant_id, ad_id, bucket, error_code, events)
+                    SELECT tenant_id, ad_id, date_trunc('minute', event_time), coalesce(error_code, 0),
+                           count(*)
+                    FROM valid
+                    WHERE $29 AND kind = 'error' AND ad_id IS NOT NULL
+                    GROUP BY 1, 2, 3, 4
+                    ORDER BY 1, 2, 3, 4
+                    ON CONFLICT (tenant_id, ad_id, bucket, error_code)
+                    DO UPDATE SET events = r.events + EXCLUDED.events
+                ),
+                -- Experiment rollups (migration 0009), when the batch has experiment
+                -- events ($30). A user row is inserted (a new user) or turned
+                -- converted at most once, whatever races it; RETURNING yields only
+                -- those changes, and `batch_id = $16` tells an insert from an update.
+                experiment_batch AS (
+                    SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, user_key,
+                           bool_or(kind = 'conversion') AS converted
+                    FROM valid
+                    WHERE $30 AND experiment_id IS NOT NULL AND user_key IS NOT NULL
+                    GROUP BY 1, 2, 3, 4
+                ),
+                users_changed AS (
+                    INSERT INTO experiment_users AS u (tenant_id, experiment_id, variant, user_key, converted, batch_id)
+                    SELECT tenant_id, experiment_id, variant, user_key, converted, $16 FROM experiment_batch
+                    ORDER BY 1, 2, 3, 4
+                    ON CONFLICT (tenant_id, experiment_id, variant, user_key)
+                    DO UPDATE SET converted = true WHERE NOT u.converted AND EXCLUDED.converted
+                    RETURNING tenant_id, experiment_id, variant, batch_id = $16 AS is_new, converted
+                ),
+                rolled_experiment AS (
+                    INSERT INTO rollup_experiment AS r (tenant_id, experiment_id, variant, events, conversions,
+                                                        users, converted_users)
+                    SELECT e.tenant_id, e.experiment_id, e.variant, e.events, e.conversions,
+                           coalesce(c.users, 0), coalesce(c.converted_users, 0)
+                    FROM (SELECT tenant_id, experiment_id, coalesce(variant, '') AS variant, count(*) AS events,
+                                 count(*) FILTER (WHERE kind = 'conversion') AS conversions
+                          FROM valid WHERE $30 AND experiment_id IS NOT NULL GROUP BY 1, 2, 3) e
+                    LEFT JOIN (SELECT tenant_id, experiment_id, variant, count(*) FILTER (WHERE is_new) AS users,
+                                      count(*) FILTER (WHERE converted) AS converted_users
+                               FROM users_changed GROUP BY 1, 2, 3) c
+                           USING (tenant_id, experiment_id, variant)
+                    ORDER BY 1, 2, 3
+                    ON CONFLICT (tenant_id, experiment_id, variant)
+                    DO UPDATE SET events = r.events + EXCLUDED.events,
+                                  conversions = r.conversions + EXCLUDED.conversions,
+                                  users = r.users + EXCLUDED.users,
+                                  converted_users = r.converted_users + EXCLUDED.converted_users
+                ),
+            "#,
+            errors,
+            experiments
         )
-        -- The keys it did not store (already known): none when every event
-        -- is new, so the answer is usually empty.
-        SELECT tenant_id AS "tenant_id!", event_id AS "event_id!" FROM input i
-        WHERE NOT (SELECT yes FROM all_new)
-          AND NOT EXISTS (SELECT 1 FROM claimed c
-                          WHERE c.tenant_id = i.tenant_id AND c.event_id = i.event_id)
-        "#,
-        &c.ids,
-        &c.kinds as &[&str],
-        &c.ads as &[Option<&str>],
-        &c.campaigns as &[Option<&str>],
-        &c.screens as &[Option<&str>],
-        &c.users as &[Option<&str>],
-        &c.ips as &[Option<String>],
-        &c.times,
-        &c.received,
-        &c.playback as &[Option<f64>],
-        &c.amounts as &[Option<i64>],
-        &c.variants as &[Option<&str>],
-        &c.experiments as &[Option<&str>],
-        &c.properties as &[Option<String>],
-        &c.tenants as &[&str],
-        batch_id,
-        &c.error_codes as &[Option<i16>],
-        &c.invalid as &[Option<&str>],
-        settled,
-        &g.tenants as &[&str],
-        &g.minutes,
-        &g.kinds as &[&str],
-        &g.ads as &[&str],
-        &g.campaigns as &[&str],
-        &g.screens as &[&str],
-        &g.events,
-        &g.amounts,
-        g.usable,
-        errors,
-        experiments,
-    )
-    .fetch_all(pool)
-    .await
+    } else {
+        batch_statement!("")
+    }
     .with_context(|| format!("inserting a batch of {n} events"))?;
-    let known: HashSet<(&str, Uuid)> = rows
-        .iter()
-        .map(|r| (r.tenant_id.as_str(), r.event_id))
-        .collect();
+    let known: HashSet<(&str, Uuid)> = rows.iter().map(|(t, id)| (t.as_str(), *id)).collect();
     Ok(events
         .iter()
         .filter(|e| known.is_empty() || !known.contains(&(e.tenant_id.as_str(), e.event_id)))
