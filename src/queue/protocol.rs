@@ -62,17 +62,32 @@ impl Queue {
     }
 
     /// Moves up to `max` items to the processing list (unless it holds
-    /// some already) and answers the whole list.
+    /// some already) and answers the whole list: the script and the read
+    /// in one round trip. A node that lacks the script (a restart, a
+    /// promoted replica) answers `NOSCRIPT`, and the move goes as two
+    /// calls, the first of which loads it.
     async fn take(
         &self,
         conn: &mut RedisConn,
         processing: &str,
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let length: usize = scripts::RESERVE
-            .key(self.keys.queue())
-            .key(processing)
-            .arg(max)
+        let queue = self.keys.queue();
+        let mut reserve = scripts::RESERVE.key(&queue);
+        reserve.key(processing).arg(max);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&reserve)
+            .ignore()
+            .cmd("LRANGE")
+            .arg(processing)
+            .arg(0)
+            .arg(-1);
+        match pipe.query_async::<(Vec<String>,)>(conn).await {
+            Ok((items,)) => return Ok(items),
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {}
+            Err(e) => return Err(e).context("moving items from the queue to the processing list"),
+        }
+        let length: usize = reserve
             .invoke_async(conn)
             .await
             .context("moving items from the queue to the processing list")?;

@@ -616,6 +616,33 @@ async fn a_read_only_redis_replica_dead_letters_nothing() {
     redis_fault_dead_letters_nothing(RedisFault::ReadOnlyReplica).await;
 }
 
+/// A Redis whose script cache was emptied (a restart with its data kept, a
+/// `SCRIPT FLUSH`) answers `NOSCRIPT` to every script the workers send by
+/// SHA, the reservation's pipelined one included: each is sent again with
+/// its source, nothing is dead-lettered, and every event counts once.
+#[tokio::test]
+async fn a_redis_that_forgot_its_scripts_drains_on() {
+    let redis = private_redis().await;
+    let url = redis.url();
+    let app = spawn_app_with(|s| s.redis_url = url.clone()).await;
+    let ad = "ad-script-flush";
+    let mut ids = post_clicks(&app, ad, 50).await;
+    app.wait_drained().await;
+    let mut admin = redis_connection(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let flush = || redis::cmd("SCRIPT").arg("FLUSH").clone();
+    let _: () = flush().query_async(&mut admin).await.unwrap();
+    ids.extend(post_clicks(&app, ad, 300).await);
+    // Once more while a drain is under way.
+    let _: () = flush().query_async(&mut admin).await.unwrap();
+    ids.extend(post_clicks(&app, ad, 300).await);
+    app.wait_drained().await;
+    assert_eq!(llen(&app, &app.keys.dlq()).await, 0);
+    assert_counted_once(&app, ad, &ids).await;
+    app.stop().await;
+}
+
 /// A read that fails on a dependency is 503; one that fails for any other
 /// reason is 500 `internal`, so an alert on 503s always means a dependency.
 #[tokio::test]
