@@ -63,6 +63,32 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, Role::All).await
 }
 
+/// Waits until a process with workers has taken up the Redis epoch. A new
+/// prefix is a Redis without adtrack's epoch: the first check rebuilds the
+/// counters (or, on an empty database, only marks them rebuilt). Tests
+/// start once that is done, so a rebuild never races what they write first
+/// (nor a process killed before it finished, whose successor would take the
+/// rebuild over instead of recovering what the killed one left).
+pub async fn wait_for_epoch(redis: &RedisConn, keys: &Keys) {
+    wait_until(
+        "the app has taken up the Redis epoch",
+        Duration::from_secs(30),
+        || {
+            let mut conn = redis.clone();
+            let key = keys.epoch();
+            async move {
+                redis::cmd("HEXISTS")
+                    .arg(key)
+                    .arg("rebuiltAt")
+                    .query_async::<bool>(&mut conn)
+                    .await
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+}
+
 pub async fn start(settings: Settings, role: Role) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     let app = Application::build_with_listener(settings.clone(), role, listener)
@@ -82,28 +108,7 @@ pub async fn start(settings: Settings, role: Role) -> TestApp {
         .expect("connect to redis");
     let keys = settings.keys();
     if role.runs_workers() {
-        // A new prefix is a Redis without adtrack's epoch: the app's first
-        // check rebuilds the counters (or, on an empty database, only marks
-        // them rebuilt). Tests start once that is done, so a rebuild never
-        // races what they write first.
-        let conn = redis.clone();
-        wait_until(
-            "the app has taken up the Redis epoch",
-            Duration::from_secs(30),
-            || {
-                let mut conn = conn.clone();
-                let key = keys.epoch();
-                async move {
-                    redis::cmd("HEXISTS")
-                        .arg(key)
-                        .arg("rebuiltAt")
-                        .query_async::<bool>(&mut conn)
-                        .await
-                        .unwrap_or(false)
-                }
-            },
-        )
-        .await;
+        wait_for_epoch(&redis, &keys).await;
     }
     TestApp {
         address,

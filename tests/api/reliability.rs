@@ -140,6 +140,7 @@ async fn the_binary_killed_mid_batch_and_restarted_counts_exactly() {
     settings.batch_size = 200;
     let b = Backends::connect(&settings).await;
     let mut server = Binary::start(&settings).await;
+    wait_for_epoch(&b.redis, &b.keys).await;
     let base = server.address.clone();
     let sender = tokio::spawn({
         let base = base.clone();
