@@ -39,7 +39,7 @@ impl From<&crate::domain::Event> for CountedEvent {
 impl CountedEvent {
     pub fn view(&self) -> Counted<'_> {
         Counted {
-            tenant: &self.tenant,
+            tenant: crate::domain::key_text(&self.tenant),
             kind: self.kind,
             ad_id: self.ad_id.as_deref(),
             campaign_id: self.campaign_id.as_deref(),
@@ -70,7 +70,7 @@ impl<'a> Counted<'a> {
     /// `ip` is the event's client IP as text (`Event` holds it parsed).
     pub fn of(e: &'a crate::domain::Event, ip: Option<&'a str>) -> Self {
         Self {
-            tenant: &e.tenant_id,
+            tenant: crate::domain::key_text(&e.tenant_id),
             kind: e.kind,
             ad_id: e.ad_id.as_ref().map(|v| v.as_str()),
             campaign_id: e.campaign_id.as_ref().map(|v| v.as_str()),

@@ -145,6 +145,28 @@ impl Event {
     }
 }
 
+/// `s` as part of a hash-map key: itself, or when empty a `""` that points
+/// into the binary. An empty `String` or literal points nowhere (a dangling
+/// address), and comparing two of them still calls `memcmp`, whose AVX-512
+/// version in glibc loads from that address under an all-zero mask: the CPU
+/// suppresses the fault in microcode. On AMD EPYC (Zen 4) such a comparison
+/// took 77 ns against 2.6 ns, and the worker's batch keys hold the default
+/// tenant and absent campaigns and screens as `""` for every event.
+pub fn key_text(s: &str) -> &str {
+    if s.is_empty() {
+        EMPTY
+    } else {
+        s
+    }
+}
+
+/// A zero-length `str` whose pointer is a real address (see [`key_text`]).
+const EMPTY: &str = match std::str::from_utf8(ANCHOR.split_at(0).0) {
+    Ok(empty) => empty,
+    Err(_) => panic!("an empty slice is UTF-8"),
+};
+static ANCHOR: [u8; 1] = [0];
+
 /// An IP address as `Display` writes it, without `fmt` for IPv4: a worker
 /// writes one per event, twice, and `fmt` made that a seventh of its work.
 pub fn ip_text(ip: IpAddr) -> String {
@@ -233,6 +255,22 @@ impl EventError {
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn an_empty_key_text_points_into_the_binary() {
+        // Empty strings point to a dangling address (see `key_text`).
+        let empty = String::new();
+        assert_eq!(
+            empty.as_ptr() as usize,
+            1,
+            "the premise: a dangling pointer"
+        );
+        assert!(super::key_text(&empty).is_empty());
+        assert_eq!(super::key_text(&empty).as_ptr(), super::ANCHOR.as_ptr());
+        assert_eq!(super::key_text("").as_ptr(), super::ANCHOR.as_ptr());
+        let ad = String::from("ad-1");
+        assert_eq!(super::key_text(&ad).as_ptr(), ad.as_ptr());
+    }
 
     #[test]
     fn ip_text_writes_what_display_writes() {

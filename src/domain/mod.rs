@@ -7,7 +7,7 @@ mod ident;
 mod parse;
 mod time;
 
-pub use event::{Event, EventError, InvalidReason, Kind};
+pub use event::{key_text, Event, EventError, InvalidReason, Kind};
 pub use ident::Ident;
 pub use parse::{
     earliest, parse_event, parse_value, ParseContext, MAX_CLOCK_SKEW, MAX_PROPERTIES_BYTES,

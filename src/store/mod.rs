@@ -18,7 +18,7 @@ use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::counters::CountedEvent;
-use crate::domain::{Event, Kind};
+use crate::domain::{key_text, Event, Kind};
 
 pub mod counters;
 pub mod health;
@@ -186,12 +186,12 @@ impl<'a> MinuteGroups<'a> {
         > = Default::default();
         for e in events.iter().filter(|e| e.invalid.is_none()) {
             let key = (
-                e.tenant_id.as_str(),
+                key_text(&e.tenant_id),
                 e.timestamp.timestamp().div_euclid(60),
                 e.kind,
-                e.ad_id.as_ref().map_or("", |v| v.as_str()),
-                e.campaign_id.as_ref().map_or("", |v| v.as_str()),
-                e.screen_id.as_ref().map_or("", |v| v.as_str()),
+                key_text(e.ad_id.as_ref().map_or("", |v| v.as_str())),
+                key_text(e.campaign_id.as_ref().map_or("", |v| v.as_str())),
+                key_text(e.screen_id.as_ref().map_or("", |v| v.as_str())),
             );
             let (n, amount) = groups.entry(key).or_insert((0, Some(0)));
             *n += 1;
