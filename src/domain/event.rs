@@ -161,9 +161,10 @@ pub fn key_text(s: &str) -> &str {
 }
 
 /// A zero-length `str` whose pointer is a real address (see [`key_text`]).
+/// An empty slice is always UTF-8; the other arm only satisfies the type.
 const EMPTY: &str = match std::str::from_utf8(ANCHOR.split_at(0).0) {
     Ok(empty) => empty,
-    Err(_) => panic!("an empty slice is UTF-8"),
+    Err(_) => "",
 };
 static ANCHOR: [u8; 1] = [0];
 
