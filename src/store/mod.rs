@@ -18,7 +18,7 @@ use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::counters::CountedEvent;
-use crate::domain::{key_text, Event, Kind};
+use crate::domain::{key_text, Event, Ident, Kind};
 
 pub mod counters;
 pub mod health;
@@ -184,14 +184,18 @@ impl<'a> MinuteGroups<'a> {
             (i64, Option<i64>),
             foldhash::fast::RandomState,
         > = Default::default();
+        // An absent dimension groups as `""` (the rollups' key columns).
+        fn dimension(v: &Option<Ident>) -> &str {
+            key_text(v.as_ref().map_or("", Ident::as_str))
+        }
         for e in events.iter().filter(|e| e.invalid.is_none()) {
             let key = (
                 key_text(&e.tenant_id),
                 e.timestamp.timestamp().div_euclid(60),
                 e.kind,
-                key_text(e.ad_id.as_ref().map_or("", |v| v.as_str())),
-                key_text(e.campaign_id.as_ref().map_or("", |v| v.as_str())),
-                key_text(e.screen_id.as_ref().map_or("", |v| v.as_str())),
+                dimension(&e.ad_id),
+                dimension(&e.campaign_id),
+                dimension(&e.screen_id),
             );
             let (n, amount) = groups.entry(key).or_insert((0, Some(0)));
             *n += 1;
