@@ -39,10 +39,30 @@ use crate::metrics::Metrics;
 /// each request looks its histogram up in the thread's shard.
 const MAX_TIMERS: usize = 256;
 
+/// The Content-Security-Policy of every answer that is not an HTML page:
+/// JSON, the VAST XML, the pixel's GIF, scripts, styles and images. Such
+/// an answer loads nothing and runs nothing when a browser opens it on its
+/// own (an SVG or a JSON body opened as a document), and no page may frame
+/// it. It is the policy OWASP's REST guidance gives API answers, and a
+/// fifth of the size of the pages' one, which every ingest answer would
+/// otherwise carry.
+pub(super) const NOT_A_PAGE_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// An answer a browser renders as a page with subresources: HTML (the UI,
+/// `/docs`).
+fn is_page(headers: &actix_web::http::header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/html"))
+}
+
 /// The per-thread state of the middleware (the app factory, and so this,
 /// runs once on each HTTP worker thread).
 pub(super) struct Edge {
-    headers: [(HeaderName, HeaderValue); 4],
+    /// The policy of HTML pages (`super::content_security_policy`).
+    page_policy: HeaderValue,
+    /// Every other header, the same on every answer.
+    headers: [(HeaderName, HeaderValue); 3],
     /// This thread's shard of the request histograms.
     requests: HistogramVec,
     /// The request histograms this thread has used, so that a request does
@@ -59,8 +79,9 @@ struct Timer {
 }
 
 impl Edge {
-    /// `csp` is the Content-Security-Policy of every answer
-    /// (`super::content_security_policy`).
+    /// `csp` is the Content-Security-Policy of HTML pages
+    /// (`super::content_security_policy`); every other answer gets
+    /// [`NOT_A_PAGE_POLICY`].
     pub(super) fn new(csp: String, metrics: &Metrics) -> Self {
         // The policy is ASCII built from a checked `PUBLIC_URL`; should it
         // not be a valid header value, the policy without that origin is.
@@ -69,8 +90,8 @@ impl Edge {
                 .unwrap_or(HeaderValue::from_static("default-src 'self'"))
         });
         Self {
+            page_policy: csp,
             headers: [
-                (header::CONTENT_SECURITY_POLICY, csp),
                 (
                     header::X_CONTENT_TYPE_OPTIONS,
                     HeaderValue::from_static("nosniff"),
@@ -96,6 +117,14 @@ impl Edge {
     ) -> ServiceResponse<EitherBody<B>> {
         let mut res = error::json_errors(res);
         let headers = res.headers_mut();
+        if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            let policy = if is_page(headers) {
+                self.page_policy.clone()
+            } else {
+                HeaderValue::from_static(NOT_A_PAGE_POLICY)
+            };
+            headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+        }
         for (name, value) in &self.headers {
             if !headers.contains_key(name) {
                 headers.insert(name.clone(), value.clone());

@@ -47,6 +47,7 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
         .into_iter()
         .map(|(path, status)| (reqwest::Method::GET, path, status))
         .chain(answers);
+    let mut html = 0;
     for (method, path, status) in requests {
         let res = app
             .client
@@ -57,13 +58,20 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
             .unwrap();
         assert_eq!(res.status(), status, "{path}");
         let csp = header(&res, "content-security-policy").to_owned();
-        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
-        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
-        assert!(!csp.contains("unsafe-eval"), "{path}: {csp}");
-        assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
-        if path != "/docs" {
-            // Swagger UI sets style attributes; nothing else may.
-            assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        if header(&res, "content-type").starts_with("text/html") {
+            assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+            assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+            assert!(!csp.contains("unsafe-eval"), "{path}: {csp}");
+            assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+            if path != "/docs" {
+                // Swagger UI sets style attributes; nothing else may.
+                assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+            }
+            html += 1;
+        } else {
+            // Anything else (JSON, a script, an error) loads and runs
+            // nothing when opened on its own, and is never framed.
+            assert_eq!(csp, "default-src 'none'; frame-ancestors 'none'", "{path}");
         }
         assert_eq!(header(&res, "x-content-type-options"), "nosniff", "{path}");
         assert_eq!(header(&res, "x-frame-options"), "DENY", "{path}");
@@ -73,6 +81,7 @@ async fn every_answer_carries_security_headers_and_the_ui_has_no_inline_code() {
             "{path}: {referrer}"
         );
     }
+    assert_eq!(html, 2, "the UI and /docs are the HTML pages");
     // With PUBLIC_URL, the VAST documents' pixels and video come from its
     // origin: the page may load images and media from there.
     let public =
