@@ -65,10 +65,13 @@ pub const LISTEN_BACKLOG: i32 = 8192;
 /// connection holds actix's read and write buffers and whatever its request
 /// holds, about 17 KB under `hey -c 10000`. With two HTTP threads (a
 /// 2-core host) 3,500 per thread keep the peak RSS of a burst of 10,000
-/// connections well under 200 MB: 7,000 are served and the rest (fewer than
-/// the 4,096 a default `somaxconn` queues) wait to be accepted, so none is
-/// refused. Idle keep-alive connections count too; docs/OPERATIONS.md has
-/// what that means for health probes and one-core hosts.
+/// connections well under 200 MB: 7,000 are served and the rest wait to be
+/// accepted. The queue must hold more than the 3,000 the arithmetic says,
+/// since a connection its client closed holds its slot until the thread
+/// reads the close: at the default `somaxconn` of 4,096 the kernel dropped
+/// thousands of handshakes a second under `hey`, at 8,192 none. Idle
+/// keep-alive connections count too; docs/OPERATIONS.md has what that
+/// means for health probes and one-core hosts.
 pub const MAX_CONNECTIONS_PER_THREAD: usize = 3500;
 
 /// Binds `addr` with a wide accept queue. The standard library listens with
@@ -88,7 +91,34 @@ pub fn bind_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     socket
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("listening on {addr}"))?;
+    warn_on_a_short_accept_queue();
     Ok(socket.into())
+}
+
+/// Where the kernel says how long an accept queue may be (Linux).
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+/// Warns when the kernel caps the accept queue below [`LISTEN_BACKLOG`].
+/// The queue is where the connections past [`MAX_CONNECTIONS_PER_THREAD`]
+/// wait; once it is full the kernel drops their handshakes, and each
+/// client waits out its TCP retransmission back-off (seconds, growing), so
+/// a burst of `hey -c 10000` at the default 4,096 ends in time-outs.
+fn warn_on_a_short_accept_queue() {
+    let Some(cap) = std::fs::read_to_string(SOMAXCONN)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if cap < LISTEN_BACKLOG {
+        tracing::warn!(
+            somaxconn = cap,
+            wanted = LISTEN_BACKLOG,
+            "net.core.somaxconn caps the accept queue below what adtrack asks for: \
+             bursts of connections past the per-thread cap will be dropped and retried \
+             by their clients (see docs/OPERATIONS.md)"
+        );
+    }
 }
 
 impl Application {
