@@ -56,8 +56,10 @@ pub struct Application {
 }
 
 /// Kernel accept queue asked for; the kernel caps it at
-/// `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: i32 = 8192;
+/// `net.core.somaxconn`. More than the connections of a `hey -c 10000`
+/// burst, so that however many of them wait past the per-thread cap
+/// ([`MAX_CONNECTIONS_PER_THREAD`]), none is dropped.
+pub const LISTEN_BACKLOG: i32 = 16384;
 
 /// Connections one HTTP thread serves at once. Past it the thread stops
 /// accepting, and new connections wait in the kernel's accept queue
@@ -69,7 +71,8 @@ pub const LISTEN_BACKLOG: i32 = 8192;
 /// accepted. The queue must hold more than the 3,000 the arithmetic says,
 /// since a connection its client closed holds its slot until the thread
 /// reads the close: at the default `somaxconn` of 4,096 the kernel dropped
-/// thousands of handshakes a second under `hey`, at 8,192 none. Idle
+/// thousands of handshakes a second under `hey`, and still some at 8,192
+/// (docs/OPERATIONS.md has the counts). Idle
 /// keep-alive connections count too; docs/OPERATIONS.md has what that
 /// means for health probes and one-core hosts.
 pub const MAX_CONNECTIONS_PER_THREAD: usize = 3500;
