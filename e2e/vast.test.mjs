@@ -132,7 +132,13 @@ async function main() {
   });
   const context = await browser.newContext({ baseURL: BASE });
   const log = new PixelLog(context, BASE);
-  // The browser asks for /favicon.ico beside the /health page; adtrack has none.
+  // The test runs in adtrack's own page, under its real Content-Security-Policy,
+  // with the page's own scripts answered empty so that only the test plays ads
+  // and fires pixels. (Answers that are not HTML, /health's JSON among them,
+  // carry `default-src 'none'`: no script may load in them.)
+  const empty = (route) => route.fulfill({ status: 200, contentType: 'text/javascript', body: '' });
+  await context.route(`${BASE}/app.js`, empty);
+  await context.route(`${BASE}/vendor/uplot/uPlot.iife.min.js`, empty);
   await context.route(`${BASE}/favicon.ico`, (route) => route.fulfill({ status: 204 }));
   const page = await context.newPage();
   const pageErrors = [];
@@ -159,10 +165,10 @@ async function main() {
     for (const ad of ads) baseline.set(ad.id, await analytics(BASE, ad.id));
   });
 
-  // A document of adtrack's own origin (its /health answer), under its real
-  // Content-Security-Policy.
-  const home = await page.goto('/health');
-  assert(home && home.ok() && home.headers()['content-security-policy'], 'GET /health answered without its Content-Security-Policy');
+  // adtrack's page, under its real Content-Security-Policy.
+  const home = await page.goto('/');
+  const policy = (home && home.headers()['content-security-policy']) || '';
+  assert(home && home.ok() && policy.includes("script-src 'self'"), `GET / answered without the page's Content-Security-Policy: ${policy}`);
 
   await check('the client parses each ad\'s VAST 4 document and its tracker fires every pixel', async () => {
     for (const ad of ads) {
