@@ -46,7 +46,7 @@ const MAX_TIMERS: usize = 256;
 /// it. It is the policy OWASP's REST guidance gives API answers, and a
 /// fifth of the size of the pages' one, which every ingest answer would
 /// otherwise carry.
-pub(super) const NOT_A_PAGE_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+const NOT_A_PAGE_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// An answer a browser renders as a page with subresources: HTML (the UI,
 /// `/docs`).
