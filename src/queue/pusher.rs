@@ -184,7 +184,9 @@ impl LocalPusher {
             pending.len()
         };
         if waiting == LINGER_GROUP {
-            self.inner.filled.notify_one();
+            // Only a flush task lingering now is woken: no permit is kept
+            // to cut a later linger short.
+            self.inner.filled.notify_waiters();
         }
         if !self.inner.flushing.replace(true) {
             tokio::task::spawn_local(flush_loop(self.inner.clone()));
