@@ -34,11 +34,12 @@ use crate::metrics::Metrics;
 const MAX_GROUP: usize = 4096;
 /// Under load (the group just sent held more than one request), the next
 /// group waits up to [`LINGER`] for more requests, unless [`LINGER_GROUP`]
-/// requests are already waiting. Each push costs Redis and this thread
-/// a round trip's system calls and wake-ups whatever its size, and many
-/// clients that each send one request at a time (`hey -c 10000` against a
-/// busy server) form groups of a few requests only: a group of 8 cost
-/// Redis about 55 µs, 7 µs per event. A lone request is sent at once.
+/// envelopes are already waiting (one batch request may bring them all).
+/// Each push costs Redis and this thread a round trip's system calls and
+/// wake-ups whatever its size, and many clients that each send one request
+/// at a time (`hey -c 10000` against a busy server) form groups of a few
+/// requests only: a group of 8 cost Redis about 55 µs, 7 µs per event. A
+/// lone request is sent at once.
 const LINGER: Duration = Duration::from_millis(1);
 const LINGER_GROUP: usize = 64;
 /// A push that takes longer than this is treated as failed (Redis is down).
@@ -123,6 +124,7 @@ impl Pusher {
             inner: Rc::new(Local {
                 shared: self.shared.clone(),
                 pending: RefCell::new(Vec::new()),
+                waiting: Cell::new(0),
                 flushing: Cell::new(false),
                 filled: tokio::sync::Notify::new(),
                 conn: OnceCell::new(),
@@ -145,9 +147,11 @@ pub struct LocalPusher {
 struct Local {
     shared: Arc<Shared>,
     pending: RefCell<Vec<Pending>>,
+    /// The envelopes in `pending`.
+    waiting: Cell<usize>,
     /// Whether the flush task is running; it stops when nothing is pending.
     flushing: Cell<bool>,
-    /// Wakes a lingering flush task once [`LINGER_GROUP`] requests wait.
+    /// Wakes a lingering flush task once [`LINGER_GROUP`] envelopes wait.
     filled: tokio::sync::Notify,
     /// Connected on the first push, on this thread, so its driver runs here.
     conn: OnceCell<RedisConn>,
@@ -178,12 +182,12 @@ impl LocalPusher {
             return Ok(());
         }
         let (done, answer) = oneshot::channel();
-        let waiting = {
-            let mut pending = self.inner.pending.borrow_mut();
-            pending.push(Pending { payloads, done });
-            pending.len()
-        };
-        if waiting == LINGER_GROUP {
+        let filled = self.inner.added(payloads.len());
+        self.inner
+            .pending
+            .borrow_mut()
+            .push(Pending { payloads, done });
+        if filled {
             // Only a flush task lingering now is woken: no permit is kept
             // to cut a later linger short.
             self.inner.filled.notify_waiters();
@@ -204,7 +208,7 @@ async fn flush_loop(local: Rc<Local>) {
     loop {
         // Let the requests that are ready on this thread now join the group.
         tokio::task::yield_now().await;
-        if lingers(last, local.pending.borrow().len()) {
+        if lingers(last, local.waiting.get()) {
             tokio::select! {
                 _ = tokio::time::sleep(LINGER) => {}
                 _ = local.filled.notified() => {}
@@ -217,6 +221,7 @@ async fn flush_loop(local: Rc<Local>) {
         }
         last = group.len();
         let count: usize = group.iter().map(|p| p.payloads.len()).sum();
+        local.taken(count);
         let metrics = &local.shared.metrics;
         let started = Instant::now();
         let result = match local.connection().await {
@@ -252,7 +257,7 @@ async fn flush_loop(local: Rc<Local>) {
 
 /// Whether the next group waits for more requests: only under load (the
 /// group sent last held more than one request) and while fewer than
-/// [`LINGER_GROUP`] wait.
+/// [`LINGER_GROUP`] envelopes wait.
 fn lingers(last_group: usize, waiting: usize) -> bool {
     last_group > 1 && waiting < LINGER_GROUP
 }
@@ -277,6 +282,20 @@ fn take_group(pending: &mut Vec<Pending>) -> Vec<Pending> {
 }
 
 impl Local {
+    /// Counts `n` more waiting envelopes; `true` when they make the
+    /// waiting ones reach [`LINGER_GROUP`] (and a lingering group can go).
+    fn added(&self, n: usize) -> bool {
+        let before = self.waiting.get();
+        let now = before.saturating_add(n);
+        self.waiting.set(now);
+        before < LINGER_GROUP && now >= LINGER_GROUP
+    }
+
+    /// `n` waiting envelopes went into a group.
+    fn taken(&self, n: usize) {
+        self.waiting.set(self.waiting.get().saturating_sub(n));
+    }
+
     async fn connection(&self) -> Result<RedisConn, PushError> {
         let connect = self.conn.get_or_try_init(|| async {
             self.shared
@@ -386,5 +405,26 @@ mod tests {
         assert!(lingers(8, LINGER_GROUP - 1));
         assert!(!lingers(8, LINGER_GROUP));
         assert!(!lingers(MAX_GROUP, MAX_GROUP));
+    }
+
+    #[test]
+    fn waiting_envelopes_not_requests_end_a_linger() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let target = RedisTarget::new("redis://127.0.0.1:1", false).unwrap();
+        let pusher = Pusher::new(target, Replication::default(), &[], metrics).unwrap();
+        let local = pusher.local().inner;
+        // One request of a single event: a group under load still waits.
+        assert!(!local.added(1));
+        assert!(lingers(8, local.waiting.get()));
+        // A batch that brings the rest ends the linger at once, and only
+        // the push that crosses the mark wakes the flush task.
+        assert!(local.added(LINGER_GROUP - 1));
+        assert!(!lingers(8, local.waiting.get()));
+        assert!(!local.added(5));
+        local.taken(LINGER_GROUP + 5);
+        assert_eq!(local.waiting.get(), 0);
+        // One request of a thousand events is a group by itself.
+        assert!(local.added(1000));
+        assert!(!lingers(8, local.waiting.get()));
     }
 }
