@@ -6,10 +6,11 @@
 //! flush task per thread sends the whole group as ONE `LPUSH`, then answers
 //! every handler in it. While a push is in flight, the requests that arrive
 //! form the next group, so the group grows with the load: under `wrk`
-//! hundreds of requests share a round trip, and a lone request is sent at
-//! once. Under load a small group also waits up to [`LINGER`] for more
-//! (see there). Handler, flush task and the connection's driver run on the same
-//! thread, so no request crosses a thread on its way to Redis.
+//! hundreds of requests share a round trip, and a request on an idle
+//! thread is sent at once. Under load a small group also waits up to
+//! [`LINGER`] for more (see there). Handler, flush task and the
+//! connection's driver run on the same thread, so no request crosses a
+//! thread on its way to Redis.
 //!
 //! A handler is answered `Ok` only after Redis replied to the push that held
 //! its envelopes, so a 202 never runs ahead of the data.
@@ -38,8 +39,9 @@ const MAX_GROUP: usize = 4096;
 /// Each push costs Redis and this thread a round trip's system calls and
 /// wake-ups whatever its size, and many clients that each send one request
 /// at a time (`hey -c 10000` against a busy server) form groups of a few
-/// requests only: a group of 8 cost Redis about 55 µs, 7 µs per event. A
-/// lone request is sent at once.
+/// requests only: a group of 8 cost Redis about 55 µs, 7 µs per event.
+/// When the group sent last held one request (or none was sent yet), the
+/// next is sent at once.
 const LINGER: Duration = Duration::from_millis(1);
 const LINGER_GROUP: usize = 64;
 /// A push that takes longer than this is treated as failed (Redis is down).
