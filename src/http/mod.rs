@@ -300,11 +300,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
             } else {
                 route
             };
-            resource = resource.route(if answers_head(&method) {
-                route.guard(guard::Any(guard::Method(method)).or(guard::Head()))
-            } else {
-                route.method(method)
-            });
+            // Not actix's `guard::Method`: it records every method it
+            // checks in the request's extensions (a map insert and two
+            // allocations a request) for an `Allow` that only its own 405
+            // reads, and the resource's default service answers that.
+            let head = answers_head(&method);
+            resource = resource.route(route.guard(guard::fn_guard(move |ctx| {
+                let asked = &ctx.head().method;
+                *asked == method || (head && *asked == Method::HEAD)
+            })));
         }
         cfg.service(resource);
     }
