@@ -300,10 +300,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, surface: Surface) {
             } else {
                 route
             };
-            // Not actix's `guard::Method`: it records every method it
-            // checks in the request's extensions (a map insert and two
-            // allocations a request) for an `Allow` that only its own 405
-            // reads, and the resource's default service answers that.
+            // Not actix's `guard::Method`: each one a request meets records
+            // its method in the request's extensions (a map insert and an
+            // allocation or two) for the `Allow` of actix's built-in 405,
+            // which nothing here serves: every resource answers 405 with
+            // `method_not_allowed`, its `Allow` built from the table.
             let head = answers_head(&method);
             resource = resource.route(route.guard(guard::fn_guard(move |ctx| {
                 let asked = &ctx.head().method;
