@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use actix_cors::{Cors, CorsMiddleware};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::Error;
 use futures_util::future::LocalBoxFuture;
@@ -50,10 +50,50 @@ const NOT_A_PAGE_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// An answer a browser renders as a page with subresources: HTML (the UI,
 /// `/docs`).
-fn is_page(headers: &actix_web::http::header::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"text/html"))
+fn is_html(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"text/html")
+}
+
+/// Which of the headers the edge adds an answer already has (a handler's
+/// own, or actix-cors's `Vary`), found in one pass over the answer's few
+/// headers: a lookup for each name hashed it and probed the map, five
+/// times an answer.
+struct Set {
+    policy: bool,
+    /// An HTML page ([`is_html`]), which gets the pages' policy.
+    page: bool,
+    vary: bool,
+    /// Each of [`Edge`]'s fixed headers, in its order.
+    fixed: [bool; 3],
+}
+
+impl Set {
+    fn of(headers: &HeaderMap, fixed: &[(HeaderName, HeaderValue); 3]) -> Self {
+        let mut set = Self {
+            policy: false,
+            page: false,
+            vary: false,
+            fixed: [false; 3],
+        };
+        let mut typed = false;
+        // Each value of a name in turn, the first one first.
+        for (name, value) in headers.iter() {
+            if *name == header::CONTENT_SECURITY_POLICY {
+                set.policy = true;
+            } else if *name == header::CONTENT_TYPE {
+                // The first value, the one `HeaderMap::get` gives.
+                if !typed {
+                    typed = true;
+                    set.page = is_html(value);
+                }
+            } else if *name == header::VARY {
+                set.vary = true;
+            } else if let Some(at) = fixed.iter().position(|(n, _)| n == name) {
+                set.fixed[at] = true;
+            }
+        }
+        set
+    }
 }
 
 /// The per-thread state of the middleware (the app factory, and so this,
@@ -117,21 +157,22 @@ impl Edge {
     ) -> ServiceResponse<EitherBody<B>> {
         let mut res = error::json_errors(res);
         let headers = res.headers_mut();
-        if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-            let policy = if is_page(headers) {
+        let set = Set::of(headers, &self.headers);
+        if !set.policy {
+            let policy = if set.page {
                 self.page_policy.clone()
             } else {
                 HeaderValue::from_static(NOT_A_PAGE_POLICY)
             };
             headers.insert(header::CONTENT_SECURITY_POLICY, policy);
         }
-        for (name, value) in &self.headers {
-            if !headers.contains_key(name) {
+        for ((name, value), set) in self.headers.iter().zip(set.fixed) {
+            if !set {
                 headers.insert(name.clone(), value.clone());
             }
         }
         // actix-cors set its own on the requests it saw.
-        if asked.cacheable && !headers.contains_key(header::VARY) {
+        if asked.cacheable && !set.vary {
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
         let route = res.request().match_name().unwrap_or("unmatched");
@@ -326,6 +367,51 @@ fn method_label(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_headers_an_answer_brings_are_kept_and_only_those() {
+        let metrics = Metrics::new().unwrap();
+        let edge = Edge::new("default-src 'self'".into(), &metrics);
+        let set = |pairs: &[(HeaderName, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(name.clone(), HeaderValue::from_static(value));
+            }
+            Set::of(&headers, &edge.headers)
+        };
+
+        let bare = set(&[(header::CONTENT_TYPE, "application/json")]);
+        assert!(!bare.policy && !bare.page && !bare.vary);
+        assert_eq!(bare.fixed, [false; 3]);
+
+        let own = set(&[
+            (header::CONTENT_SECURITY_POLICY, "sandbox"),
+            (header::VARY, "Accept-Encoding"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ]);
+        assert!(own.policy && own.vary && !own.page);
+        assert_eq!(own.fixed, [true, false, true]);
+        let frame = set(&[(header::X_FRAME_OPTIONS, "SAMEORIGIN")]);
+        assert_eq!(frame.fixed, [false, true, false]);
+
+        // A page by its first Content-Type, as `HeaderMap::get` reads it.
+        assert!(set(&[(header::CONTENT_TYPE, "text/html; charset=utf-8")]).page);
+        assert!(
+            set(&[
+                (header::CONTENT_TYPE, "text/html"),
+                (header::CONTENT_TYPE, "application/json"),
+            ])
+            .page
+        );
+        assert!(
+            !set(&[
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONTENT_TYPE, "text/html"),
+            ])
+            .page
+        );
+    }
 
     #[test]
     fn standard_methods_keep_their_name_and_others_are_one_label() {

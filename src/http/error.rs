@@ -180,12 +180,16 @@ fn code_for_status(status: StatusCode) -> &'static str {
 /// shape; `ApiError` answers and every other answer pass unchanged.
 pub(super) fn json_errors<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
     let status = res.status();
+    // The status first: a success, every ingest answer, needs no lookup.
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res.map_into_left_body();
+    }
     let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if is_json {
         return res.map_into_left_body();
     }
     let message = match res.response().error() {
