@@ -48,16 +48,16 @@ const MAX_TIMERS: usize = 256;
 /// otherwise carry.
 const NOT_A_PAGE_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
 
-/// An answer a browser renders as a page with subresources: HTML (the UI,
-/// `/docs`).
+/// The `Content-Type` of an answer a browser renders as a page with
+/// subresources: HTML (the UI, `/docs`).
 fn is_html(content_type: &HeaderValue) -> bool {
     content_type.as_bytes().starts_with(b"text/html")
 }
 
 /// Which of the headers the edge adds an answer already has (a handler's
 /// own, or actix-cors's `Vary`), found in one pass over the answer's few
-/// headers: a lookup for each name hashed it and probed the map, five
-/// times an answer.
+/// headers: a lookup for each name hashed it and probed the map, up to
+/// six times an answer.
 struct Set {
     policy: bool,
     /// An HTML page ([`is_html`]), which gets the pages' policy.
@@ -369,7 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_headers_an_answer_brings_are_kept_and_only_those() {
+    fn the_headers_an_answer_brings_are_found_in_one_pass() {
         let metrics = Metrics::new().unwrap();
         let edge = Edge::new("default-src 'self'".into(), &metrics);
         let set = |pairs: &[(HeaderName, &'static str)]| {

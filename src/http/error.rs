@@ -180,7 +180,7 @@ fn code_for_status(status: StatusCode) -> &'static str {
 /// shape; `ApiError` answers and every other answer pass unchanged.
 pub(super) fn json_errors<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
     let status = res.status();
-    // The status first: a success, every ingest answer, needs no lookup.
+    // The status first: an answer that is not an error needs no lookup.
     if !(status.is_client_error() || status.is_server_error()) {
         return res.map_into_left_body();
     }
