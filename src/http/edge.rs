@@ -166,8 +166,8 @@ impl Edge {
             };
             headers.insert(header::CONTENT_SECURITY_POLICY, policy);
         }
-        for ((name, value), set) in self.headers.iter().zip(set.fixed) {
-            if !set {
+        for ((name, value), present) in self.headers.iter().zip(set.fixed) {
+            if !present {
                 headers.insert(name.clone(), value.clone());
             }
         }
