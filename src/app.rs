@@ -166,7 +166,9 @@ impl Application {
         if role.runs_workers() {
             queues.check_reservation_allowed(&mut redis.clone()).await?;
         }
-        let counters = Counters::new(keys.clone()).confirmed_by(settings.replication());
+        let counters = Counters::new(keys.clone())
+            .confirmed_by(settings.replication())
+            .counting_skips(metrics.unique_ips_skipped.clone());
         let shutdown = CancellationToken::new();
 
         let shard_keys: Vec<Keys> = queues.all().iter().map(|q| q.keys().clone()).collect();

@@ -140,7 +140,11 @@ pub async fn apply_committed(
     processing: Option<&str>,
 ) -> anyhow::Result<Applied> {
     let ops = counters.ops_for(counted, Utc::now());
-    apply_batch(conn, counters, batch, &ops, processing).await
+    let applied = apply_batch(conn, counters, batch, &ops, processing).await?;
+    if applied != Applied::Paused {
+        counters.applied(&ops);
+    }
+    Ok(applied)
 }
 
 /// Steps 3 to 5 of one worker: the batches it counted whose outbox rows

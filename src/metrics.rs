@@ -20,6 +20,7 @@ pub struct Metrics {
     pub events_rejected: IntCounterVec,
     pub events_processed: IntCounterVec,
     pub events_duplicate: IntCounter,
+    pub unique_ips_skipped: IntCounter,
     pub queue_depth: IntGauge,
     pub processing_depth: IntGauge,
     pub outbox_depth: IntGauge,
@@ -105,6 +106,10 @@ impl Metrics {
             events_duplicate: IntCounter::new(
                 "events_duplicate_total",
                 "Events skipped because their eventId was already stored",
+            )?,
+            unique_ips_skipped: IntCounter::new(
+                "unique_click_ips_skipped_total",
+                "Click IPs not sent to Redis because they could not change a unique-click HyperLogLog",
             )?,
             queue_depth: IntGauge::new("queue_depth", "Envelopes waiting on the Redis queue")?,
             processing_depth: IntGauge::new(
@@ -293,6 +298,8 @@ impl Metrics {
         m.registry.register(Box::new(m.events_rejected.clone()))?;
         m.registry.register(Box::new(m.events_processed.clone()))?;
         m.registry.register(Box::new(m.events_duplicate.clone()))?;
+        m.registry
+            .register(Box::new(m.unique_ips_skipped.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.processing_depth.clone()))?;
         m.registry.register(Box::new(m.outbox_depth.clone()))?;

@@ -4,10 +4,14 @@
 //! business; this file only builds the call.
 
 use crate::redis_client::{RedisConn, Replication};
+use std::sync::Arc;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use prometheus::IntCounter;
 
 use super::ops::Chunk;
+use super::registers::Registers;
 use super::scripts::{APPLY, APPLY_SOURCE};
 use super::{Counted, Layout, Ops};
 use crate::keys::fields;
@@ -20,6 +24,11 @@ pub struct Counters {
     /// Replicas that must confirm a batch's application (see
     /// `exactly_once`).
     replication: Replication,
+    /// What this process knows its unique-click keys hold, shared by its
+    /// workers.
+    registers: Arc<Registers>,
+    /// Counts the click IPs left out because they could not change a key.
+    skipped: Option<IntCounter>,
 }
 
 /// The three keys of an APPLY call (see `lua/apply.lua`).
@@ -34,6 +43,27 @@ impl Counters {
         Self {
             keys,
             replication: Replication::default(),
+            registers: Arc::default(),
+            skipped: None,
+        }
+    }
+
+    /// These counters, counting in `skipped` the click IPs a batch left out.
+    pub fn counting_skips(mut self, skipped: IntCounter) -> Self {
+        self.skipped = Some(skipped);
+        self
+    }
+
+    pub fn registers(&self) -> &Registers {
+        &self.registers
+    }
+
+    /// `ops` were applied (or found applied): their unique-click keys hold
+    /// their IPs now.
+    pub(crate) fn applied(&self, ops: &Ops) {
+        ops.teach(&self.registers);
+        if let Some(c) = &self.skipped {
+            c.inc_by(ops.skipped() as u64);
         }
     }
 
@@ -58,7 +88,7 @@ impl Counters {
 
     /// The updates for a committed batch: one unit per event.
     pub fn ops_for(&self, events: &[Counted<'_>], now: DateTime<Utc>) -> Ops {
-        let mut ops = Ops::new(self.layout(), now);
+        let mut ops = Ops::new(self.layout(), now).knowing(self.registers.clone());
         ops.add_events(events.iter().copied());
         if !events.is_empty() {
             // Running total for the UI's commit rate, applied with the batch.

@@ -36,6 +36,9 @@
 //! batches that the snapshot already holds but that have not been applied
 //! yet, so their later application skips that key (see `rebuild`).
 //!
+//! A batch sends a click's IP to the `um:`/`uh:`/`ua:` keys only where it
+//! can change them: [`registers`] has what this process knows they hold.
+//!
 //! One [`Ops`] builder serves both the workers (one unit per inserted event)
 //! and `reconcile` (counts from the Postgres rollups), so the two always
 //! agree on the layout. [`epoch`] notices a Redis that came back empty and
@@ -49,6 +52,7 @@ mod layout;
 mod ops;
 mod rebuild;
 mod reconcile;
+pub mod registers;
 pub mod scripts;
 
 /// What applying a committed batch did; the protocol lives in
@@ -68,3 +72,4 @@ pub use ops::Ops;
 pub(crate) use ops::{Chunk, Mode};
 pub use rebuild::{settle_campaigns, SETTLE_PER_CALL};
 pub use reconcile::{reconcile, reconcile_confirmed, ReconcileReport};
+pub use registers::Registers;

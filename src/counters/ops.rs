@@ -3,6 +3,7 @@
 //! ops of `lua/apply.lua`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use foldhash::fast::RandomState as Fast;
@@ -11,6 +12,7 @@ use super::layout::{
     hour_hash_expiry, hour_hll_expiry, minute_hash_expiry, minute_hll_expiry, Layout, ALL_TIME_TTL,
     DAY, HOUR, MINUTE,
 };
+use super::registers::Registers;
 use super::{code, field_code, Counted};
 use crate::domain::Kind;
 use crate::keys::fields;
@@ -50,6 +52,11 @@ pub struct Ops {
     /// unique clicks live and expire together.
     touch: BTreeSet<String>,
     expire: BTreeMap<String, i64>,
+    /// What the unique-click keys are known to hold: a batch leaves out
+    /// the IPs that cannot change them (see [`Registers`]).
+    known: Option<Arc<Registers>>,
+    /// Click IPs left out for that reason.
+    skipped: usize,
 }
 
 impl Ops {
@@ -69,6 +76,39 @@ impl Ops {
             uniques_all: BTreeMap::new(),
             touch: BTreeSet::new(),
             expire: BTreeMap::new(),
+            known: None,
+            skipped: 0,
+        }
+    }
+
+    /// These updates, sending a click's IP only where it can change a
+    /// unique-click key that `known` remembers (batches only).
+    pub(crate) fn knowing(mut self, known: Arc<Registers>) -> Self {
+        if self.mode == Mode::Batch {
+            self.known = Some(known);
+        }
+        self
+    }
+
+    /// Click IPs left out because they could not change their keys.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Tells `known` what the unique-click keys hold now that these
+    /// updates were applied.
+    pub(crate) fn teach(&self, known: &Registers) {
+        for (keys, members) in &self.uniques {
+            for key in &keys.always {
+                if let Some(expires) = self.expire.get(key) {
+                    known.learn(key, *expires, members.iter().map(String::as_str));
+                }
+            }
+            if let Some(key) = &keys.if_exists {
+                // It lives ALL_TIME_TTL after its last update; remembered
+                // for a day at a time.
+                known.learn(key, self.now + DAY, members.iter().map(String::as_str));
+            }
         }
     }
 
@@ -269,13 +309,25 @@ impl Ops {
             self.expire.insert(key.clone(), expiry);
             keys.push(key);
         }
-        if !keys.is_empty() || if_exists.is_some() {
-            let always = keys;
-            self.uniques
-                .entry(UniqueKeys { always, if_exists })
-                .or_default()
-                .extend(ips.iter().map(|ip| (*ip).to_owned()));
+        if keys.is_empty() && if_exists.is_none() {
+            return;
         }
+        let needed = match &self.known {
+            Some(known) => {
+                let names: Vec<&str> = keys.iter().chain(&if_exists).map(String::as_str).collect();
+                known.needed(&names, ips, self.now)
+            }
+            None => ips.to_vec(),
+        };
+        self.skipped += ips.len() - needed.len();
+        if needed.is_empty() {
+            return;
+        }
+        let always = keys;
+        self.uniques
+            .entry(UniqueKeys { always, if_exists })
+            .or_default()
+            .extend(needed.iter().map(|ip| (*ip).to_owned()));
     }
 
     /// How many distinct updates are pending.

@@ -108,6 +108,11 @@ impl Maintenance {
                 }
             };
             let previous = known.replace(seen.id().to_owned());
+            if previous.as_deref() != Some(seen.id()) {
+                // A new epoch: Redis lost its data, and with it what the
+                // unique-click keys held.
+                self.ctx.counters.registers().forget();
+            }
             match &seen {
                 Seen::Reset(id) => {
                     self.ctx.metrics.redis_resets.inc();

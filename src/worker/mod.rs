@@ -116,6 +116,8 @@ impl Worker {
             match self.step().await {
                 Ok(_) => backoff.reset(),
                 Err(e) => {
+                    // Redis may have lost what the unique-click keys held.
+                    self.ctx.counters.registers().forget();
                     self.ctx.metrics.outage("worker", e.outage);
                     let delay = backoff.next_delay();
                     tracing::warn!(

@@ -27,4 +27,5 @@ mod shards;
 mod spool;
 mod storage;
 mod tenants;
+mod uniques;
 mod vast;
