@@ -142,7 +142,7 @@ pub async fn apply_committed(
     let ops = counters.ops_for(counted, Utc::now());
     let applied = apply_batch(conn, counters, batch, &ops, processing).await?;
     if applied != Applied::Paused {
-        counters.applied(&ops);
+        counters.applied(&ops, applied == Applied::Applied);
     }
     Ok(applied)
 }

@@ -109,7 +109,7 @@ impl Metrics {
             )?,
             unique_ips_skipped: IntCounter::new(
                 "unique_click_ips_skipped_total",
-                "Click IPs not sent to Redis because they could not change a unique-click HyperLogLog",
+                "Clicks whose IP a worker did not send to Redis because it could not change a unique-click HyperLogLog",
             )?,
             queue_depth: IntGauge::new("queue_depth", "Envelopes waiting on the Redis queue")?,
             processing_depth: IntGauge::new(

@@ -58,11 +58,11 @@ impl Counters {
         &self.registers
     }
 
-    /// `ops` were applied (or found applied): their unique-click keys hold
-    /// their IPs now.
-    pub(crate) fn applied(&self, ops: &Ops) {
+    /// `ops` were applied (`sent`: by this call) or found applied: their
+    /// unique-click keys hold their IPs now.
+    pub(crate) fn applied(&self, ops: &Ops, sent: bool) {
         ops.teach(&self.registers);
-        if let Some(c) = &self.skipped {
+        if let (Some(c), true) = (&self.skipped, sent) {
             c.inc_by(ops.skipped() as u64);
         }
     }

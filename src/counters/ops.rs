@@ -17,6 +17,10 @@ use super::{code, field_code, Counted};
 use crate::domain::Kind;
 use crate::keys::fields;
 
+/// How long after its hour an hour key's learned ranks are relied on (see
+/// `add_unique_clicks`).
+const RECENT: i64 = 12 * HOUR;
+
 /// Silent campaigns dropped from the ranking per counter application, so a
 /// cleanup never costs one script call more than this.
 const TRIM_PER_APPLY: usize = 100;
@@ -53,8 +57,15 @@ pub struct Ops {
     touch: BTreeSet<String>,
     expire: BTreeMap<String, i64>,
     /// What the unique-click keys are known to hold: a batch leaves out
-    /// the IPs that cannot change them (see [`Registers`]).
-    known: Option<Arc<Registers>>,
+    /// the IPs that cannot change them (see [`Registers`]), as of its
+    /// generation.
+    known: Option<(Arc<Registers>, u64)>,
+    /// Until when each window's unique-click key written may be relied on
+    /// once these updates are applied (see `add_unique_clicks`).
+    trust: BTreeMap<String, i64>,
+    /// The minute keys among them: only their clicks teach the all-time
+    /// key.
+    recent: BTreeSet<String>,
     /// Click IPs left out for that reason.
     skipped: usize,
 }
@@ -77,6 +88,8 @@ impl Ops {
             touch: BTreeSet::new(),
             expire: BTreeMap::new(),
             known: None,
+            trust: BTreeMap::new(),
+            recent: BTreeSet::new(),
             skipped: 0,
         }
     }
@@ -85,7 +98,8 @@ impl Ops {
     /// unique-click key that `known` remembers (batches only).
     pub(crate) fn knowing(mut self, known: Arc<Registers>) -> Self {
         if self.mode == Mode::Batch {
-            self.known = Some(known);
+            let generation = known.generation();
+            self.known = Some((known, generation));
         }
         self
     }
@@ -98,16 +112,20 @@ impl Ops {
     /// Tells `known` what the unique-click keys hold now that these
     /// updates were applied.
     pub(crate) fn teach(&self, known: &Registers) {
+        let Some((_, generation)) = &self.known else {
+            return;
+        };
         for (keys, members) in &self.uniques {
             for key in &keys.always {
-                if let Some(expires) = self.expire.get(key) {
-                    known.learn(key, *expires, members.iter().map(String::as_str));
+                if let Some(until) = self.trust.get(key) {
+                    let members = members.iter().map(String::as_str);
+                    known.learn(key, *until, self.now, *generation, members);
                 }
             }
-            if let Some(key) = &keys.if_exists {
-                // It lives ALL_TIME_TTL after its last update; remembered
-                // for a day at a time.
-                known.learn(key, self.now + DAY, members.iter().map(String::as_str));
+            let recent = keys.always.iter().any(|k| self.recent.contains(k));
+            if let (Some(all), true) = (&keys.if_exists, recent) {
+                let members = members.iter().map(String::as_str);
+                known.learn(all, self.now + HOUR, self.now, *generation, members);
             }
         }
     }
@@ -296,28 +314,41 @@ impl Ops {
         } else {
             Some(layout.uniques_all(ad))
         };
+        // What these IPs teach is relied on only while Postgres holds
+        // their events, so that a key rebuilt from it (reconcile, a
+        // missing all-time key) holds them too: EVENT_RETENTION is at least
+        // a day. A minute key's clicks are at most an hour old; an hour
+        // key is relied on until RECENT after its hour; the all-time key
+        // is learned only from clicks of the last hour, for an hour.
         let mut keys = Vec::new();
         let expiry = hour_hll_expiry(hour);
         if expiry > self.now {
             let key = layout.uniques_hour(hour, ad);
             self.expire.insert(key.clone(), expiry);
+            self.trust
+                .insert(key.clone(), expiry.min((hour + 1) * HOUR + RECENT));
             keys.push(key);
         }
         let expiry = minute_hll_expiry(minute);
         if expiry > self.now {
             let key = layout.uniques_minute(minute, ad);
             self.expire.insert(key.clone(), expiry);
+            self.trust.insert(key.clone(), expiry);
+            self.recent.insert(key.clone());
             keys.push(key);
         }
         if keys.is_empty() && if_exists.is_none() {
             return;
         }
+        // Only groups with a window key are filtered: a click too old for
+        // any window goes to the all-time key alone, which is then trusted
+        // to nothing older than an hour's clicks.
         let needed = match &self.known {
-            Some(known) => {
+            Some((known, _)) if !keys.is_empty() => {
                 let names: Vec<&str> = keys.iter().chain(&if_exists).map(String::as_str).collect();
                 known.needed(&names, ips, self.now)
             }
-            None => ips.to_vec(),
+            _ => ips.to_vec(),
         };
         self.skipped += ips.len() - needed.len();
         if needed.is_empty() {
@@ -662,6 +693,59 @@ mod tests {
         assert!(!keys
             .iter()
             .any(|k| k.contains(":am:") || k.contains(":uh:") || k.contains(":um:")));
+    }
+
+    /// What a batch of `ips` clicking `ad` at `at` sends to its unique-click
+    /// keys, and what it teaches, given what `known` holds.
+    fn unique_batch(known: &Arc<Registers>, ad: &str, ips: &[String], at: DateTime<Utc>) -> Ops {
+        let events: Vec<CountedEvent> = ips
+            .iter()
+            .map(|ip| event(Kind::Click, ad, ip, at))
+            .collect();
+        let mut ops = Ops::new(Layout::new("{t}:c:".into()), Utc::now()).knowing(known.clone());
+        ops.add_events(events.iter().map(CountedEvent::view));
+        ops
+    }
+
+    fn sent(ops: &Ops) -> usize {
+        ops.uniques.values().map(BTreeSet::len).sum()
+    }
+
+    #[test]
+    fn only_recent_clicks_teach_and_a_click_with_no_window_is_always_sent() {
+        let known = Arc::new(Registers::default());
+        let ips: Vec<String> = (0..2_000u32)
+            .map(|i| std::net::Ipv4Addr::from(i).to_string())
+            .collect();
+        // Clicks three hours old: the hour key and the all-time key, which
+        // they do not teach.
+        let earlier = Utc::now() - chrono::Duration::hours(3);
+        unique_batch(&known, "ad", &ips, earlier).teach(&known);
+        assert_eq!(known.len(), 1, "only the hour key is learned");
+        // Clicks of this minute teach its hour and minute keys and the
+        // all-time key; the same IPs again are then left out.
+        let now = Utc::now();
+        let first = unique_batch(&known, "ad", &ips, now);
+        assert_eq!(sent(&first), ips.len());
+        first.teach(&known);
+        assert_eq!(known.len(), 4);
+        let again = unique_batch(&known, "ad", &ips, now);
+        assert_eq!((sent(&again), again.skipped()), (0, ips.len()));
+        // A click too old for any window goes to the all-time key alone,
+        // and is sent whatever that key is known to hold.
+        let old = Utc::now() - chrono::Duration::days(30);
+        let late = unique_batch(&known, "ad", &ips, old);
+        assert_eq!((sent(&late), late.skipped()), (ips.len(), 0));
+        // A rebuild's updates neither filter nor teach.
+        let mut rebuild =
+            Ops::with_mode(Layout::new("{t}:c:".into()), now, Mode::Rebuild).knowing(known.clone());
+        rebuild.add_unique_clicks(
+            "",
+            "ad",
+            now,
+            &ips.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert_eq!(rebuild.skipped(), 0);
     }
 
     #[test]

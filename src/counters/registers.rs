@@ -16,20 +16,28 @@
 //!
 //! Why "known to hold" stays true:
 //! - a register never goes down while its key lives;
-//! - a minute or hour key lives until a fixed expiry, and is forgotten here
-//!   [`MARGIN_SECS`] before it;
-//! - an all-time key (`ua:`) is created only by a rebuild from Postgres,
-//!   which holds every event whose counters were applied, so a key that
-//!   expired and came back holds at least as much;
-//! - `reconcile` swaps in copies rebuilt from Postgres while applications
-//!   are paused, and a paused application teaches nothing;
+//! - what is learned is relied on only while Postgres still holds the
+//!   events it came from (`EVENT_RETENTION` is at least a day), so a key
+//!   rebuilt from Postgres (by `reconcile`, or an all-time key made again
+//!   when missing) holds it too: a minute key's clicks are at most an
+//!   hour old, an hour key is relied on until 12 hours after its hour, and
+//!   the all-time key learns only from clicks of the last hour, for an
+//!   hour ([`super::Ops`]'s `add_unique_clicks`);
+//! - a key is relied on only until [`MARGIN_SECS`] before it expires (or
+//!   before the end of that span), and only IPv4 text is left out or
+//!   learned: IPv6 text written here and by Postgres's `host()` can
+//!   differ;
+//! - a paused application (`reconcile` rebuilding) teaches nothing;
 //! - a Redis that lost its data (a restart without persistence, a flush, a
 //!   failover that lost writes): the worker forgets everything on any Redis
-//!   error and when the epoch changes, and such a Redis is rebuilt from
-//!   Postgres in any case (see [`super::epoch`]).
+//!   error and when the epoch changes, and updates built before that teach
+//!   nothing; a Redis that came back empty is rebuilt from Postgres in any
+//!   case (see [`super::epoch`]);
+//! - it relies on the server's HyperLogLog being Redis's own (the SPEC's
+//!   Redis 7), which the tests check against a real server.
 //!
-//! Bounded: at most [`MAX_KEYS`] keys of 16 KiB each, the ones that expire
-//! last; a key is remembered only once one application sent it
+//! Bounded: at most [`MAX_KEYS`] keys of 16 KiB each (the least recently
+//! used goes first); a key is remembered only once one application sent it
 //! [`MIN_LEARN`] IPs, so rare ads cost nothing here.
 
 use std::collections::HashMap;
@@ -86,13 +94,25 @@ fn murmur_hash_64a(key: &[u8], seed: u64) -> u64 {
 /// The ranks one process knows some HyperLogLog keys to hold at least.
 #[derive(Default)]
 pub struct Registers {
-    keys: Mutex<HashMap<String, Known>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, Known>,
+    /// Bumped by every [`Registers::forget`]: updates built before it teach
+    /// nothing (their application may have gone to the Redis that lost its
+    /// data).
+    generation: u64,
+    /// A clock of uses, for evicting the key used least recently.
+    tick: u64,
 }
 
 struct Known {
     ranks: Box<[u8]>,
-    /// Unix seconds after which the key may be gone.
+    /// Unix seconds after which the key is not relied on.
     expires: i64,
+    used: u64,
 }
 
 impl std::fmt::Debug for Registers {
@@ -103,10 +123,18 @@ impl std::fmt::Debug for Registers {
     }
 }
 
+/// Whether `member` may be left out or learned: only IPv4 text. IPv6 text
+/// written here and by Postgres's `host()` (the rebuilds' source) differ
+/// for some addresses (`::102:304` against `::1.2.3.4`), so a key rebuilt
+/// from Postgres may not hold the member this process hashed.
+fn comparable(member: &str) -> bool {
+    !member.contains(':')
+}
+
 impl Registers {
     /// Keys remembered now.
     pub fn len(&self) -> usize {
-        self.keys.lock().map_or(0, |k| k.len())
+        self.state.lock().map_or(0, |s| s.keys.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,28 +143,49 @@ impl Registers {
 
     /// Forgets every key: Redis may have lost what it held.
     pub fn forget(&self) {
-        if let Ok(mut keys) = self.keys.lock() {
-            keys.clear();
+        if let Ok(mut s) = self.state.lock() {
+            s.keys.clear();
+            s.generation += 1;
         }
     }
 
+    /// The generation that [`Self::learn`] must be given by updates built
+    /// now.
+    pub fn generation(&self) -> u64 {
+        self.state.lock().map_or(u64::MAX, |s| s.generation)
+    }
+
     /// The members of `members` that can change at least one of `keys`,
-    /// as of `now` (Unix seconds). A key not remembered, or about to
-    /// expire, can be changed by any member.
+    /// as of `now` (Unix seconds). With no key, a key not remembered, or
+    /// one about to expire, every member is needed.
     pub fn needed<'m>(&self, keys: &[&str], members: &[&'m str], now: i64) -> Vec<&'m str> {
-        let Ok(known) = self.keys.lock() else {
+        let Ok(mut s) = self.state.lock() else {
             return members.to_vec();
         };
+        if keys.is_empty()
+            || !keys.iter().all(|key| {
+                s.keys
+                    .get(*key)
+                    .is_some_and(|k| k.expires - MARGIN_SECS > now)
+            })
+        {
+            return members.to_vec();
+        }
+        s.tick += 1;
+        let tick = s.tick;
         let mut held = Vec::with_capacity(keys.len());
-        for key in keys {
-            match known.get(*key) {
-                Some(k) if k.expires - MARGIN_SECS > now => held.push(&k.ranks),
-                _ => return members.to_vec(),
+        for (name, k) in s.keys.iter_mut() {
+            if keys.contains(&name.as_str()) {
+                k.used = tick;
+                held.push(&k.ranks);
             }
         }
         members
             .iter()
             .filter(|m| {
+                if !comparable(m) {
+                    return true;
+                }
                 let (index, rank) = member(m.as_bytes());
                 held.iter().any(|ranks| rank > ranks[index])
             })
@@ -144,48 +193,59 @@ impl Registers {
             .collect()
     }
 
-    /// `key` (alive until `expires`, Unix seconds) now holds at least the
-    /// ranks of `members`: an application that sent them was confirmed.
+    /// `key` holds at least the ranks of `members` until `expires` (Unix
+    /// seconds): an application that sent them was confirmed. Updates
+    /// built before a [`Self::forget`] (an older `generation`) teach
+    /// nothing.
     pub fn learn<'m>(
         &self,
         key: &str,
         expires: i64,
+        now: i64,
+        generation: u64,
         members: impl ExactSizeIterator<Item = &'m str>,
     ) {
-        let Ok(mut known) = self.keys.lock() else {
+        let Ok(mut s) = self.state.lock() else {
             return;
         };
-        if !known.contains_key(key) {
+        if generation != s.generation || expires - MARGIN_SECS <= now {
+            return;
+        }
+        s.tick += 1;
+        let tick = s.tick;
+        if !s.keys.contains_key(key) {
             if members.len() < MIN_LEARN {
                 return;
             }
-            if known.len() >= MAX_KEYS {
-                // Keep the keys that live longest; a new key that would
-                // expire first is not remembered.
-                let first = known
+            s.keys.retain(|_, k| k.expires - MARGIN_SECS > now);
+            if s.keys.len() >= MAX_KEYS {
+                let oldest = s
+                    .keys
                     .iter()
-                    .min_by_key(|(_, k)| k.expires)
-                    .map(|(name, k)| (name.clone(), k.expires));
-                match first {
-                    Some((name, at)) if at < expires => {
-                        known.remove(&name);
-                    }
-                    _ => return,
+                    .min_by_key(|(_, k)| k.used)
+                    .map(|(name, _)| name.clone());
+                if let Some(name) = oldest {
+                    s.keys.remove(&name);
                 }
             }
-            known.insert(
+            s.keys.insert(
                 key.to_owned(),
                 Known {
                     ranks: vec![0; REGISTERS].into_boxed_slice(),
                     expires,
+                    used: tick,
                 },
             );
         }
-        let Some(k) = known.get_mut(key) else {
+        let Some(k) = s.keys.get_mut(key) else {
             return;
         };
-        k.expires = k.expires.max(expires);
-        for m in members {
+        // A key is relied on no longer than its first lifetime: the
+        // ranks must come from events that Postgres still holds when a
+        // rebuild replaces the key.
+        k.expires = k.expires.min(expires);
+        k.used = tick;
+        for m in members.filter(|m| comparable(m)) {
             let (index, rank) = member(m.as_bytes());
             k.ranks[index] = k.ranks[index].max(rank);
         }
@@ -202,29 +262,44 @@ mod tests {
             .collect()
     }
 
+    fn learn(r: &Registers, key: &str, expires: i64, members: &[String]) {
+        let generation = r.generation();
+        r.learn(
+            key,
+            expires,
+            0,
+            generation,
+            members.iter().map(String::as_str),
+        );
+    }
+
+    fn refs(members: &[String]) -> Vec<&str> {
+        members.iter().map(String::as_str).collect()
+    }
+
     #[test]
     fn a_member_that_cannot_raise_a_register_is_not_needed() {
         let r = Registers::default();
         let first = ips(0, 20_000);
-        r.learn("k", 10_000, first.iter().map(String::as_str));
-        let again: Vec<&str> = first.iter().map(String::as_str).collect();
-        assert!(r.needed(&["k"], &again, 0).is_empty());
+        learn(&r, "k", 10_000, &first);
+        assert!(r.needed(&["k"], &refs(&first), 0).is_empty());
         // New members: only those whose rank beats their register's.
         let next = ips(20_000, 5_000);
-        let next: Vec<&str> = next.iter().map(String::as_str).collect();
+        let next = refs(&next);
         let needed = r.needed(&["k"], &next, 0);
         assert!(
             !needed.is_empty() && needed.len() < next.len() / 2,
             "{}",
             needed.len()
         );
+        let mut ranks = vec![0u8; REGISTERS];
+        for m in &first {
+            let (index, rank) = member(m.as_bytes());
+            ranks[index] = ranks[index].max(rank);
+        }
         for m in &next {
             let (index, rank) = member(m.as_bytes());
-            let beats = {
-                let keys = r.keys.lock().unwrap();
-                rank > keys["k"].ranks[index]
-            };
-            assert_eq!(needed.contains(m), beats, "{m}");
+            assert_eq!(needed.contains(m), rank > ranks[index], "{m}");
         }
     }
 
@@ -232,33 +307,62 @@ mod tests {
     fn every_key_of_a_group_must_be_known_and_alive() {
         let r = Registers::default();
         let known = ips(0, 1_000);
-        r.learn("k", 10_000, known.iter().map(String::as_str));
-        let all: Vec<&str> = known.iter().map(String::as_str).collect();
+        learn(&r, "k", 10_000, &known);
+        let all = refs(&known);
         assert!(r.needed(&["k"], &all, 0).is_empty());
-        // A key not known: every member may change it.
+        // No key, or a key not known: every member may change something.
+        assert_eq!(r.needed(&[], &all, 0).len(), all.len());
         assert_eq!(r.needed(&["k", "other"], &all, 0).len(), all.len());
         // Close to its expiry the key counts as unknown.
         assert_eq!(
             r.needed(&["k"], &all, 10_000 - MARGIN_SECS).len(),
             all.len()
         );
+        // A key that would expire within the margin is not learned.
+        r.learn("late", 30, 0, r.generation(), all.iter().copied());
+        assert_eq!(r.len(), 1);
         r.forget();
         assert_eq!(r.needed(&["k"], &all, 0).len(), all.len());
     }
 
     #[test]
-    fn few_members_teach_nothing_and_the_keys_are_bounded() {
+    fn updates_built_before_a_forget_teach_nothing() {
         let r = Registers::default();
-        let few = ips(0, MIN_LEARN as u32 - 1);
-        r.learn("rare", 10_000, few.iter().map(String::as_str));
+        let members = ips(0, 1_000);
+        let before = r.generation();
+        r.forget();
+        r.learn("k", 10_000, 0, before, members.iter().map(String::as_str));
+        assert!(r.is_empty());
+        learn(&r, "k", 10_000, &members);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_members_are_always_sent_and_never_learned() {
+        let r = Registers::default();
+        let mut members = ips(0, 1_000);
+        members.extend((0..1_000).map(|i| format!("2001:db8::{i:x}")));
+        learn(&r, "k", 10_000, &members);
+        let needed = r.needed(&["k"], &refs(&members), 0);
+        assert_eq!(needed.len(), 1_000);
+        assert!(needed.iter().all(|m| m.contains(':')));
+    }
+
+    #[test]
+    fn few_members_teach_nothing_and_the_least_used_key_goes_first() {
+        let r = Registers::default();
+        learn(&r, "rare", 10_000, &ips(0, MIN_LEARN as u32 - 1));
         assert!(r.is_empty());
         let many = ips(0, MIN_LEARN as u32);
-        for i in 0..MAX_KEYS as i64 + 10 {
-            r.learn(&format!("k{i}"), 1_000 + i, many.iter().map(String::as_str));
+        for i in 0..MAX_KEYS {
+            learn(&r, &format!("k{i}"), 10_000, &many);
         }
+        // k0 was learned first but used since; k1 is now the least used.
+        r.needed(&["k0"], &refs(&many), 0);
+        learn(&r, "new", 10_000, &many);
         assert_eq!(r.len(), MAX_KEYS);
-        // The keys that expire first went.
-        let keys = r.keys.lock().unwrap();
-        assert!(!keys.contains_key("k0") && keys.contains_key(&format!("k{}", MAX_KEYS + 9)));
+        let s = r.state.lock().unwrap();
+        assert!(s.keys.contains_key("k0") && s.keys.contains_key("new"));
+        assert!(!s.keys.contains_key("k1"));
     }
 }

@@ -30,6 +30,15 @@ async fn registers(conn: &mut RedisConn, key: &str) -> Vec<u8> {
         .collect()
 }
 
+async fn pfadd(conn: &mut RedisConn, key: &str, members: &[String]) {
+    let _: i64 = redis::cmd("PFADD")
+        .arg(key)
+        .arg(members)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 fn ips(from: u32, n: u32) -> Vec<String> {
     (from..from + n)
         .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
@@ -41,13 +50,12 @@ async fn adtrack_puts_a_member_in_the_register_and_rank_that_redis_does() {
     let app = spawn_app().await;
     let mut conn = app.redis.clone();
     let key = format!("{{{}}}:test-hll", app.keys.prefix());
-    let members = ips(0, 20_000);
-    let _: i64 = redis::cmd("PFADD")
-        .arg(&key)
-        .arg(&members)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // IPv4 text is 7 to 15 bytes; members of every length up to 40 and
+    // IPv6 text cover every tail of the hash.
+    let mut members = ips(0, 20_000);
+    members.extend((0..=40).map(|n| "abcdefghij".repeat(4)[..n].to_owned()));
+    members.extend((0..500u32).map(|i| format!("2001:db8:{i:x}::{:x}", i * 7919)));
+    pfadd(&mut conn, &key, &members).await;
     let mut expected = vec![0u8; REGISTERS];
     for m in &members {
         let (index, rank) = member(m.as_bytes());
@@ -94,12 +102,7 @@ async fn batches_skip_the_ips_that_cannot_change_a_key_and_lose_nothing() {
             .await
             .unwrap();
         assert_eq!(applied, Applied::Applied);
-        let _: i64 = redis::cmd("PFADD")
-            .arg(&reference)
-            .arg(&batch_ips)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        pfadd(&mut conn, &reference, &batch_ips).await;
     }
     // What a batch can skip: the IPs whose rank is not above what the
     // batches before it put in their register (the same for the minute,
