@@ -1,5 +1,6 @@
 //! Unique clicks: a batch sends only the IPs that can change a unique-click
 //! HyperLogLog, and the keys end up exactly as if every IP had been sent.
+//! The test keys live under the app's prefix, which `stop` clears.
 
 use adtrack::counters::registers::{member, REGISTERS};
 use adtrack::counters::{Applied, CountedEvent, Counters};
@@ -62,11 +63,6 @@ async fn adtrack_puts_a_member_in_the_register_and_rank_that_redis_does() {
         expected[index] = expected[index].max(rank);
     }
     assert_eq!(registers(&mut conn, &key).await, expected);
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     app.stop().await;
 }
 
@@ -138,10 +134,5 @@ async fn batches_skip_the_ips_that_cannot_change_a_key_and_lose_nothing() {
         .as_f64()
         .unwrap();
     assert!((estimate - 10_000.0).abs() < 200.0, "{estimate}");
-    let _: () = redis::cmd("DEL")
-        .arg(&reference)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     app.stop().await;
 }
