@@ -159,27 +159,25 @@ impl Registers {
     /// as of `now` (Unix seconds). With no key, a key not remembered, or
     /// one about to expire, every member is needed.
     pub fn needed<'m>(&self, keys: &[&str], members: &[&'m str], now: i64) -> Vec<&'m str> {
-        let Ok(mut s) = self.state.lock() else {
+        let Ok(mut guard) = self.state.lock() else {
             return members.to_vec();
         };
-        if keys.is_empty()
-            || !keys.iter().all(|key| {
-                s.keys
-                    .get(*key)
-                    .is_some_and(|k| k.expires - MARGIN_SECS > now)
-            })
-        {
+        let s = &mut *guard;
+        if keys.is_empty() {
             return members.to_vec();
         }
         s.tick += 1;
-        let tick = s.tick;
-        let mut held = Vec::with_capacity(keys.len());
-        for (name, k) in s.keys.iter_mut() {
-            if keys.contains(&name.as_str()) {
-                k.used = tick;
-                held.push(&k.ranks);
+        for key in keys {
+            match s.keys.get_mut(*key) {
+                Some(k) if k.expires - MARGIN_SECS > now => k.used = s.tick,
+                _ => return members.to_vec(),
             }
         }
+        let held: Vec<&[u8]> = keys
+            .iter()
+            .filter_map(|key| s.keys.get(*key))
+            .map(|k| &*k.ranks)
+            .collect();
         members
             .iter()
             .filter(|m| {
