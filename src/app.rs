@@ -288,7 +288,7 @@ impl Application {
         } else {
             Surface::HealthOnly
         };
-        let server = actix_web::HttpServer::new(move || http::app(state.clone(), surface))
+        let server = actix_web::HttpServer::new(move || http::service(state.clone(), surface))
             .listen(listener)
             .context("listening")?
             .max_connection_rate(4096)

@@ -2,14 +2,55 @@
 //! event's `ipAddress` defaults to. Only the HTTP edge reads requests; below
 //! it the client is an `IpAddr`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use actix_web::http::header::HeaderMap;
 use actix_web::HttpRequest;
+
+/// What the helpers that read a request see of it: actix-web's
+/// `HttpRequest` in the app's handlers, actix-http's `Request` on the
+/// ingest fast path (`super::front`), so both read a request the same way.
+pub(crate) trait Incoming {
+    fn headers(&self) -> &HeaderMap;
+    fn peer_addr(&self) -> Option<SocketAddr>;
+    fn path(&self) -> &str;
+    fn query_string(&self) -> &str;
+}
+
+impl Incoming for HttpRequest {
+    fn headers(&self) -> &HeaderMap {
+        HttpRequest::headers(self)
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        HttpRequest::peer_addr(self)
+    }
+    fn path(&self) -> &str {
+        HttpRequest::path(self)
+    }
+    fn query_string(&self) -> &str {
+        HttpRequest::query_string(self)
+    }
+}
+
+impl Incoming for actix_http::Request {
+    fn headers(&self) -> &HeaderMap {
+        &self.head().headers
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        actix_http::Request::peer_addr(self)
+    }
+    fn path(&self) -> &str {
+        actix_http::Request::path(self)
+    }
+    fn query_string(&self) -> &str {
+        self.uri().query().unwrap_or_default()
+    }
+}
 
 /// The client of a request: the TCP peer, or, when the peer is one of
 /// `trusted` proxies, the nearest address in `X-Forwarded-For` that is not
 /// (read right to left, as each proxy appends the address it saw).
-pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+pub fn client_ip<R: Incoming + ?Sized>(req: &R, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let peer = req.peer_addr().map(|a| a.ip())?;
     if !is_trusted(peer, trusted) {
         return Some(peer);

@@ -156,7 +156,15 @@ impl Edge {
         took: Duration,
     ) -> ServiceResponse<EitherBody<B>> {
         let mut res = error::json_errors(res);
-        let headers = res.headers_mut();
+        self.dress(res.headers_mut(), asked.cacheable);
+        let route = res.request().match_name().unwrap_or("unmatched");
+        self.observe(route, asked.method, res.status().as_u16(), took);
+        res
+    }
+
+    /// Adds the security headers an answer does not set itself, and `Vary:
+    /// Origin` to a `cacheable` one that has no `Vary`.
+    pub(super) fn dress(&self, headers: &mut HeaderMap, cacheable: bool) {
         let set = Set::of(headers, &self.headers);
         if !set.policy {
             let policy = if set.page {
@@ -172,15 +180,14 @@ impl Edge {
             }
         }
         // actix-cors set its own on the requests it saw.
-        if asked.cacheable && !set.vary {
+        if cacheable && !set.vary {
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
-        let route = res.request().match_name().unwrap_or("unmatched");
-        self.observe(route, asked.method, res.status().as_u16(), took);
-        res
     }
 
-    fn observe(&self, route: &str, method: &'static str, status: u16, took: Duration) {
+    /// Observes an answer's latency in the request histogram of its
+    /// (route, method, status).
+    pub(super) fn observe(&self, route: &str, method: &'static str, status: u16, took: Duration) {
         let secs = took.as_secs_f64();
         let mut timers = self.timers.borrow_mut();
         let known = timers
@@ -213,11 +220,8 @@ pub(super) struct Layer {
 }
 
 impl Layer {
-    pub(super) fn new(edge: Edge, cors: Cors) -> Self {
-        Self {
-            edge: Rc::new(edge),
-            cors,
-        }
+    pub(super) fn new(edge: Rc<Edge>, cors: Cors) -> Self {
+        Self { edge, cors }
     }
 }
 

@@ -7,15 +7,16 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::client::client_ip;
+use super::client::{client_ip, Incoming};
 use super::openapi::{self, Accepted, BatchAccepted, EventBody, IngestErrors, Rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_event, Event, EventError, Kind, ParseContext};
@@ -46,7 +47,7 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6164_7472_6163_6b2d_6964_6
     )
 )]
 pub async fn click(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
-    ingest_one(&req, body, Some(Kind::Click)).await
+    ingest_one(&req, ingress(&req)?, body, Some(Kind::Click)).await
 }
 
 /// An impression.
@@ -61,7 +62,7 @@ pub async fn click(req: HttpRequest, body: web::Payload) -> Result<HttpResponse,
     )
 )]
 pub async fn impression(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
-    ingest_one(&req, body, Some(Kind::Impression)).await
+    ingest_one(&req, ingress(&req)?, body, Some(Kind::Impression)).await
 }
 
 /// Any event; `type` defaults to `play` (`{\"screen_id\",\"campaign_id\",\"timestamp\"}`).
@@ -76,15 +77,41 @@ pub async fn impression(req: HttpRequest, body: web::Payload) -> Result<HttpResp
     )
 )]
 pub async fn event(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
-    ingest_one(&req, body, None).await
+    ingest_one(&req, ingress(&req)?, body, None).await
 }
 
-async fn ingest_one(
-    req: &HttpRequest,
-    body: web::Payload,
+/// What ingest needs of the HTTP worker a request reached: the shared
+/// state and the thread's pusher.
+#[derive(Clone, Copy)]
+pub(super) struct Ingress<'a> {
+    pub state: &'a AppState,
+    pub pusher: &'a LocalPusher,
+}
+
+/// The [`Ingress`] of a request the app routed (its worker's app data).
+pub(super) fn ingress(req: &HttpRequest) -> Result<Ingress<'_>, ApiError> {
+    let pusher = req
+        .app_data::<LocalPusher>()
+        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no pusher on this HTTP worker")))?;
+    Ok(Ingress {
+        state: super::state_of(req)?,
+        pusher,
+    })
+}
+
+/// One event from one request, on every route that takes one: the app's
+/// handlers above and the ingest fast path (`super::front`).
+pub(super) async fn ingest_one<R, B>(
+    req: &R,
+    ingress: Ingress<'_>,
+    body: B,
     fixed_kind: Option<Kind>,
-) -> Result<HttpResponse, ApiError> {
-    let state = super::state_of(req)?;
+) -> Result<HttpResponse, ApiError>
+where
+    R: Incoming + ?Sized,
+    B: Stream<Item = Result<web::Bytes, PayloadError>> + Unpin,
+{
+    let state = ingress.state;
     if body_kind(req)? == BodyKind::Ndjson {
         return Err(ApiError::UnsupportedMediaType(
             "send one JSON event as application/json; NDJSON goes to /events/batch".into(),
@@ -104,7 +131,7 @@ async fn ingest_one(
         .map(|a| (a.as_str(), 1));
     limit(state, &ctx, 1, ad.as_slice()).await?;
     let mut event = parsed.map_err(|e| rejected(state, e))?;
-    enqueue(req, state, std::slice::from_mut(&mut event)).await?;
+    enqueue(req, ingress, std::slice::from_mut(&mut event)).await?;
     Ok(accepted(event.event_id))
 }
 
@@ -217,7 +244,7 @@ pub async fn batch(
     // client pays for every item, a rejected one too.
     let cost = u32::try_from(items.len()).unwrap_or(u32::MAX);
     limit(&state, &base, cost, &per_ad).await?;
-    enqueue(&req, &state, &mut accepted).await?;
+    enqueue(&req, ingress(&req)?, &mut accepted).await?;
     Ok(HttpResponse::Accepted().json(BatchAccepted {
         accepted: accepted.len(),
         event_ids: accepted.iter().map(|e| e.event_id).collect(),
@@ -227,11 +254,12 @@ pub async fn batch(
 
 /// Flags invalid traffic (`IVT_FILTER=flag`), then queues events through
 /// [`crate::ingest`]: answers once Redis or the spool holds them all.
-pub(super) async fn enqueue(
-    req: &HttpRequest,
-    state: &AppState,
+pub(super) async fn enqueue<R: Incoming + ?Sized>(
+    req: &R,
+    ingress: Ingress<'_>,
     events: &mut [Event],
 ) -> Result<(), ApiError> {
+    let state = ingress.state;
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -240,11 +268,8 @@ pub(super) async fn enqueue(
         .ivt
         .flag(events, user_agent, state.redis_down.is_down())
         .await;
-    let pusher = req
-        .app_data::<LocalPusher>()
-        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no pusher on this HTTP worker")))?;
     let queue = Enqueue {
-        pusher,
+        pusher: ingress.pusher,
         spool: &state.spool,
         redis_down: &state.redis_down,
         metrics: &state.metrics,
@@ -327,8 +352,8 @@ fn rejected_item(state: &AppState, e: EventError) -> EventError {
     e
 }
 
-pub(super) fn parse_context(
-    req: &HttpRequest,
+pub(super) fn parse_context<R: Incoming + ?Sized>(
+    req: &R,
     state: &AppState,
     fixed_kind: Option<Kind>,
     default_event_id: Option<Uuid>,
@@ -365,7 +390,7 @@ fn oldest_accepted(
 
 /// The `Idempotency-Key` header as an eventId: itself when it is a UUID,
 /// else a UUIDv5 of it.
-fn idempotency_key(req: &HttpRequest) -> Result<Option<Uuid>, ApiError> {
+fn idempotency_key<R: Incoming + ?Sized>(req: &R) -> Result<Option<Uuid>, ApiError> {
     const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
     let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
@@ -392,7 +417,7 @@ enum BodyKind {
 
 /// JSON (also `text/plain`, which browser beacons send, and no header at
 /// all) or NDJSON; anything else is 415.
-fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
+fn body_kind<R: Incoming + ?Sized>(req: &R) -> Result<BodyKind, ApiError> {
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
         return Ok(BodyKind::Json);
     };
@@ -435,12 +460,16 @@ fn body_kind(req: &HttpRequest) -> Result<BodyKind, ApiError> {
 /// `BODY_TIMEOUT` (actix's own client timeout covers only the headers; a
 /// body trickled a byte at a time would otherwise hold its connection for
 /// as long as the client likes).
-async fn read_body(
-    mut body: web::Payload,
-    req: &HttpRequest,
+async fn read_body<R, B>(
+    mut body: B,
+    req: &R,
     limit: usize,
     deadline: Duration,
-) -> Result<web::Bytes, ApiError> {
+) -> Result<web::Bytes, ApiError>
+where
+    R: Incoming + ?Sized,
+    B: Stream<Item = Result<web::Bytes, PayloadError>> + Unpin,
+{
     let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
     if let Some(len) = req
         .headers()
@@ -515,7 +544,11 @@ async fn read_body(
 /// and Snowplow's SDKs send). The size limit applies to the decoded body,
 /// and decoding stops as soon as it is passed, so a compression bomb costs
 /// at most `limit` bytes of memory and the work to produce them.
-fn decode_body(req: &HttpRequest, raw: web::Bytes, limit: usize) -> Result<web::Bytes, ApiError> {
+fn decode_body<R: Incoming + ?Sized>(
+    req: &R,
+    raw: web::Bytes,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
     use std::io::Read;
 
     let Some(value) = req.headers().get(header::CONTENT_ENCODING) else {

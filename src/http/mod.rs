@@ -7,6 +7,7 @@ mod client;
 mod cors;
 mod edge;
 mod error;
+mod front;
 mod health;
 mod ingest;
 mod live;
@@ -19,6 +20,7 @@ mod vast;
 pub use error::ApiError;
 pub use ingest::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS, MAX_EVENT_BYTES};
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::http::Method;
@@ -32,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Keys, Pusher, Queues};
 use crate::redis_client::RedisConn;
 use crate::spool::{RedisDown, Spool};
+use client::Incoming;
 use tokio_util::sync::CancellationToken;
 
 /// What every handler shares.
@@ -70,7 +73,10 @@ pub struct AppState {
 
 /// The tenant of a request: `""` with tenants off; with `TENANTS=on` the
 /// owner of its API key, else 401.
-pub(crate) async fn tenant_of(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
+pub(crate) async fn tenant_of<R: Incoming + ?Sized>(
+    req: &R,
+    state: &AppState,
+) -> Result<String, ApiError> {
     let Some(resolver) = &state.api_keys else {
         return Ok(String::new());
     };
@@ -104,7 +110,7 @@ pub(crate) fn state_of(req: &HttpRequest) -> Result<&AppState, ApiError> {
 /// `/live` only, whose `EventSource` cannot set headers, its `apiKey` query
 /// parameter. Elsewhere `?apiKey=` is refused (400), so keys stay out of
 /// the URLs that proxies and access logs record.
-pub(crate) fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
+pub(crate) fn api_key<R: Incoming + ?Sized>(req: &R) -> Result<String, ApiError> {
     let header = req
         .headers()
         .get("x-api-key")
@@ -112,7 +118,7 @@ pub(crate) fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
     if req.path() == "/live" {
         return Ok(match header {
             Some(k) => k,
-            None => query::parse::<LiveKey>(req)?.api_key.unwrap_or_default(),
+            None => query::parse::<LiveKey, _>(req)?.api_key.unwrap_or_default(),
         });
     }
     let in_query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
@@ -332,28 +338,39 @@ fn compresses(method: &Method, path: &str) -> bool {
     *method == Method::GET && !SMALL_OR_STREAMED.contains(&path)
 }
 
-/// Builds the actix `App` for `state`, with request metrics.
-pub fn app(
+/// Builds what serves HTTP on one worker thread for `state`: the actix
+/// `App` with every route on `surface` behind the edge, and in front of it
+/// the ingest fast path ([`front`]) when `surface` has the ingest routes.
+pub fn service(
     state: web::Data<AppState>,
     surface: Surface,
-) -> actix_web::App<
+) -> front::Front<
     impl actix_web::dev::ServiceFactory<
-        actix_web::dev::ServiceRequest,
-        Config = (),
+        actix_http::Request,
+        Config = actix_web::dev::AppConfig,
         Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
         Error = actix_web::Error,
         InitError = (),
     >,
 > {
-    // The app factory runs once on each HTTP worker thread: that thread's
-    // pusher (and its Redis connection) and edge state stay on it.
+    use actix_service::IntoServiceFactory;
+
+    // The factory runs once on each HTTP worker thread: that thread's
+    // pusher (and its Redis connection) and edge state stay on it, shared
+    // by the app and the fast path.
     let pusher = state.pusher.local();
     let cors_origins = state.settings.cors_origins.clone();
     let csp = content_security_policy(state.settings.public_url.as_deref());
-    let edge = edge::Edge::new(csp, &state.metrics);
-    actix_web::App::new()
+    let edge = Rc::new(edge::Edge::new(csp, &state.metrics));
+    let fast = (surface == Surface::Full).then(|| front::Fast {
+        state: state.clone(),
+        pusher: pusher.clone(),
+        edge: edge.clone(),
+    });
+    let app = actix_web::App::new()
         .app_data(state)
         .app_data(pusher)
         .configure(move |cfg| configure(cfg, surface))
-        .wrap(edge::Layer::new(edge, cors::middleware(cors_origins)))
+        .wrap(edge::Layer::new(edge, cors::middleware(cors_origins)));
+    front::Front::new(app.into_factory(), fast)
 }

@@ -12,15 +12,16 @@
 
 use std::collections::HashSet;
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use serde::de::DeserializeOwned;
 
+use super::client::Incoming;
 use super::ApiError;
 
 /// The query string of `req` as `T`; 400 `invalid_query` when it cannot be
 /// decoded or names a parameter more than once. Unknown parameters are
 /// ignored.
-pub(crate) fn parse<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned, R: Incoming + ?Sized>(req: &R) -> Result<T, ApiError> {
     let invalid = |e: actix_web::error::QueryPayloadError| {
         ApiError::bad_request("invalid_query", format!("the query string is invalid: {e}"))
     };

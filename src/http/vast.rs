@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::ingest::{enqueue, limit, parse_context, rejected};
+use super::ingest::{enqueue, ingress, limit, parse_context, rejected};
 use super::{ApiError, AppState};
 use crate::domain::{parse_value, Ident, Kind};
 use crate::domain::{ParseContext, MAX_CLOCK_SKEW};
@@ -312,7 +312,7 @@ async fn record(
             parse_value(body, &ctx).map_err(|e| rejected(state, e))?
         }
     };
-    enqueue(req, state, std::slice::from_mut(&mut event)).await?;
+    enqueue(req, ingress(req)?, std::slice::from_mut(&mut event)).await?;
     state
         .metrics
         .vast_pixels

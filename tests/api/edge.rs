@@ -622,3 +622,130 @@ async fn a_batch_is_charged_one_token_per_event() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     app.stop().await;
 }
+
+/// A `POST` of one event without an `Origin` is served by the fast path in
+/// front of the app (`src/http/front.rs`), the same request with one by the
+/// app through actix-cors. Both answer alike, but for the CORS headers, and
+/// count the request under the same route.
+#[tokio::test]
+async fn ingest_answers_alike_with_and_without_an_origin() {
+    const PAGE: &str = "https://news.example";
+    const SECURITY: [&str; 5] = [
+        "content-type",
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+    ];
+    let app = spawn_app().await;
+    let key = Uuid::now_v7().to_string();
+    let too_large = json!({"adId": "ad-f", "properties": {"pad": "x".repeat(17 * 1024)}});
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, StatusCode)> = vec![
+        (
+            "/ads/click",
+            vec![("idempotency-key", key.as_str())],
+            json!({"adId": "ad-f"}).to_string(),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            "/ads/impression",
+            vec![("idempotency-key", key.as_str())],
+            json!({"adId": "ad-f"}).to_string(),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            "/events",
+            vec![("idempotency-key", key.as_str())],
+            json!({"type": "click", "adId": "ad-f"}).to_string(),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            "/ads/click",
+            vec![],
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ads/click",
+            vec![],
+            json!({"adId": "bad id"}).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ads/click",
+            vec![("idempotency-key", "")],
+            json!({"adId": "ad-f"}).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/ads/impression",
+            vec![],
+            too_large.to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "/ads/click",
+            vec![("content-type", "text/csv")],
+            "adId\nad-f".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "/events",
+            vec![("content-type", "application/x-ndjson")],
+            "{}\n{}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "/ads/click",
+            vec![("content-encoding", "br")],
+            "{}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ];
+    let mut expected: std::collections::HashMap<(&str, u16), f64> = Default::default();
+    for (path, headers, body, status) in &cases {
+        let mut answers = Vec::new();
+        for origin in [None, Some(PAGE)] {
+            let mut req = app.client.post(app.url(path)).body(body.clone());
+            if !headers.iter().any(|(name, _)| *name == "content-type") {
+                req = req.header("content-type", "application/json");
+            }
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            if let Some(origin) = origin {
+                req = req.header("origin", origin);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(
+                res.status(),
+                *status,
+                "{path} {headers:?}, origin {origin:?}"
+            );
+            let cors = res.headers().get("access-control-allow-origin").cloned();
+            assert_eq!(cors.is_some(), origin.is_some(), "{path} {headers:?}");
+            let kept: Vec<String> = SECURITY
+                .iter()
+                .map(|name| header(&res, name).to_owned())
+                .collect();
+            let body: Value = res.json().await.unwrap();
+            answers.push((kept, body));
+        }
+        assert_eq!(answers[0], answers[1], "{path} {headers:?}");
+        *expected.entry((path, status.as_u16())).or_default() += 2.0;
+    }
+    for ((route, status), n) in expected {
+        let counted = app
+            .metric_where(
+                "adtrack_http_request_duration_seconds_count",
+                &[
+                    ("route", route),
+                    ("method", "POST"),
+                    ("status", &status.to_string()),
+                ],
+            )
+            .await;
+        assert_eq!(counted, n, "{route} {status}");
+    }
+    app.stop().await;
+}
