@@ -10,9 +10,9 @@
 //!
 //! Why: the `App`'s machinery for one request (its `HttpRequest`, the
 //! router, the route's guard, the extractors, the responder, the
-//! middleware's boxed future) is about a tenth of an ingest request's CPU
-//! (docs/PERFORMANCE.md, "What each change bought"), and ingest is the
-//! hot path. What the fast path skips only dispatches a request: what it
+//! middleware's boxed future) is several per cent of an ingest request's
+//! CPU (docs/PERFORMANCE.md, "What each change bought"), and ingest is
+//! the hot path. What the fast path skips only dispatches a request: what it
 //! does (the body's limits and deadline, tenants, rate limits, the
 //! invalid-traffic flag, the push, the spool) is the same code.
 //! A request with an `Origin` is a browser's cross-origin request, which
