@@ -197,4 +197,12 @@ mod tests {
         assert_eq!(route(Method::POST, "/events/batch", false), None);
         assert_eq!(route(Method::POST, "/ads/click/", false), None);
     }
+
+    #[test]
+    fn every_fast_route_is_a_post_route_of_the_app() {
+        let routes = super::super::routes(super::super::Surface::Full);
+        for (path, _) in FAST_ROUTES {
+            assert!(routes.contains(&(Method::POST, path)), "{path}");
+        }
+    }
 }

@@ -640,7 +640,9 @@ async fn ingest_answers_alike_with_and_without_an_origin() {
     let app = spawn_app().await;
     let key = Uuid::now_v7().to_string();
     let too_large = json!({"adId": "ad-f", "properties": {"pad": "x".repeat(17 * 1024)}});
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, StatusCode)> = vec![
+    // (path, headers, body, the status both answers must have)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, StatusCode);
+    let cases: Vec<Case> = vec![
         (
             "/ads/click",
             vec![("idempotency-key", key.as_str())],
